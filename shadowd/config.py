@@ -1,0 +1,198 @@
+"""Configuration: one TOML file, validated once into frozen objects.
+
+The rest of the code never re-reads the file or re-checks a value: everything it needs is a
+typed attribute here, with its default. Every problem found is reported at once, each as
+``file: key: what is wrong`` (see ``ConfigError``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shadowd.errors import ShadowdError
+
+MIB = 1024 * 1024
+
+DEFAULT_MIRROR_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# Headers whose values differ between any two answers by construction. Their presence is
+# still compared; their values are not.
+DEFAULT_IGNORED_HEADERS = frozenset(
+    {
+        "date",
+        "server",
+        "x-request-id",
+        "x-trace-id",
+        "traceparent",
+        "tracestate",
+        "set-cookie",
+        "etag",
+        "last-modified",
+        "expires",
+        "age",
+        "via",
+        "x-amzn-trace-id",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "content-length",  # bodies are compared themselves
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+    }
+)
+
+
+class ConfigError(ShadowdError, ValueError):
+    """A config file could not be accepted. ``problems`` holds one ``file: key: problem`` each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class IngressConfig:
+    mode: str = "proxy"  # "proxy" | "tap"
+    listen: Listen = Listen("127.0.0.1", 8470)
+    max_connections: int = 10_000
+    max_request_body_bytes: int = 10 * MIB
+    max_header_bytes: int = 64 * 1024
+    idle_timeout: float = 75.0  # seconds a keep-alive client connection may stay idle
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    name: str  # "primary" | "secondary" | "candidate"
+    url: str  # as written in the file
+    scheme: str  # "http" | "https"
+    host: str
+    port: int
+    base_path: str = ""  # path prefix from the URL ("" or "/prefix", no trailing slash)
+    timeout: float = 10.0  # seconds for a whole answer (headers and body)
+    connect_timeout: float = 2.0
+    max_connections: int = 256  # pooled keep-alive connections to this target
+    host_header: str | None = None  # literal Host to send; None keeps the client's Host
+    set_headers: tuple[tuple[str, str], ...] = ()  # added or replaced on requests to this target
+    remove_headers: frozenset[str] = frozenset()  # lower-case names dropped from requests
+    tls_verify: bool = True
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    enabled: bool = True  # the kill switch's state at start
+    sample_rate: float = 1.0  # 0..1, fraction of eligible requests copied
+    methods: frozenset[str] = DEFAULT_MIRROR_METHODS
+    include_paths: tuple[str, ...] = ()  # regexes (re.search on the path); empty = every path
+    exclude_paths: tuple[str, ...] = ()  # regexes; a match is never mirrored
+    queue_size: int = 1024  # exchanges waiting for an in-flight slot; beyond it, dropped
+    max_in_flight: int = 128  # exchanges being sent to candidate/secondary at once
+    max_body_bytes: int = 1 * MIB  # requests with larger bodies are not mirrored (counted)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointsConfig:
+    max: int = 200  # distinct endpoints tracked; the rest are counted under "other"
+    templates: tuple[str, ...] = ()  # "METHOD /users/{id}" or "/users/{id}" route templates
+
+
+@dataclass(frozen=True, slots=True)
+class DiffConfig:
+    ignore_headers: frozenset[str] = DEFAULT_IGNORED_HEADERS  # lower-case names
+    compare_headers: bool = True
+    max_body_bytes: int = 1 * MIB  # larger bodies are compared by digest and size only
+    samples_per_endpoint: int = 20
+    max_fields_per_endpoint: int = 500  # distinct field paths; the rest under "$.<other>"
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    path: Path
+    max_bytes: int = 256 * MIB  # rotate when a file reaches this size
+    max_age: float = 3600.0  # seconds; rotate when a file is this old
+    keep_files: int = 10
+    buffer_records: int = 10_000  # records waiting for the disk; beyond it, dropped
+    redact_headers: frozenset[str] = frozenset()  # extra header names (lower-case)
+    redact_body_fields: tuple[str, ...] = ()  # JSON paths like "$.password"
+    redact_query_params: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: Listen = Listen("127.0.0.1", 8471)
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictConfig:
+    min_exchanges: int = 500
+    min_exchanges_per_endpoint: int = 0
+    max_divergence_ratio: float = 0.01  # divergent / exchanges, overall and per endpoint
+    max_error_rate_increase: float = 0.01  # candidate error rate minus primary's
+    owner: str = ""
+    expected_result: str = ""
+    rollback: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "text"  # "text" | "json"
+    access_log: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str  # the file it came from ("<defaults>" when built in code)
+    primary: TargetConfig
+    candidate: TargetConfig
+    secondary: TargetConfig | None = None
+    ingress: IngressConfig = IngressConfig()
+    mirror: MirrorConfig = MirrorConfig()
+    endpoints: EndpointsConfig = EndpointsConfig()
+    diff: DiffConfig = DiffConfig()
+    capture: CaptureConfig | None = None
+    admin: AdminConfig = AdminConfig()
+    verdict: VerdictConfig = VerdictConfig()
+    logging: LoggingConfig = LoggingConfig()
+    digest: str = field(default="")  # sha256 of the file's bytes, for reports and captures
+
+    @property
+    def mirror_targets(self) -> tuple[TargetConfig, ...]:
+        """Targets that receive copies (never the primary)."""
+        if self.secondary is None:
+            return (self.candidate,)
+        return (self.secondary, self.candidate)
+
+
+def target_from_url(name: str, url: str, **overrides: object) -> TargetConfig:
+    """Build a target from a URL, for code and tests that do not start from a file."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    scheme = parts.scheme or "http"
+    port = parts.port or (443 if scheme == "https" else 80)
+    return TargetConfig(
+        name=name,
+        url=url,
+        scheme=scheme,
+        host=parts.hostname or "127.0.0.1",
+        port=port,
+        base_path=parts.path.rstrip("/"),
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file. Raises ``ConfigError`` listing every problem."""
+    raise NotImplementedError("config loader: being written")

@@ -1,0 +1,39 @@
+"""What the diff stage says about one pair of answers (reference vs other)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class DiffKind(StrEnum):
+    STATUS = "status"  # status codes differ
+    ERROR = "error"  # one side has no answer (timeout, reset...), the other has
+    HEADER = "header"  # a compared header's value differs
+    HEADER_MISSING = "header_missing"  # header in reference, absent in other
+    HEADER_EXTRA = "header_extra"  # header absent in reference, present in other
+    CONTENT_TYPE = "content_type"  # bodies of different media types
+    CHANGED = "changed"  # same JSON type, different value
+    TYPE = "type"  # JSON type differs (e.g. number vs string)
+    MISSING = "missing"  # present in reference, absent in other
+    EXTRA = "extra"  # absent in reference, present in other
+    ARRAY_LENGTH = "array_length"  # arrays of different lengths
+    BODY = "body"  # non-JSON bodies differ (bytes/size)
+    INVALID_JSON = "invalid_json"  # declared or sniffed JSON that does not parse on one side
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One difference between a reference answer (primary) and another (candidate/secondary).
+
+    ``path`` is exact (``$.items[3].price``, ``status``, ``header.x-cache``, ``body``);
+    ``generic_path`` is the aggregation key with array indices replaced by ``[*]``
+    (``$.items[*].price``). ``reference``/``other`` are JSON-able, shortened values for samples.
+    """
+
+    path: str
+    generic_path: str
+    kind: DiffKind
+    reference: Any = None
+    other: Any = None
