@@ -37,3 +37,21 @@ class Difference:
     kind: DiffKind
     reference: Any = None
     other: Any = None
+
+
+@dataclass(slots=True)
+class ExchangeDiff:
+    """The diff stage's verdict on one exchange.
+
+    ``candidate``: candidate vs primary. ``secondary``: secondary vs primary (the noise
+    baseline), ``None`` when the exchange has no secondary answer. Empty lists mean "same".
+    ``overflow`` counts differences not listed because a per-pair cap was reached.
+    """
+
+    candidate: list[Difference]
+    secondary: list[Difference] | None = None
+    overflow: int = 0
+
+    @property
+    def divergent(self) -> bool:
+        return bool(self.candidate)
