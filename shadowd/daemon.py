@@ -1,0 +1,180 @@
+"""The daemon: builds the stages from a config, starts them, and stops them in one sequence.
+
+Data flow: ingress → mirror → upstream pools → diff stage → aggregator → report/admin.
+Everything a CLI user can do, a Python caller can do with ``Daemon(config)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from typing import Any
+
+from aiohttp import web
+
+from shadowd.admin import create_admin_app
+from shadowd.aggregate import Aggregator
+from shadowd.config import Config
+from shadowd.diff.stream import DiffStage
+from shadowd.endpoints import EndpointClassifier
+from shadowd.exchange import Exchange
+from shadowd.ingress.server import ProxyIngress
+from shadowd.metrics import Metrics
+from shadowd.mirror import Mirror
+from shadowd.tasks import TaskGroup
+from shadowd.upstream.pool import UpstreamPool
+
+log = logging.getLogger("shadowd")
+
+
+class Daemon:
+    """One shadowd instance. ``start()`` returns once ingress and admin listen."""
+
+    def __init__(self, config: Config) -> None:
+        if config.ingress.mode != "proxy":
+            raise NotImplementedError(f"ingress mode {config.ingress.mode!r} is not available")
+        self.config = config
+        self.metrics = Metrics(config)
+        self.aggregator = Aggregator(config, self.metrics)
+        self._tasks = TaskGroup()
+        self._stopped = asyncio.Event()
+        self._admin_runner: web.AppRunner | None = None
+        self._admin_site: web.TCPSite | None = None
+        self.started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self, *, ingress_sock: socket.socket | None = None) -> None:
+        config = self.config
+        targets = [config.primary, *config.mirror_targets]
+        self.pools = {t.name: UpstreamPool(t, self._tasks) for t in targets}
+        self.endpoints = EndpointClassifier(config.endpoints)
+        self.diff_stage = DiffStage(config.diff, self.aggregator, self.metrics)
+        self.mirror = Mirror(config, self.pools, self.metrics, self._deliver)
+        self.ingress = ProxyIngress(
+            config, self.pools[config.primary.name], self.mirror, self.endpoints, self.metrics
+        )
+        self._tasks.spawn(self.diff_stage.run(), name="diff-stage")
+        # Admin first: a readiness probe may ask before traffic is accepted.
+        self._admin_runner = web.AppRunner(create_admin_app(self), access_log=None)
+        await self._admin_runner.setup()
+        admin = config.admin.listen
+        self._admin_site = web.TCPSite(self._admin_runner, admin.host, admin.port)
+        await self._admin_site.start()
+        await self.ingress.start(ingress_sock)
+        self.started = True
+        log.info(
+            "listening",
+            extra={
+                "ingress": "%s:%d" % self.ingress.address,
+                "admin": "%s:%d" % self.admin_address,
+                "primary": config.primary.url,
+                "candidate": config.candidate.url,
+                "secondary": config.secondary.url if config.secondary else None,
+            },
+        )
+
+    @property
+    def ingress_address(self) -> tuple[str, int]:
+        return self.ingress.address
+
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        assert self._admin_site is not None and self._admin_site._server is not None
+        sock = self._admin_site._server.sockets[0]  # type: ignore[union-attr]
+        host, port = sock.getsockname()[:2]
+        return host, port
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let in-flight answers finish within ``grace`` seconds, let the copies
+        already sent come back (bounded), diff what arrived, then close everything."""
+        if not self.started:
+            return
+        self.started = False
+        await self.ingress.stop_listening()
+        drained = await self.ingress.drain(grace)
+        if not drained:
+            log.warning("drain deadline passed; remaining client connections were closed")
+        self.mirror.set_enabled(False)
+        await self._wait_mirror_idle(min(grace, 5.0))
+        await self.diff_stage.wait_idle(min(grace, 5.0))
+        for pool in self.pools.values():
+            pool.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        await self._tasks.cancel_all()
+        self._stopped.set()
+
+    async def _wait_mirror_idle(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Copies in flight each have their own deadline (the target timeout); this wait is
+        # only bounded by ours. There is no event for "in flight reached 0" on the hot path,
+        # so it is checked at a coarse interval.
+        while self.mirror.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def run_until_signalled(self) -> None:
+        """Run until SIGTERM/SIGINT; a second signal stops at once."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                log.warning("second signal: stopping now")
+                raise SystemExit(1)
+            log.info("stopping", extra={"signal": signal.Signals(signum).name})
+            stop_requested.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await stop_requested.wait()
+            await self.stop()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    # -- the pipeline's end ----------------------------------------------------------------
+    def _deliver(self, exchange: Exchange) -> None:
+        self.diff_stage.submit(exchange)
+
+    # -- AdminControl ----------------------------------------------------------------------
+    def mirror_status(self) -> dict[str, Any]:
+        return {
+            "enabled": self.mirror.enabled,
+            "queue_depth": self.mirror.queue_depth,
+            "in_flight": self.mirror.in_flight,
+            "diff_backlog": self.diff_stage.backlog,
+            "dropped": self.metrics.mirror_dropped_counts(),
+            "skipped": self.metrics.mirror_skipped_counts(),
+        }
+
+    def set_mirroring(self, enabled: bool) -> None:
+        self.mirror.set_enabled(enabled)
+        log.info("mirroring %s", "enabled" if enabled else "disabled")
+
+    async def readiness(self) -> dict[str, Any]:
+        """Ready when the primary is reachable: a candidate that is down must never take
+        production traffic out of a load balancer. Every target's state is reported."""
+        names = [t.name for t in (self.config.primary, *self.config.mirror_targets)]
+        results = await asyncio.gather(*(self._probe(self.pools[n].target) for n in names))
+        targets = {
+            name: {"reachable": error is None, "error": error}
+            for name, error in zip(names, results, strict=True)
+        }
+        return {"ready": self.started and targets["primary"]["reachable"], "targets": targets}
+
+    @staticmethod
+    async def _probe(target: Any) -> str | None:
+        try:
+            async with asyncio.timeout(min(1.0, target.connect_timeout)):
+                _, writer = await asyncio.open_connection(target.host, target.port)
+        except (OSError, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}".rstrip(": ")
+        writer.close()
+        return None

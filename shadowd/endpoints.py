@@ -1,0 +1,98 @@
+"""Naming the endpoint a request belongs to: ``GET /users/{id}``, never a raw path.
+
+Raw paths carry ids, and ids explode the number of endpoints (Diffy #6, #49), so path segments
+that look like data are collapsed into placeholders; configured route templates win over the
+automatic guess; past ``max`` distinct endpoints, everything new is counted under ``other``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from shadowd.config import EndpointsConfig
+
+OTHER = "other"
+
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+_HEX = re.compile(r"^[0-9a-fA-F]{16,}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-=.~]{24,}$")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+_CACHE_LIMIT = 20_000
+
+
+def templated_segment(segment: str) -> str:
+    """A path segment, or the placeholder standing for it when it looks like data."""
+    if not segment:
+        return segment
+    first = segment[0]
+    if (first.isdigit() or first == "-") and _NUMBER.match(segment):
+        return "{id}"
+    if len(segment) >= 16:
+        if _UUID.match(segment):
+            return "{uuid}"
+        if _HEX.match(segment):
+            return "{hex}"
+        if _TOKEN.match(segment) and any(c.isdigit() for c in segment):
+            return "{token}"
+    return segment
+
+
+def auto_template(path: str) -> str:
+    return "/".join(templated_segment(s) for s in path.split("/"))
+
+
+class _RouteTemplate:
+    __slots__ = ("method", "pattern", "template")
+
+    def __init__(self, spec: str) -> None:
+        method, _, template = spec.strip().rpartition(" ")
+        self.method = method.strip().upper() or None
+        self.template = template
+        regex = ""
+        last = 0
+        for m in _PLACEHOLDER.finditer(template):
+            regex += re.escape(template[last : m.start()]) + "[^/]+"
+            last = m.end()
+        regex += re.escape(template[last:])
+        self.pattern = re.compile(f"^{regex}/?$")
+
+
+class EndpointClassifier:
+    """Maps (method, path) to a bounded set of endpoint names. Not thread-safe."""
+
+    def __init__(self, config: EndpointsConfig) -> None:
+        self._max = config.max
+        self._routes = [_RouteTemplate(spec) for spec in config.templates]
+        self._known: set[str] = set()
+        self._cache: dict[tuple[str, str], str] = {}
+        self.overflowed = 0  # distinct endpoints refused because of the cap
+
+    def classify(self, method: str, path: str) -> str:
+        key = (method, path)
+        name = self._cache.get(key)
+        if name is not None:
+            return name
+        name = self._name(method, path)
+        if name not in self._known:
+            if len(self._known) >= self._max:
+                self.overflowed += 1
+                name = OTHER
+            else:
+                self._known.add(name)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()  # raw paths are unbounded; the cache must not be
+        self._cache[key] = name
+        return name
+
+    def reset(self) -> None:
+        self._known.clear()
+        self._cache.clear()
+        self.overflowed = 0
+
+    def _name(self, method: str, path: str) -> str:
+        for route in self._routes:
+            if (route.method is None or route.method == method) and route.pattern.match(path):
+                return f"{method} {route.template}"
+        return f"{method} {auto_template(path)}"

@@ -1,0 +1,200 @@
+"""Copying sampled requests to the mirror targets, off the request path, with bounded load.
+
+The primary's client never waits on anything here: a copy either gets an in-flight slot at
+once, waits in a bounded queue, or is dropped and counted. A finished exchange (every answer
+in, primary's included) goes to ``deliver`` — the diff stage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from collections import deque
+from collections.abc import Callable
+
+from shadowd.config import Config
+from shadowd.exchange import Answer, Exchange, Headers
+from shadowd.metrics import Metrics
+from shadowd.upstream.collect import AnswerCollector
+from shadowd.upstream.pool import UpstreamPool
+from shadowd.upstream.request import RequestTemplate
+
+_RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+class PendingExchange:
+    """An exchange waiting for its answers. The wire form of the request is kept only until
+    the copies are sent."""
+
+    __slots__ = ("abandoned", "exchange", "has_host", "headers", "method", "mirror_remaining",
+                 "primary_done", "sent", "target")
+
+    def __init__(
+        self, exchange: Exchange, method: bytes, target: bytes, headers: Headers, has_host: bool,
+    ) -> None:
+        self.exchange = exchange
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.has_host = has_host
+        self.sent = False
+        self.mirror_remaining = 0  # copies sent and not answered yet
+        self.primary_done = False
+        self.abandoned = False
+
+
+class Mirror:
+    def __init__(
+        self,
+        config: Config,
+        pools: dict[str, UpstreamPool],
+        metrics: Metrics,
+        deliver: Callable[[Exchange], None],
+    ) -> None:
+        self._metrics = metrics
+        self._deliver = deliver
+        self._pools = pools
+        self._ids = itertools.count(1)
+        self._queue: deque[PendingExchange] = deque()
+        self._in_flight = 0
+        self.enabled = config.mirror.enabled
+        self.configure(config)
+        metrics.watch_mirror(lambda: len(self._queue), lambda: self._in_flight)
+        metrics.set_mirror_enabled(self.enabled)
+
+    def configure(self, config: Config) -> None:
+        """Take the mirroring settings of ``config`` (also on reload)."""
+        mirror = config.mirror
+        self._sample_rate = mirror.sample_rate
+        self._methods = frozenset(m.encode("ascii") for m in mirror.methods)
+        self._include = [re.compile(p) for p in mirror.include_paths]
+        self._exclude = [re.compile(p) for p in mirror.exclude_paths]
+        self._queue_size = mirror.queue_size
+        self._max_in_flight = mirror.max_in_flight
+        self._max_body = mirror.max_body_bytes
+        self._answer_limit = config.diff.max_body_bytes
+        self._targets = [
+            (t.name, self._pools[t.name], RequestTemplate(t)) for t in config.mirror_targets
+        ]
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def set_enabled(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._metrics.set_mirror_enabled(enabled)
+        if not enabled:
+            # The kill switch also empties the queue: nothing more reaches the candidate.
+            while self._queue:
+                self.abandon(self._queue.popleft(), "disabled")
+
+    # -- called by the ingress for every request ------------------------------------------
+    def wants(self, method: bytes, path: str, body_size: int) -> bool:
+        """Whether this request should be copied; counts why when it is not."""
+        metrics = self._metrics
+        if not self.enabled:
+            metrics.mirror_skipped("disabled")
+            return False
+        if method not in self._methods:
+            metrics.mirror_skipped("method")
+            return False
+        if self._include and not any(p.search(path) for p in self._include):
+            metrics.mirror_skipped("path")
+            return False
+        if self._exclude and any(p.search(path) for p in self._exclude):
+            metrics.mirror_skipped("path")
+            return False
+        if self._sample_rate < 1.0 and random.random() >= self._sample_rate:
+            metrics.mirror_skipped("sampled_out")
+            return False
+        if body_size > self._max_body:
+            metrics.mirror_dropped("request_body_too_large")
+            return False
+        return True
+
+    def start(
+        self, exchange: Exchange, method: bytes, target: bytes, headers: Headers, has_host: bool,
+    ) -> PendingExchange | None:
+        """Send (or queue) the copies. ``None``: dropped and counted, do not track the primary."""
+        exchange.id = next(self._ids)
+        pending = PendingExchange(exchange, method, target, headers, has_host)
+        if self._in_flight < self._max_in_flight:
+            self._send(pending)
+        elif len(self._queue) < self._queue_size:
+            self._queue.append(pending)
+        else:
+            self._metrics.mirror_dropped("queue_full")
+            return None
+        return pending
+
+    def primary_answered(self, pending: PendingExchange, answer: Answer) -> None:
+        pending.exchange.answers[answer.target] = answer
+        pending.primary_done = True
+        self._maybe_deliver(pending)
+
+    def abandon(self, pending: PendingExchange, reason: str) -> None:
+        """The primary's answer will never be complete (e.g. the client left): no diff."""
+        if not pending.abandoned:
+            pending.abandoned = True
+            self._metrics.mirror_dropped(reason)
+
+    # -- internals ------------------------------------------------------------------------
+    def _send(self, pending: PendingExchange) -> None:
+        self._in_flight += 1
+        pending.sent = True
+        pending.mirror_remaining = len(self._targets)
+        request = pending.exchange.request
+        body = request.body
+        method = pending.method
+        head_only = method == b"HEAD"
+        retryable = method in _RETRYABLE
+        for name, pool, template in self._targets:
+            payload = template.build(method, pending.target, pending.headers, body, pending.has_host)
+            collector = AnswerCollector(name, self._answer_limit, _Arrival(self, pending))
+            pool.send(payload, collector, head_only=head_only, retryable=retryable)
+        pending.headers = []  # the wire form is no longer needed
+
+    def _mirror_answered(self, pending: PendingExchange, answer: Answer) -> None:
+        pending.exchange.answers[answer.target] = answer
+        if answer.error is not None:
+            self._metrics.upstream_error(answer.target, answer.error)
+        pending.mirror_remaining -= 1
+        if pending.mirror_remaining == 0:
+            self._in_flight -= 1
+            self._next_from_queue()
+            self._maybe_deliver(pending)
+
+    def _maybe_deliver(self, pending: PendingExchange) -> None:
+        if (
+            pending.primary_done
+            and pending.sent
+            and pending.mirror_remaining == 0
+            and not pending.abandoned
+        ):
+            self._deliver(pending.exchange)
+
+    def _next_from_queue(self) -> None:
+        queue = self._queue
+        while queue and self._in_flight < self._max_in_flight:
+            pending = queue.popleft()
+            if not pending.abandoned:
+                self._send(pending)
+
+
+class _Arrival:
+    """Routes a mirror target's answer back to its exchange (a bound method, kept tiny)."""
+
+    __slots__ = ("_mirror", "_pending")
+
+    def __init__(self, mirror: Mirror, pending: PendingExchange) -> None:
+        self._mirror = mirror
+        self._pending = pending
+
+    def __call__(self, answer: Answer) -> None:
+        self._mirror._mirror_answered(self._pending, answer)

@@ -1,0 +1,149 @@
+"""Keep-alive connections to one target, shared by every request sent there.
+
+Bounded: at most ``max_connections`` open; beyond that, calls wait their turn (their deadline
+still runs). Every call has a deadline that covers waiting, connecting and answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+
+from shadowd.config import TargetConfig
+from shadowd.exchange import ERROR_CONNECT, ERROR_TIMEOUT
+from shadowd.tasks import TaskGroup
+from shadowd.upstream.connection import Call, ResponseSink, UpstreamConnection
+
+
+def _ssl_context(target: TargetConfig) -> ssl.SSLContext | None:
+    if target.scheme != "https":
+        return None
+    ctx = ssl.create_default_context(cafile=str(target.ca_file) if target.ca_file else None)
+    if not target.tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class UpstreamPool:
+    def __init__(self, target: TargetConfig, tasks: TaskGroup) -> None:
+        self.target = target
+        self._tasks = tasks
+        self._loop = asyncio.get_running_loop()
+        self._ssl = _ssl_context(target)
+        self._idle: list[UpstreamConnection] = []
+        self._waiting: deque[Call] = deque()
+        self._open = 0  # connections open or being opened
+        self._closing = False
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    def send(
+        self, payload: bytes, sink: ResponseSink, *, head_only: bool = False,
+        retryable: bool = False,
+    ) -> Call:
+        """Send ``payload`` (a whole serialized request) and report the answer to ``sink``."""
+        call = Call(payload, sink, head_only, retryable)
+        call.started = self._loop.time()
+        call.timer = self._loop.call_later(self.target.timeout, self._on_timeout, call)
+        self._dispatch(call)
+        return call
+
+    def retry(self, call: Call) -> None:
+        self._dispatch(call)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """A connection finished an answer and may serve the next request."""
+        if self._closing:
+            conn.closed = True
+            if conn.transport is not None:
+                conn.transport.close()
+            return
+        waiting = self._waiting
+        while waiting:
+            call = waiting.popleft()
+            if not call.done:
+                conn.start(call)
+                return
+        self._idle.append(conn)
+
+    def connection_closed(self, conn: UpstreamConnection) -> None:
+        self._open -= 1
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            pass
+        self._serve_waiting()
+
+    def close(self) -> None:
+        """Close idle connections now; busy ones close when their answer is complete."""
+        self._closing = True
+        for conn in self._idle:
+            conn.closed = True
+            if conn.transport is not None:
+                conn.transport.close()
+        self._idle.clear()
+        while self._waiting:
+            self._waiting.popleft().finish_error(ERROR_CONNECT)
+
+    # -- internals ------------------------------------------------------------------------
+    def _dispatch(self, call: Call) -> None:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()  # most recently used first: warm, and lets the others expire
+            if not conn.closed:
+                conn.start(call)
+                return
+        if self._closing:
+            call.finish_error(ERROR_CONNECT)
+        elif self._open < self.target.max_connections:
+            self._open += 1
+            self._tasks.spawn(self._connect(call), name=f"connect-{self.target.name}")
+        else:
+            self._waiting.append(call)
+
+    def _serve_waiting(self) -> None:
+        waiting = self._waiting
+        while waiting and waiting[0].done:
+            waiting.popleft()
+        if waiting and not self._closing and self._open < self.target.max_connections:
+            self._open += 1
+            self._tasks.spawn(self._connect(waiting.popleft()), name=f"connect-{self.target.name}")
+
+    async def _connect(self, call: Call) -> None:
+        target = self.target
+        try:
+            async with asyncio.timeout(target.connect_timeout):
+                _, conn = await self._loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    target.host,
+                    target.port,
+                    ssl=self._ssl,
+                    server_hostname=target.host if self._ssl else None,
+                )
+        except TimeoutError:
+            self._open -= 1
+            call.finish_error(ERROR_TIMEOUT)
+            self._serve_waiting()
+            return
+        except (OSError, ssl.SSLError):
+            self._open -= 1
+            call.finish_error(ERROR_CONNECT)
+            self._serve_waiting()
+            return
+        if call.done:  # its deadline passed while connecting: the connection serves others
+            self.release(conn)
+        else:
+            conn.start(call)
+
+    def _on_timeout(self, call: Call) -> None:
+        call.timer = None
+        if call.done:
+            return
+        if call.connection is not None:
+            call.connection.on_timeout()
+        else:
+            call.finish_error(ERROR_TIMEOUT)  # still waiting or connecting
