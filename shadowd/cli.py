@@ -1,0 +1,160 @@
+"""The ``shadowd`` command line: parses arguments and calls the library; nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shadowd import __version__
+from shadowd.config import ConfigError, load_config
+from shadowd.errors import AdminUnreachable
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8471"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from shadowd.daemon import Daemon
+    from shadowd.logs import setup_logging
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    setup_logging(config.logging.level, config.logging.format)
+    _install_uvloop()
+
+    async def main() -> None:
+        daemon = Daemon(config)
+        await daemon.start()
+        await daemon.run_until_signalled()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:  # typically: the listen address is taken
+        print(f"shadowd: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    targets = ", ".join(f"{t.name}={t.url}" for t in (config.primary, *config.mirror_targets))
+    print(f"{args.file}: ok ({config.ingress.mode} mode on {config.ingress.listen}; {targets})")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from shadowd.report import render_table
+
+    try:
+        report = admin_get(args.url, "/api/v1/report", _token(args))
+    except AdminUnreachable as exc:
+        print(f"shadowd report: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(render_table(report) + "\n")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from shadowd.demo.tour import run_demo
+
+    _install_uvloop()
+    return run_demo(duration=args.duration, requests=args.requests)
+
+
+def admin_get(url: str, path: str, token: str | None) -> Any:
+    """GET a JSON document from a running daemon's admin API."""
+    request = urllib.request.Request(url.rstrip("/") + path)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return orjson.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace").strip()
+        raise AdminUnreachable(f"{url}{path} answered {exc.code}: {detail}") from exc
+    except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise AdminUnreachable(f"cannot reach the admin API at {url}: {reason}") from exc
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if getattr(args, "token_file", None):
+        return Path(args.token_file).read_text().strip()
+    return os.environ.get("SHADOWD_TOKEN") or None
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; the loop still works
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _add_admin_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", default=os.environ.get("SHADOWD_ADMIN_URL", DEFAULT_ADMIN_URL),
+        help="admin API base URL (default: %(default)s, or $SHADOWD_ADMIN_URL)",
+    )
+    parser.add_argument(
+        "--token-file", help="file holding the admin bearer token (or set $SHADOWD_TOKEN)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shadowd",
+        description="Mirror production HTTP traffic to a candidate release, diff the answers, "
+        "and report whether it may be promoted.",
+    )
+    parser.add_argument("--version", action="version", version=f"shadowd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon (proxy mode: mirror, diff, admin API)")
+    run.add_argument("-c", "--config", required=True, help="TOML config file")
+    run.set_defaults(func=_run)
+
+    demo = sub.add_parser(
+        "demo", help="a self-contained tour on loopback: sample services, traffic, the report"
+    )
+    demo.add_argument(
+        "--duration", type=float, default=None,
+        help="seconds to keep the admin API up after the report (default: until Ctrl-C)",
+    )
+    demo.add_argument("--requests", type=int, default=3000, help="requests to drive (default 3000)")
+    demo.set_defaults(func=_demo)
+
+    report = sub.add_parser("report", help="the running daemon's divergence report")
+    _add_admin_args(report)
+    report.add_argument("--json", action="store_true", help="print the JSON report")
+    report.set_defaults(func=_report)
+
+    check = sub.add_parser("check-config", help="validate a config file; every problem is listed")
+    check.add_argument("file")
+    check.set_defaults(func=_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
