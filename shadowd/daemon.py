@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +43,9 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._admin_runner: web.AppRunner | None = None
         self._admin_site: web.TCPSite | None = None
+        # Called with every completed exchange before it is diffed (capture, tests). They run
+        # on the event loop: each must be quick and must not raise.
+        self.exchange_listeners: list[Callable[[Exchange], None]] = []
         self.started = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -141,6 +145,8 @@ class Daemon:
 
     # -- the pipeline's end ----------------------------------------------------------------
     def _deliver(self, exchange: Exchange) -> None:
+        for listener in self.exchange_listeners:
+            listener(exchange)
         self.diff_stage.submit(exchange)
 
     # -- AdminControl ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from shadowd.config import (
 
 if TYPE_CHECKING:
     from shadowd.daemon import Daemon
+    from shadowd.exchange import Exchange
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -90,6 +91,8 @@ async def make_backend() -> AsyncIterator[Callable[[], Backend]]:
 class RunningShadowd:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        self.exchanges: list[Exchange] = []  # every completed exchange, in delivery order
+        daemon.exchange_listeners.append(self.exchanges.append)
         host, port = daemon.ingress_address
         self.url = f"http://{host}:{port}"
         ahost, aport = daemon.admin_address

@@ -1,0 +1,227 @@
+"""Nothing the candidate does reaches the primary's client; mirroring sheds load, counted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+PRIMARY_BODY = b'{"answer": "from primary"}'
+
+
+@pytest.fixture
+async def primary(make_backend):
+    backend = make_backend()
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=PRIMARY_BODY, content_type="application/json")
+
+    backend.route("*", "/{tail:.*}", answer)
+    await backend.start()
+    return backend
+
+
+async def raw_server(handle) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+async def timed_get(url: str, count: int = 20) -> tuple[list[bytes], float]:
+    """Bodies of ``count`` sequential GETs on one keep-alive connection, and the slowest one."""
+    bodies = []
+    slowest = 0.0
+    async with aiohttp.ClientSession() as session:
+        for i in range(count):
+            started = time.perf_counter()
+            async with session.get(f"{url}/items/{i}") as answer:
+                bodies.append(await answer.read())
+                assert answer.status == 200
+            slowest = max(slowest, time.perf_counter() - started)
+    return bodies, slowest
+
+
+async def test_candidate_that_never_answers_does_not_delay_the_client(
+    primary, make_backend, start_shadowd
+):
+    release = asyncio.Event()
+    candidate = make_backend()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="too late")
+
+    candidate.route("*", "/{tail:.*}", hang)
+    await candidate.start()
+    shadowd = await start_shadowd(
+        primary.url, candidate.url, candidate_options={"timeout": 30.0}
+    )
+    try:
+        bodies, slowest = await timed_get(shadowd.url)
+        await candidate.wait_for_requests(20)  # the copies really went out and are stuck
+    finally:
+        release.set()
+    assert bodies == [PRIMARY_BODY] * 20
+    assert slowest < 0.5  # the candidate holds every copy; a client never waits for it
+
+
+async def test_candidate_down_leaves_answers_unchanged(primary, start_shadowd):
+    shadowd = await start_shadowd(primary.url, "http://127.0.0.1:9")
+    bodies, _ = await timed_get(shadowd.url)
+    assert bodies == [PRIMARY_BODY] * 20
+    await shadowd.settled(20)
+    errors = [ex.candidate.error for ex, _ in _exchanges(shadowd)]
+    assert set(errors) == {"connect"}
+
+
+async def test_candidate_resetting_connections_leaves_answers_unchanged(primary, start_shadowd):
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.transport.abort()
+
+    server, url = await raw_server(reset)
+    async with server:
+        shadowd = await start_shadowd(primary.url, url)
+        bodies, _ = await timed_get(shadowd.url)
+        assert bodies == [PRIMARY_BODY] * 20
+        await shadowd.settled(20)
+        assert {ex.candidate.error for ex, _ in _exchanges(shadowd)} == {"reset"}
+
+
+async def test_candidate_answering_garbage_leaves_answers_unchanged(primary, start_shadowd):
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b"\x00\xffNOT HTTP AT ALL\r\n\r\n" * 100)
+        await writer.drain()
+        writer.close()
+
+    server, url = await raw_server(garbage)
+    async with server:
+        shadowd = await start_shadowd(primary.url, url)
+        bodies, _ = await timed_get(shadowd.url)
+        assert bodies == [PRIMARY_BODY] * 20
+        await shadowd.settled(20)
+        assert {ex.candidate.error for ex, _ in _exchanges(shadowd)} == {"protocol"}
+
+
+async def test_candidate_sending_a_huge_body_does_not_change_the_answer(
+    primary, make_backend, start_shadowd
+):
+    candidate = make_backend()
+
+    async def huge(request: web.Request) -> web.Response:
+        return web.Response(body=b"z" * (20 * 1024 * 1024))
+
+    candidate.route("*", "/{tail:.*}", huge)
+    await candidate.start()
+    shadowd = await start_shadowd(primary.url, candidate.url, diff={"max_body_bytes": 64 * 1024})
+    bodies, _ = await timed_get(shadowd.url, count=3)
+    assert bodies == [PRIMARY_BODY] * 3
+    await shadowd.settled(3)
+    for exchange, _ in _exchanges(shadowd):
+        assert exchange.candidate.body == b""
+        assert exchange.candidate.body_size == 20 * 1024 * 1024
+        assert exchange.candidate.body_digest is not None
+
+
+async def test_copies_beyond_queue_and_in_flight_cap_are_dropped_and_counted(
+    primary, make_backend, start_shadowd
+):
+    release = asyncio.Event()
+    candidate = make_backend()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="late")
+
+    candidate.route("*", "/{tail:.*}", hang)
+    await candidate.start()
+    shadowd = await start_shadowd(
+        primary.url, candidate.url, mirror={"max_in_flight": 2, "queue_size": 3},
+        candidate_options={"timeout": 30.0},
+    )
+    try:
+        bodies, slowest = await timed_get(shadowd.url, count=10)
+        mirror = shadowd.daemon.mirror
+        assert (mirror.in_flight, mirror.queue_depth) == (2, 3)
+        assert shadowd.daemon.metrics.mirror_dropped_counts()["queue_full"] == 5
+    finally:
+        release.set()
+    assert bodies == [PRIMARY_BODY] * 10
+    assert slowest < 0.5
+    await shadowd.settled(5)
+
+
+async def test_only_safe_methods_are_mirrored_by_default(primary, make_backend, start_shadowd):
+    candidate = make_backend()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(body=PRIMARY_BODY, content_type="application/json")
+
+    candidate.route("*", "/{tail:.*}", ok)
+    await candidate.start()
+    shadowd = await start_shadowd(primary.url, candidate.url)
+    async with aiohttp.ClientSession() as session:
+        for method in ("POST", "PUT", "DELETE", "PATCH", "GET"):
+            async with session.request(method, shadowd.url + "/orders/1", data=b"{}") as answer:
+                assert await answer.read() == PRIMARY_BODY
+    await shadowd.settled(1)
+    assert [seen["method"] for seen in candidate.seen] == ["GET"]
+    assert shadowd.daemon.metrics.mirror_skipped_counts()["method"] == 4
+
+
+async def test_copy_carries_method_path_query_headers_and_body(
+    primary, make_backend, start_shadowd
+):
+    candidate = make_backend()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(body=PRIMARY_BODY, content_type="application/json")
+
+    candidate.route("*", "/{tail:.*}", ok)
+    await candidate.start()
+    shadowd = await start_shadowd(
+        primary.url, candidate.url, mirror={"methods": frozenset({"GET", "POST"})},
+        candidate_options={"host_header": "candidate.internal",
+                           "set_headers": (("X-Shadow", "1"),)},
+    )
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            shadowd.url + "/search?q=shoes&page=2", data=b'{"size": 42}',
+            headers={"X-Tenant": "acme", "Host": "shop.example"},
+        ) as answer:
+            await answer.read()
+    await candidate.wait_for_requests(1)
+    copy = candidate.seen[0]
+    original = primary.seen[0]
+    assert copy["method"] == "POST"
+    assert copy["path_qs"] == original["path_qs"] == "/search?q=shoes&page=2"
+    assert copy["body"] == original["body"] == b'{"size": 42}'
+    assert copy["headers"]["X-Tenant"] == "acme"
+    assert copy["headers"]["Host"] == "candidate.internal"
+    assert copy["headers"]["X-Shadow"] == "1"
+    assert original["headers"]["Host"] == "shop.example"
+    assert "X-Shadow" not in original["headers"]
+
+
+async def test_kill_switch_stops_copies(primary, make_backend, start_shadowd):
+    candidate = make_backend()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    candidate.route("*", "/{tail:.*}", ok)
+    await candidate.start()
+    shadowd = await start_shadowd(primary.url, candidate.url)
+    shadowd.daemon.set_mirroring(False)
+    bodies, _ = await timed_get(shadowd.url, count=5)
+    assert bodies == [PRIMARY_BODY] * 5
+    assert candidate.seen == []
+    assert shadowd.daemon.metrics.mirror_skipped_counts()["disabled"] == 5
+
+
+def _exchanges(shadowd):
+    return [(exchange, None) for exchange in shadowd.exchanges]
