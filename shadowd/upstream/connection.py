@@ -54,6 +54,7 @@ class Call:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
+            self.timer = None
         if self.connection is not None:
             self.connection.abort()
 
@@ -63,6 +64,7 @@ class Call:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
+            self.timer = None  # the handle refers back to this call: no cycle for the GC
         self.sink.on_response_error(kind)
 
 
@@ -195,6 +197,7 @@ class UpstreamConnection(asyncio.Protocol):
         call.connection = None
         if call.timer is not None:
             call.timer.cancel()
+            call.timer = None
         self.served += 1
         # Back to the pool before the sink hears of it, so the sink may send again at once.
         if keep_alive and not self.closed:
