@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shadowd import sdnotify
 from shadowd.admin import create_admin_app
 from shadowd.aggregate import Aggregator
 from shadowd.config import Config
@@ -136,12 +137,23 @@ class Daemon:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+        sdnotify.notify(f"READY=1\nSTATUS=proxying on {self.config.ingress.listen}")
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            self._tasks.spawn(self._watchdog(interval), name="watchdog")
         try:
             await stop_requested.wait()
+            sdnotify.notify("STOPPING=1\nSTATUS=draining connections")
             await self.stop()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the event loop itself: a loop stuck in a callback misses its pings.
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     # -- the pipeline's end ----------------------------------------------------------------
     def _deliver(self, exchange: Exchange) -> None:
