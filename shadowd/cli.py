@@ -110,7 +110,8 @@ def _install_uvloop() -> None:
 
 def _add_admin_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--url", default=os.environ.get("SHADOWD_ADMIN_URL", DEFAULT_ADMIN_URL),
+        "--url",
+        default=os.environ.get("SHADOWD_ADMIN_URL", DEFAULT_ADMIN_URL),
         help="admin API base URL (default: %(default)s, or $SHADOWD_ADMIN_URL)",
     )
     parser.add_argument(
@@ -135,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="a self-contained tour on loopback: sample services, traffic, the report"
     )
     demo.add_argument(
-        "--duration", type=float, default=None,
+        "--duration",
+        type=float,
+        default=None,
         help="seconds to keep the admin API up after the report (default: until Ctrl-C)",
     )
     demo.add_argument("--requests", type=int, default=3000, help="requests to drive (default 3000)")

@@ -72,8 +72,8 @@ class Daemon:
         log.info(
             "listening",
             extra={
-                "ingress": "%s:%d" % self.ingress.address,
-                "admin": "%s:%d" % self.admin_address,
+                "ingress": "{}:{}".format(*self.ingress.address),
+                "admin": "{}:{}".format(*self.admin_address),
                 "primary": config.primary.url,
                 "candidate": config.candidate.url,
                 "secondary": config.secondary.url if config.secondary else None,
@@ -112,13 +112,15 @@ class Daemon:
         self._stopped.set()
 
     async def _wait_mirror_idle(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         # Copies in flight each have their own deadline (the target timeout); this wait is
-        # only bounded by ours. There is no event for "in flight reached 0" on the hot path,
-        # so it is checked at a coarse interval.
-        while self.mirror.in_flight and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        # bounded by ours as well.
+        try:
+            async with asyncio.timeout(timeout):
+                await self.mirror.wait_idle()
+        except TimeoutError:
+            log.warning(
+                "copies still in flight at shutdown", extra={"in_flight": self.mirror.in_flight}
+            )
 
     async def run_until_signalled(self) -> None:
         """Run until SIGTERM/SIGINT; a second signal stops at once."""

@@ -14,7 +14,9 @@ from shadowd.config import EndpointsConfig
 OTHER = "other"
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+_UUID = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
 _HEX = re.compile(r"^[0-9a-fA-F]{16,}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-=.~]{24,}$")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")

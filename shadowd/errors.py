@@ -1,10 +1,10 @@
 """shadowd's own exceptions, caught at the edges (CLI, admin handlers) and turned into messages.
 
-    ShadowdError
-    ├── ConfigError            (shadowd.config; also a ValueError)
-    ├── CaptureError           a capture file could not be read or written
-    │   └── CaptureFormatError the bytes are not a capture file of a known version
-    └── AdminUnreachable       the CLI could not reach a running daemon's admin API
+ShadowdError
+├── ConfigError            (shadowd.config; also a ValueError)
+├── CaptureError           a capture file could not be read or written
+│   └── CaptureFormatError the bytes are not a capture file of a known version
+└── AdminUnreachable       the CLI could not reach a running daemon's admin API
 """
 
 from __future__ import annotations

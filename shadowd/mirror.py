@@ -7,6 +7,7 @@ in, primary's included) goes to ``deliver`` — the diff stage.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import re
@@ -27,11 +28,25 @@ class PendingExchange:
     """An exchange waiting for its answers. The wire form of the request is kept only until
     the copies are sent."""
 
-    __slots__ = ("abandoned", "exchange", "has_host", "headers", "method", "mirror_remaining",
-                 "primary_done", "sent", "target")
+    __slots__ = (
+        "abandoned",
+        "exchange",
+        "has_host",
+        "headers",
+        "method",
+        "mirror_remaining",
+        "primary_done",
+        "sent",
+        "target",
+    )
 
     def __init__(
-        self, exchange: Exchange, method: bytes, target: bytes, headers: Headers, has_host: bool,
+        self,
+        exchange: Exchange,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        has_host: bool,
     ) -> None:
         self.exchange = exchange
         self.method = method
@@ -58,6 +73,7 @@ class Mirror:
         self._ids = itertools.count(1)
         self._queue: deque[PendingExchange] = deque()
         self._in_flight = 0
+        self._idle_waiter: asyncio.Event | None = None
         self.enabled = config.mirror.enabled
         self.configure(config)
         metrics.watch_mirror(lambda: len(self._queue), lambda: self._in_flight)
@@ -77,6 +93,13 @@ class Mirror:
         self._targets = [
             (t.name, self._pools[t.name], RequestTemplate(t)) for t in config.mirror_targets
         ]
+
+    async def wait_idle(self) -> None:
+        """Until no copy is in flight or queued (shutdown, tests)."""
+        while self._in_flight or self._queue:
+            self._idle_waiter = asyncio.Event()
+            await self._idle_waiter.wait()
+        self._idle_waiter = None
 
     @property
     def queue_depth(self) -> int:
@@ -119,7 +142,12 @@ class Mirror:
         return True
 
     def start(
-        self, exchange: Exchange, method: bytes, target: bytes, headers: Headers, has_host: bool,
+        self,
+        exchange: Exchange,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        has_host: bool,
     ) -> PendingExchange | None:
         """Send (or queue) the copies. ``None``: dropped and counted, do not track the primary."""
         exchange.id = next(self._ids)
@@ -155,7 +183,9 @@ class Mirror:
         head_only = method == b"HEAD"
         retryable = method in _RETRYABLE
         for name, pool, template in self._targets:
-            payload = template.build(method, pending.target, pending.headers, body, pending.has_host)
+            payload = template.build(
+                method, pending.target, pending.headers, body, pending.has_host
+            )
             collector = AnswerCollector(name, self._answer_limit, _Arrival(self, pending))
             pool.send(payload, collector, head_only=head_only, retryable=retryable)
         pending.headers = []  # the wire form is no longer needed
@@ -168,6 +198,8 @@ class Mirror:
         if pending.mirror_remaining == 0:
             self._in_flight -= 1
             self._next_from_queue()
+            if self._in_flight == 0 and self._idle_waiter is not None:
+                self._idle_waiter.set()
             self._maybe_deliver(pending)
 
     def _maybe_deliver(self, pending: PendingExchange) -> None:

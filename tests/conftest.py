@@ -45,7 +45,8 @@ class Backend:
                     "path_qs": request.path_qs,
                     "headers": request.headers.copy(),
                     "body": await request.read(),
-                    "peer": request.transport.get_extra_info("peername") if request.transport
+                    "peer": request.transport.get_extra_info("peername")
+                    if request.transport
                     else None,
                 }
             )

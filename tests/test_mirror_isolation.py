@@ -56,9 +56,7 @@ async def test_candidate_that_never_answers_does_not_delay_the_client(
 
     candidate.route("*", "/{tail:.*}", hang)
     await candidate.start()
-    shadowd = await start_shadowd(
-        primary.url, candidate.url, candidate_options={"timeout": 30.0}
-    )
+    shadowd = await start_shadowd(primary.url, candidate.url, candidate_options={"timeout": 30.0})
     try:
         bodies, slowest = await timed_get(shadowd.url)
         await candidate.wait_for_requests(20)  # the copies really went out and are stuck
@@ -140,7 +138,9 @@ async def test_copies_beyond_queue_and_in_flight_cap_are_dropped_and_counted(
     candidate.route("*", "/{tail:.*}", hang)
     await candidate.start()
     shadowd = await start_shadowd(
-        primary.url, candidate.url, mirror={"max_in_flight": 2, "queue_size": 3},
+        primary.url,
+        candidate.url,
+        mirror={"max_in_flight": 2, "queue_size": 3},
         candidate_options={"timeout": 30.0},
     )
     try:
@@ -184,16 +184,23 @@ async def test_copy_carries_method_path_query_headers_and_body(
     candidate.route("*", "/{tail:.*}", ok)
     await candidate.start()
     shadowd = await start_shadowd(
-        primary.url, candidate.url, mirror={"methods": frozenset({"GET", "POST"})},
-        candidate_options={"host_header": "candidate.internal",
-                           "set_headers": (("X-Shadow", "1"),)},
+        primary.url,
+        candidate.url,
+        mirror={"methods": frozenset({"GET", "POST"})},
+        candidate_options={
+            "host_header": "candidate.internal",
+            "set_headers": (("X-Shadow", "1"),),
+        },
     )
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            shadowd.url + "/search?q=shoes&page=2", data=b'{"size": 42}',
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            shadowd.url + "/search?q=shoes&page=2",
+            data=b'{"size": 42}',
             headers={"X-Tenant": "acme", "Host": "shop.example"},
-        ) as answer:
-            await answer.read()
+        ) as answer,
+    ):
+        await answer.read()
     await candidate.wait_for_requests(1)
     copy = candidate.seen[0]
     original = primary.seen[0]

@@ -101,9 +101,11 @@ async def proxy(primary, make_backend, start_shadowd):
 
 
 async def fetch(url: str, method: str = "GET", **kwargs) -> tuple[int, str, dict, bytes]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        async with session.request(method, url, **kwargs) as answer:
-            return answer.status, answer.reason or "", answer.headers, await answer.read()
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.request(method, url, **kwargs) as answer,
+    ):
+        return answer.status, answer.reason or "", answer.headers, await answer.read()
 
 
 async def test_json_answer_and_its_headers_are_relayed(proxy):
@@ -219,8 +221,12 @@ async def test_pipelined_requests_are_answered_in_order(proxy):
 async def test_hop_by_hop_headers_are_not_forwarded(proxy, primary):
     await fetch(
         proxy.url + "/json",
-        headers={"Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1", "TE": "trailers",
-                 "X-End-To-End": "yes"},
+        headers={
+            "Connection": "keep-alive, X-Secret-Hop",
+            "X-Secret-Hop": "1",
+            "TE": "trailers",
+            "X-End-To-End": "yes",
+        },
     )
     seen = primary.seen[-1]["headers"]
     assert "X-Secret-Hop" not in seen
@@ -229,7 +235,9 @@ async def test_hop_by_hop_headers_are_not_forwarded(proxy, primary):
 
 
 async def test_forwarded_for_is_appended_and_host_preserved(proxy, primary):
-    await fetch(proxy.url + "/json", headers={"Host": "shop.example", "X-Forwarded-For": "10.0.0.7"})
+    await fetch(
+        proxy.url + "/json", headers={"Host": "shop.example", "X-Forwarded-For": "10.0.0.7"}
+    )
     seen = primary.seen[-1]["headers"]
     assert seen["Host"] == "shop.example"
     assert seen["X-Forwarded-For"] == "10.0.0.7, 127.0.0.1"

@@ -43,8 +43,8 @@ async def tour(duration: float | None, requests: int, out=sys.stdout) -> int:
     daemon = Daemon(config)
     await daemon.start()
     try:
-        ingress = "http://%s:%d" % daemon.ingress_address
-        admin = "http://%s:%d" % daemon.admin_address
+        ingress = "http://{}:{}".format(*daemon.ingress_address)
+        admin = "http://{}:{}".format(*daemon.admin_address)
         print("shadowd demo: sample services with planted differences", file=out)
         for role in (PRIMARY, SECONDARY, CANDIDATE):
             print(f"  {role:<10} {urls[role]}", file=out)

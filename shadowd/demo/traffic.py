@@ -55,12 +55,12 @@ class Progress:
             self._next_mark = fraction + 0.25
 
 
-async def drive(base_url: str, requests: int, concurrency: int = 16, seed: int = 7) -> TrafficResult:
+async def drive(
+    base_url: str, requests: int, concurrency: int = 16, seed: int = 7
+) -> TrafficResult:
     rng = random.Random(seed)
     weights = [w for w, _ in MIX]
-    paths = [
-        rng.choices(MIX, weights)[0][1].format(n=rng.randint(1, 60)) for _ in range(requests)
-    ]
+    paths = [rng.choices(MIX, weights)[0][1].format(n=rng.randint(1, 60)) for _ in range(requests)]
     result = TrafficResult()
     progress = Progress(requests)
     queue: asyncio.Queue[str] = asyncio.Queue()

@@ -14,10 +14,11 @@ import time
 from collections import deque
 
 from shadowd.aggregate import Aggregator
-from shadowd.config import DiffConfig
 from shadowd.diff.engine import diff_exchange
-from shadowd.exchange import Exchange
 from shadowd.metrics import Metrics
+
+from shadowd.config import DiffConfig
+from shadowd.exchange import Exchange
 
 log = logging.getLogger("shadowd.diff")
 

@@ -9,7 +9,6 @@ HTTP/1.1 client). Nothing on this path waits for the mirror targets.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ from shadowd.exchange import (
     Headers,
     Request,
 )
+from shadowd.ingress.http import ParsedRequest, RequestReader, forwardable_headers
 from shadowd.ingress.responses import error_response
 from shadowd.upstream.collect import BodyKeeper
 from shadowd.upstream.connection import Call
@@ -41,41 +41,17 @@ _XFH = b"x-forwarded-host"
 _STATUS_LINES = {code: b"HTTP/1.1 %d " % code for code in range(100, 600)}
 
 
-class _ParsedRequest:
-    __slots__ = ("body", "headers", "http11", "keep_alive", "method", "url")
+class ClientConnection(RequestReader):
+    """One client socket in proxy mode; also the ``ResponseSink`` of its primary calls."""
 
-    def __init__(self, method: bytes, url: bytes, headers: Headers, body: bytes,
-                 keep_alive: bool, http11: bool) -> None:
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.body = body
-        self.keep_alive = keep_alive
-        self.http11 = http11
-
-
-class ClientConnection(asyncio.Protocol):
     def __init__(self, ingress: ProxyIngress) -> None:
-        self._ingress = ingress
-        self._limits = ingress.config.ingress
-        self._parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self._client = ""
-        self._closed = False
-        # request being parsed
-        self._url = b""
-        self._headers: Headers = []
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._head_bytes = 0
-        self._rejected = False
+        super().__init__(ingress)
+        self._ingress: ProxyIngress = ingress
         # requests parsed but not answered yet (pipelining): the first one is in flight
-        self._queue: deque[_ParsedRequest] = deque()
-        self._reading_paused = False
-        self._writing_paused = False
+        self._queue: deque[ParsedRequest] = deque()
         # the answer being relayed
         self._call: Call | None = None
-        self._current: _ParsedRequest | None = None
+        self._current: ParsedRequest | None = None
         self._status = 0
         self._head_sent = False
         self._chunked = False
@@ -84,19 +60,9 @@ class ClientConnection(asyncio.Protocol):
         self._keeper: BodyKeeper | None = None
         self._answer: Answer | None = None
         self._primary_started = 0.0
-        self.idle_since = 0.0
-
-    # -- asyncio.Protocol -----------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self._client = peer[0] if isinstance(peer, tuple) else ""
-        self.idle_since = self._ingress.now
-        self._ingress.connection_opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        self._ingress.connection_closed(self)
+        super().connection_lost(exc)
         call = self._call
         if call is not None:
             call.cancel()  # the client left mid-answer: that primary connection is spent
@@ -104,106 +70,38 @@ class ClientConnection(asyncio.Protocol):
             self._ingress.mirror.abandon(self._pending, "client_gone")
             self._pending = None
 
-    def data_received(self, data: bytes) -> None:
-        # A half-sent request counts as idle too; once one is in flight, the primary's
-        # deadline applies instead.
-        self.idle_since = 0.0 if self._queue else self._ingress.now
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Protocol upgrades (WebSocket) are not relayed: the request was answered as a
-            # plain one and the connection closes after it.
-            if self._queue:
-                self._queue[-1].keep_alive = False
-                self._close_after = True
-            self._pause_reading()
-        except httptools.HttpParserError:
-            if not self._rejected:
-                self._reject(400, "bad_request", "malformed HTTP request")
-
     def pause_writing(self) -> None:
         # The client reads slower than the primary answers: stop reading the primary.
-        self._writing_paused = True
         call = self._call
         if call is not None and call.connection is not None:
             call.connection.pause_reading()
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
         call = self._call
         if call is not None and call.connection is not None:
             call.connection.resume_reading()
 
-    # -- httptools callbacks (request side) -----------------------------------------------
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._body = []
-        self._body_size = 0
-        self._head_bytes = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._head_bytes += len(url)
-        if self._head_bytes > self._limits.max_header_bytes:
-            self._reject(431, "headers_too_large", "request header fields too large")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self._limits.max_header_bytes:
-            self._reject(431, "headers_too_large", "request header fields too large")
-
-    def on_headers_complete(self) -> None:
-        if self._rejected:
-            return
-        expect_continue = False
-        for name, value in self._headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self._limits.max_request_body_bytes:
-                    self._reject(413, "request_too_large", "request body too large")
-                    return
-            elif lname == b"expect" and value.lower() == b"100-continue":
-                expect_continue = True
-        if expect_continue and self.transport is not None:
-            # The body is read here, not by the primary: invite it now.
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def on_body(self, chunk: bytes) -> None:
-        if self._rejected:
-            return
-        self._body_size += len(chunk)
-        if self._body_size > self._limits.max_request_body_bytes:
-            self._reject(413, "request_too_large", "request body too large")
-            return
-        self._body.append(chunk)
-
-    def on_message_complete(self) -> None:
-        if self._rejected:
-            return
-        parser = self._parser
-        body = self._body
-        request = _ParsedRequest(
-            parser.get_method(),
-            self._url,
-            self._headers,
-            body[0] if len(body) == 1 else b"".join(body),
-            parser.should_keep_alive(),
-            parser.get_http_version() != "1.0",
-        )
+    # -- RequestReader ---------------------------------------------------------------------
+    def request_received(self, request: ParsedRequest) -> None:
         self._queue.append(request)
         if len(self._queue) == 1:
             self._dispatch(request)
         else:
             self._pause_reading()  # pipelined: answer in order, one at a time
 
+    def busy(self) -> bool:
+        return bool(self._queue)
+
+    def upgrade_requested(self) -> None:
+        # Protocol upgrades (WebSocket) are not relayed: the request is answered as a plain
+        # one and the connection closes after it.
+        if self._queue:
+            self._queue[-1].keep_alive = False
+            self._close_after = True
+        self._pause_reading()
+
     # -- relaying to the primary ----------------------------------------------------------
-    def _dispatch(self, req: _ParsedRequest) -> None:
+    def _dispatch(self, req: ParsedRequest) -> None:
         ingress = self._ingress
         method = req.method
         url = req.url
@@ -251,37 +149,27 @@ class ClientConnection(asyncio.Protocol):
             payload, self, head_only=method == b"HEAD", retryable=method in _IDEMPOTENT
         )
 
-    def _forwarded_headers(self, req: _ParsedRequest) -> tuple[Headers, bool]:
-        """The client's headers minus hop-by-hop ones, with X-Forwarded-* conventions."""
-        listed = None
+    def _forwarded_headers(self, req: ParsedRequest) -> tuple[Headers, bool]:
+        """The client's end-to-end headers with the X-Forwarded-* conventions applied."""
+        kept, has_host, host = forwardable_headers(req.headers)
         headers: Headers = []
         xff = b""
-        has_host = has_proto = False
-        host = b""
-        for name, value in req.headers:
+        has_proto = has_fhost = False
+        for name, value in kept:
             lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"connection" and listed is None:
-                    listed = connection_listed(req.headers)
-                continue
             if lname == _XFF:
                 xff = value if not xff else xff + b", " + value
                 continue
-            if lname == b"host":
-                has_host = True
-                host = value
-            elif lname == _XFP:
+            if lname == _XFP:
                 has_proto = True
-            elif lname == b"expect" or lname == b"content-length":
-                continue  # the body is sent whole with its own length
+            elif lname == _XFH:
+                has_fhost = True
             headers.append((name, value))
-        if listed:
-            headers = [(n, v) for n, v in headers if n.lower() not in listed]
         client = self._client.encode("latin-1")
         headers.append((b"X-Forwarded-For", xff + b", " + client if xff else client))
         if not has_proto:
             headers.append((b"X-Forwarded-Proto", b"http"))
-        if has_host and not any(n.lower() == _XFH for n, _ in headers):
+        if has_host and not has_fhost:
             headers.append((b"X-Forwarded-Host", host))
         return headers, has_host
 
@@ -408,32 +296,7 @@ class ClientConnection(asyncio.Protocol):
             self._dispatch(self._queue[0])
             return
         self.idle_since = self._ingress.now
-        if self._reading_paused:
-            self._reading_paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
-
-    def _reject(self, status: int, reason: str, message: str) -> None:
-        """Refuse a request we could not read in full; the connection cannot be reused."""
-        self._rejected = True
-        self._ingress.metrics.ingress_rejected(reason)
-        self._ingress.metrics.ingress_request(status)
-        if self._queue or self._call is not None:
-            # An earlier pipelined answer is still being relayed: just stop here.
-            self.transport.close()  # type: ignore[union-attr]
-            return
-        self.transport.write(error_response(status, message, close=True))  # type: ignore[union-attr]
-        self._closed = True
-        self.transport.close()  # type: ignore[union-attr]
-
-    def _pause_reading(self) -> None:
-        if not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
-
-    def close_if_idle(self, now: float, idle_timeout: float) -> None:
-        if self.idle_since and now - self.idle_since > idle_timeout and self.transport:
-            self._closed = True
-            self.transport.close()
+        self._resume_reading()
 
 
 def _origin_form(url: bytes) -> bytes | None:

@@ -59,7 +59,10 @@ class ProxyIngress:
             self._server = await loop.create_server(lambda: ClientConnection(self), sock=sock)
         else:
             self._server = await loop.create_server(
-                lambda: ClientConnection(self), listen.host, listen.port, backlog=4096,
+                lambda: ClientConnection(self),
+                listen.host,
+                listen.port,
+                backlog=4096,
                 reuse_address=True,
             )
         self._on_tick()
@@ -70,9 +73,7 @@ class ProxyIngress:
         if len(self._connections) > self.config.ingress.max_connections or self.draining:
             self.metrics.ingress_rejected("max_connections")
             if conn.transport is not None:
-                conn.transport.write(
-                    error_response(503, "too many client connections", close=True)
-                )
+                conn.transport.write(error_response(503, "too many client connections", close=True))
                 conn.transport.close()
 
     def connection_closed(self, conn: ClientConnection) -> None:

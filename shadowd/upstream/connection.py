@@ -34,8 +34,16 @@ class ResponseSink(Protocol):
 class Call:
     """One request on its way to a target: what to send, who hears the answer, its deadline."""
 
-    __slots__ = ("connection", "done", "head_only", "payload", "retryable", "sink", "started",
-                 "timer")
+    __slots__ = (
+        "connection",
+        "done",
+        "head_only",
+        "payload",
+        "retryable",
+        "sink",
+        "started",
+        "timer",
+    )
 
     def __init__(self, payload: bytes, sink: ResponseSink, head_only: bool, retryable: bool):
         self.payload = payload
@@ -69,9 +77,21 @@ class Call:
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("_body_until_close", "_call", "_got_bytes", "_headers", "_informational",
-                 "_parser", "_pool", "_reason", "_status_code", "_status_keep_alive", "closed",
-                 "served", "transport")
+    __slots__ = (
+        "_body_until_close",
+        "_call",
+        "_got_bytes",
+        "_headers",
+        "_informational",
+        "_parser",
+        "_pool",
+        "_reason",
+        "_status_code",
+        "_status_keep_alive",
+        "closed",
+        "served",
+        "transport",
+    )
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool

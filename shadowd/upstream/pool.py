@@ -42,7 +42,11 @@ class UpstreamPool:
         return self._open
 
     def send(
-        self, payload: bytes, sink: ResponseSink, *, head_only: bool = False,
+        self,
+        payload: bytes,
+        sink: ResponseSink,
+        *,
+        head_only: bool = False,
         retryable: bool = False,
     ) -> Call:
         """Send ``payload`` (a whole serialized request) and report the answer to ``sink``."""
@@ -72,10 +76,8 @@ class UpstreamPool:
 
     def connection_closed(self, conn: UpstreamConnection) -> None:
         self._open -= 1
-        try:
+        if conn in self._idle:
             self._idle.remove(conn)
-        except ValueError:
-            pass
         self._serve_waiting()
 
     def close(self) -> None:

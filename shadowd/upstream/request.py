@@ -37,7 +37,7 @@ def connection_listed(headers: Headers) -> frozenset[bytes]:
 class RequestTemplate:
     """What is fixed per target, computed once: path prefix, dropped names, added lines."""
 
-    __slots__ = ("_drop", "_extra", "_default_host", "_prefix")
+    __slots__ = ("_default_host", "_drop", "_extra", "_prefix")
 
     def __init__(self, target: TargetConfig) -> None:
         drop = {name.lower().encode("latin-1") for name in target.remove_headers}
