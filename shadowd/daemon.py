@@ -7,6 +7,7 @@ Everything a CLI user can do, a Python caller can do with ``Daemon(config)``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
@@ -18,11 +19,11 @@ from aiohttp import web
 from shadowd import sdnotify
 from shadowd.admin import create_admin_app
 from shadowd.aggregate import Aggregator
-from shadowd.config import Config
+from shadowd.config import Config, ConfigError, load_config
 from shadowd.diff.stream import DiffStage
 from shadowd.endpoints import EndpointClassifier
 from shadowd.exchange import Exchange
-from shadowd.ingress.server import ProxyIngress
+from shadowd.ingress.server import Ingress
 from shadowd.metrics import Metrics
 from shadowd.mirror import Mirror
 from shadowd.tasks import TaskGroup
@@ -35,8 +36,6 @@ class Daemon:
     """One shadowd instance. ``start()`` returns once ingress and admin listen."""
 
     def __init__(self, config: Config) -> None:
-        if config.ingress.mode != "proxy":
-            raise NotImplementedError(f"ingress mode {config.ingress.mode!r} is not available")
         self.config = config
         self.metrics = Metrics(config)
         self.aggregator = Aggregator(config, self.metrics)
@@ -57,7 +56,7 @@ class Daemon:
         self.endpoints = EndpointClassifier(config.endpoints)
         self.diff_stage = DiffStage(config.diff, self.aggregator, self.metrics)
         self.mirror = Mirror(config, self.pools, self.metrics, self._deliver)
-        self.ingress = ProxyIngress(
+        self.ingress = Ingress(
             config, self.pools[config.primary.name], self.mirror, self.endpoints, self.metrics
         )
         self._tasks.spawn(self.diff_stage.run(), name="diff-stage")
@@ -139,6 +138,7 @@ class Daemon:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_from_file)
         sdnotify.notify(f"READY=1\nSTATUS=proxying on {self.config.ingress.listen}")
         interval = sdnotify.watchdog_interval()
         if interval:
@@ -148,8 +148,66 @@ class Daemon:
             sdnotify.notify("STOPPING=1\nSTATUS=draining connections")
             await self.stop()
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+
+    def reload_from_file(self) -> bool:
+        """SIGHUP: re-read the config file; an invalid one changes nothing."""
+        sdnotify.notify("RELOADING=1")
+        try:
+            new = load_config(self.config.source)
+        except (ConfigError, OSError) as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            sdnotify.notify("READY=1\nSTATUS=reload refused: config invalid")
+            return False
+        self.reconfigure(new)
+        sdnotify.notify(f"READY=1\nSTATUS=reloaded {self.config.source}")
+        return True
+
+    def reconfigure(self, new: Config) -> None:
+        """Apply a validated config without dropping connections or statistics. The listen
+        addresses and the ingress mode are kept: changing those needs a restart."""
+        old = self.config
+        restart_only = [
+            key
+            for key, before, after in (
+                ("ingress.listen", old.ingress.listen, new.ingress.listen),
+                ("ingress.mode", old.ingress.mode, new.ingress.mode),
+                ("admin.listen", old.admin.listen, new.admin.listen),
+                ("admin.token_file", old.admin.token_file, new.admin.token_file),
+            )
+            if before != after
+        ]
+        if restart_only:
+            log.warning("these changes need a restart and were not applied: %s", restart_only)
+            new = dataclasses.replace(
+                new,
+                ingress=dataclasses.replace(
+                    new.ingress, listen=old.ingress.listen, mode=old.ingress.mode
+                ),
+                admin=old.admin,
+            )
+        targets = [new.primary, *new.mirror_targets]
+        pools = {}
+        for target in targets:
+            pool = self.pools.get(target.name)
+            if pool is None or pool.target != target:
+                pool = UpstreamPool(target, self._tasks)
+            pools[target.name] = pool
+        for name, pool in self.pools.items():
+            if pools.get(name) is not pool:
+                pool.close()  # idle connections now; busy ones after their answer
+        self.pools = pools
+        if new.endpoints != old.endpoints:
+            self.endpoints = EndpointClassifier(new.endpoints)
+            self.ingress.endpoints = self.endpoints
+        self.config = new
+        self.mirror.reconfigure(new, pools)
+        self.ingress.primary_pool = pools[new.primary.name]
+        self.ingress.configure(new)
+        self.diff_stage.config = new.diff
+        self.aggregator.config = new
+        log.info("config reloaded", extra={"source": new.source, "digest": new.digest[:12]})
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the event loop itself: a loop stuck in a callback misses its pings.

@@ -79,8 +79,13 @@ class Mirror:
         metrics.watch_mirror(lambda: len(self._queue), lambda: self._in_flight)
         metrics.set_mirror_enabled(self.enabled)
 
+    def reconfigure(self, config: Config, pools: dict[str, UpstreamPool]) -> None:
+        """Take a reloaded config; copies already sent finish on their old targets."""
+        self._pools = pools
+        self.configure(config)
+
     def configure(self, config: Config) -> None:
-        """Take the mirroring settings of ``config`` (also on reload)."""
+        """Take the mirroring settings of ``config``."""
         mirror = config.mirror
         self._sample_rate = mirror.sample_rate
         self._methods = frozenset(m.encode("ascii") for m in mirror.methods)
@@ -90,9 +95,10 @@ class Mirror:
         self._max_in_flight = mirror.max_in_flight
         self._max_body = mirror.max_body_bytes
         self._answer_limit = config.diff.max_body_bytes
-        self._targets = [
-            (t.name, self._pools[t.name], RequestTemplate(t)) for t in config.mirror_targets
-        ]
+        # In tap mode nobody else asks the primary: it is one more target of the copy.
+        self._tap = config.ingress.mode == "tap"
+        targets = (config.primary, *config.mirror_targets) if self._tap else config.mirror_targets
+        self._targets = [(t.name, self._pools[t.name], RequestTemplate(t)) for t in targets]
 
     async def wait_idle(self) -> None:
         """Until no copy is in flight or queued (shutdown, tests)."""
@@ -152,6 +158,7 @@ class Mirror:
         """Send (or queue) the copies. ``None``: dropped and counted, do not track the primary."""
         exchange.id = next(self._ids)
         pending = PendingExchange(exchange, method, target, headers, has_host)
+        pending.primary_done = self._tap  # tap: the primary's answer comes with the copies
         if self._in_flight < self._max_in_flight:
             self._send(pending)
         elif len(self._queue) < self._queue_size:

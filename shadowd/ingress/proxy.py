@@ -30,7 +30,7 @@ from shadowd.upstream.connection import Call
 from shadowd.upstream.request import HOP_BY_HOP, connection_listed
 
 if TYPE_CHECKING:
-    from shadowd.ingress.server import ProxyIngress
+    from shadowd.ingress.server import Ingress
     from shadowd.mirror import PendingExchange
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -44,9 +44,9 @@ _STATUS_LINES = {code: b"HTTP/1.1 %d " % code for code in range(100, 600)}
 class ClientConnection(RequestReader):
     """One client socket in proxy mode; also the ``ResponseSink`` of its primary calls."""
 
-    def __init__(self, ingress: ProxyIngress) -> None:
+    def __init__(self, ingress: Ingress) -> None:
         super().__init__(ingress)
-        self._ingress: ProxyIngress = ingress
+        self._ingress: Ingress = ingress
         # requests parsed but not answered yet (pipelining): the first one is in flight
         self._queue: deque[ParsedRequest] = deque()
         # the answer being relayed

@@ -7,16 +7,22 @@ import socket
 
 from shadowd.config import Config
 from shadowd.endpoints import EndpointClassifier
+from shadowd.ingress.http import RequestReader
 from shadowd.ingress.proxy import ClientConnection
 from shadowd.ingress.responses import error_response
+from shadowd.ingress.tap import TapConnection
 from shadowd.metrics import Metrics
 from shadowd.mirror import Mirror
 from shadowd.upstream.pool import UpstreamPool
 from shadowd.upstream.request import RequestTemplate
 
 
-class ProxyIngress:
-    """What every client connection shares: config, the primary's pool, the mirror."""
+class Ingress:
+    """What every client connection shares: config, the primary's pool, the mirror.
+
+    In proxy mode each connection relays the primary's answers; in tap mode it answers
+    copies at once and hands them to the mirror, which sends them to every target itself.
+    """
 
     def __init__(
         self,
@@ -33,14 +39,21 @@ class ProxyIngress:
         self.configure(config)
         self.now = asyncio.get_running_loop().time()  # refreshed by the tick, read per request
         self.draining = False
-        self._connections: set[ClientConnection] = set()
+        self._connections: set[RequestReader] = set()
         self._all_closed = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._tick: asyncio.TimerHandle | None = None
 
     def configure(self, config: Config) -> None:
+        """Take ``config``'s limits and primary rewrites (also on reload; the listen address
+        and the mode need a restart)."""
         self.config = config
         self.primary_template = RequestTemplate(config.primary)
+
+    def _connection_factory(self) -> RequestReader:
+        if self.config.ingress.mode == "tap":
+            return TapConnection(self)
+        return ClientConnection(self)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -56,10 +69,10 @@ class ProxyIngress:
         loop = asyncio.get_running_loop()
         listen = self.config.ingress.listen
         if sock is not None:
-            self._server = await loop.create_server(lambda: ClientConnection(self), sock=sock)
+            self._server = await loop.create_server(self._connection_factory, sock=sock)
         else:
             self._server = await loop.create_server(
-                lambda: ClientConnection(self),
+                self._connection_factory,
                 listen.host,
                 listen.port,
                 backlog=4096,
@@ -67,7 +80,7 @@ class ProxyIngress:
             )
         self._on_tick()
 
-    def connection_opened(self, conn: ClientConnection) -> None:
+    def connection_opened(self, conn: RequestReader) -> None:
         self.metrics.connection_opened()
         self._connections.add(conn)
         if len(self._connections) > self.config.ingress.max_connections or self.draining:
@@ -76,7 +89,7 @@ class ProxyIngress:
                 conn.transport.write(error_response(503, "too many client connections", close=True))
                 conn.transport.close()
 
-    def connection_closed(self, conn: ClientConnection) -> None:
+    def connection_closed(self, conn: RequestReader) -> None:
         self.metrics.connection_closed()
         self._connections.discard(conn)
         if not self._connections:

@@ -1,0 +1,96 @@
+"""Tap-mode ingress: a proxy already in front of production sends shadowd copies.
+
+Mirroring proxies discard the copy's answer (nginx "responses to mirror subrequests are
+ignored", Envoy "fire and forget"), and nginx holds the client's connection until its mirror
+subrequest ends, so each copy is answered at once with ``204`` before anything else happens.
+shadowd then sends the copy to primary, candidate (and secondary) itself and diffs as in proxy
+mode. What the mirroring proxies did to the copy is undone first:
+
+- Envoy and Istio append ``-shadow`` to the Host (``app`` → ``app-shadow``): stripped.
+- nginx's ``mirror`` subrequest has the mirror location's URI; the original one comes from an
+  ``X-Original-URI`` header (``proxy_set_header X-Original-URI $request_uri;``), or from the
+  path itself when the mirror location proxies to ``http://shadowd$request_uri``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from shadowd.exchange import Exchange, Headers, Request
+from shadowd.ingress.http import ParsedRequest, RequestReader, forwardable_headers
+
+if TYPE_CHECKING:
+    from shadowd.ingress.server import Ingress
+
+_ACK = b"HTTP/1.1 204 No Content\r\nServer: shadowd\r\n\r\n"
+_ACK_CLOSE = b"HTTP/1.1 204 No Content\r\nServer: shadowd\r\nConnection: close\r\n\r\n"
+_ORIGINAL_URI = b"x-original-uri"
+_SHADOW_SUFFIX = b"-shadow"
+# Headers that only describe the mirroring hop; the copy sent on must look like the original.
+_TAP_ONLY = frozenset({_ORIGINAL_URI, b"x-shadowd-copy"})
+
+
+class TapConnection(RequestReader):
+    """One connection from a mirroring proxy. Answers every copy at once, then copies it on."""
+
+    def __init__(self, ingress: Ingress) -> None:
+        super().__init__(ingress)
+        self._ingress: Ingress = ingress
+
+    def request_received(self, request: ParsedRequest) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.write(_ACK if request.keep_alive else _ACK_CLOSE)
+        self._ingress.metrics.ingress_request(204)
+        try:
+            self._copy(request)
+        finally:
+            if not request.keep_alive:
+                self._closed = True
+                transport.close()
+
+    def _copy(self, request: ParsedRequest) -> None:
+        ingress = self._ingress
+        headers, has_host, _ = forwardable_headers(request.headers)
+        url = request.url
+        kept: Headers = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _TAP_ONLY:
+                if lname == _ORIGINAL_URI and value.startswith(b"/"):
+                    url = value
+                continue
+            if lname == b"host":
+                value = strip_shadow_suffix(value)
+            kept.append((name, value))
+        target_text = url.decode("latin-1")
+        q = target_text.find("?")
+        path = target_text if q < 0 else target_text[:q]
+        method = request.method
+        mirror = ingress.mirror
+        if not mirror.wants(method, path, len(request.body)):
+            return
+        method_text = method.decode("ascii")
+        exchange = Exchange(
+            id=0,
+            request=Request(
+                method=method_text,
+                target=target_text,
+                headers=request.headers,
+                body=request.body,
+                received_at=time.time(),
+                client=self._client,
+                http_version="1.1" if request.http11 else "1.0",
+            ),
+            endpoint=ingress.endpoints.classify(method_text, path),
+        )
+        mirror.start(exchange, method, url, kept, has_host)
+
+
+def strip_shadow_suffix(host: bytes) -> bytes:
+    """``app-shadow:8080`` → ``app:8080`` (Envoy/Istio mark mirrored copies this way)."""
+    name, colon, port = host.partition(b":")
+    if name.endswith(_SHADOW_SUFFIX):
+        return name[: -len(_SHADOW_SUFFIX)] + colon + port
+    return host
