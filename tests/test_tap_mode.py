@@ -68,7 +68,7 @@ async def test_tap_sends_each_copy_to_primary_and_candidate_and_diffs(make_backe
     assert len(candidate.seen) == 5
     for exchange in shadowd.exchanges:
         assert exchange.primary.status == 200
-        assert exchange.candidate.body == b'{"id":1,"price":"10"}'
+        assert exchange.candidate.body == b'{"id": 1, "price": "10"}'
 
 
 async def test_original_uri_header_and_shadow_host_suffix_are_undone(make_backend, start_shadowd):
