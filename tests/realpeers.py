@@ -1,0 +1,140 @@
+"""Starting real third-party peers (nginx) and shadowd processes for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+CURL = shutil.which("curl")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    """Until something accepts connections on 127.0.0.1:port."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            return
+
+
+class Nginx:
+    """An nginx master with its own prefix directory, in the foreground, one worker."""
+
+    def __init__(self, http_block: str) -> None:
+        if NGINX is None:
+            pytest.fail("nginx is not installed: run `make test` (scripts/install-system-deps)")
+        self.prefix = Path(tempfile.mkdtemp(prefix="shadowd-nginx-"))
+        (self.prefix / "logs").mkdir()
+        self.conf = self.prefix / "nginx.conf"
+        self.conf.write_text(
+            "worker_processes 1;\n"
+            "daemon off;\n"
+            f"pid {self.prefix}/nginx.pid;\n"
+            f"error_log {self.prefix}/logs/error.log warn;\n"
+            "events { worker_connections 1024; }\n"
+            "http {\n"
+            "  access_log off;\n"
+            f"  client_body_temp_path {self.prefix}/body;\n"
+            f"  proxy_temp_path {self.prefix}/proxy;\n"
+            f"{http_block}\n"
+            "}\n"
+        )
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, port: int) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            NGINX,
+            "-p",
+            str(self.prefix),
+            "-c",
+            str(self.conf),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await wait_for_port(port)
+        except TimeoutError:
+            await self.stop()
+            raise AssertionError(f"nginx did not start: {self.error_log()}") from None
+
+    def error_log(self) -> str:
+        path = self.prefix / "logs" / "error.log"
+        return path.read_text() if path.exists() else ""
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+
+async def curl(url: str, *args: str) -> tuple[int, bytes, bytes]:
+    """Run curl; returns (exit code, stdout, stderr)."""
+    if CURL is None:
+        pytest.fail("curl is not installed: run `make test` (scripts/install-system-deps)")
+    process = await asyncio.create_subprocess_exec(
+        CURL,
+        "-sS",
+        "--max-time",
+        "10",
+        *args,
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    return process.returncode or 0, out, err
+
+
+class ShadowdProcess:
+    """``shadowd run -c FILE`` as a real child process."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.env = {**os.environ, **(env or {})}
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "shadowd",
+            "run",
+            "-c",
+            str(self.config_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+        )
+
+    async def wait(self, timeout: float = 15.0) -> int:
+        assert self.process is not None
+        async with asyncio.timeout(timeout):
+            return await self.process.wait()
+
+    async def output(self) -> str:
+        assert self.process is not None and self.process.stderr is not None
+        return (await self.process.stderr.read()).decode()
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
