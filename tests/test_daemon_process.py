@@ -10,7 +10,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-
 from realpeers import ShadowdProcess, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration

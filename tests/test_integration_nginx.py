@@ -10,7 +10,6 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-
 from realpeers import Nginx, curl, free_port
 
 pytestmark = pytest.mark.integration
