@@ -63,7 +63,7 @@ def test_reservoir_stays_bounded_and_uniform():
     reservoir = PairReservoir(100, seed=9)
     for i in range(10_000):
         reservoir.add(float(i), float(i))
-    primary, candidate = reservoir.arrays()
+    primary, _ = reservoir.arrays()
     assert len(primary) == 100
     assert reservoir.seen == 10_000
     assert 3000 < float(np.median(primary)) < 7000  # not just the first or last values
