@@ -71,6 +71,41 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+VERDICT_EXIT = {"pass": 0, "fail": 1, "inconclusive": 2}
+
+
+def _verdict(args: argparse.Namespace) -> int:
+    """Exit 0 pass, 1 fail, 2 inconclusive, 3 could not judge."""
+    token = _token(args)
+    try:
+        verdict = admin_get(args.url, "/api/v1/verdict", token)
+        report = admin_get(args.url, "/api/v1/report", token) if args.markdown else None
+    except AdminUnreachable as exc:
+        print(f"shadowd verdict: could not judge: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        sys.stdout.write(orjson.dumps(verdict, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(f"verdict: {verdict['verdict']} ({verdict['exchanges']} exchanges)")
+        for reason in verdict["reasons"]:
+            print(f"  - {reason}")
+    if args.markdown and report is not None:
+        from shadowd.verdict.markdown import render_markdown
+
+        samples = {}
+        for endpoint in report.get("endpoints", [])[:10]:
+            if endpoint.get("divergent"):
+                try:
+                    samples[endpoint["id"]] = admin_get(
+                        args.url, f"/api/v1/endpoints/{endpoint['id']}/samples", token
+                    )
+                except AdminUnreachable:
+                    continue
+        Path(args.markdown).write_text(render_markdown(verdict, report, samples))
+        print(f"promotion report written to {args.markdown}", file=sys.stderr)
+    return VERDICT_EXIT.get(verdict.get("verdict"), 3)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from shadowd.demo.tour import run_demo
 
@@ -148,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_admin_args(report)
     report.add_argument("--json", action="store_true", help="print the JSON report")
     report.set_defaults(func=_report)
+
+    verdict = sub.add_parser(
+        "verdict",
+        help="the promotion gate: exit 0 pass, 1 fail, 2 inconclusive, 3 could not judge",
+    )
+    _add_admin_args(verdict)
+    verdict.add_argument("--json", action="store_true", help="print the verdict JSON")
+    verdict.add_argument("--markdown", metavar="FILE", help="write a promotion report")
+    verdict.set_defaults(func=_verdict)
 
     check = sub.add_parser("check-config", help="validate a config file; every problem is listed")
     check.add_argument("file")
