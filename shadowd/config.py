@@ -112,7 +112,11 @@ class DiffConfig:
     compare_headers: bool = True
     max_body_bytes: int = 1 * MIB  # larger bodies are compared by digest and size only
     samples_per_endpoint: int = 20
-    max_fields_per_endpoint: int = 500  # distinct field paths; the rest under "$.<other>"
+    max_fields_per_endpoint: int = 500  # distinct field paths; the rest under "<other>"
+    # A field is a divergence only when the candidate differs more often than the secondary
+    # by both margins (see shadowd.noise): relative to both counts, and absolute to exchanges.
+    noise_relative: float = 0.20
+    noise_absolute: float = 0.0003
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,11 @@ class VerdictConfig:
     min_exchanges_per_endpoint: int = 0
     max_divergence_ratio: float = 0.01  # divergent / exchanges, overall and per endpoint
     max_error_rate_increase: float = 0.01  # candidate error rate minus primary's
+    max_latency_regression_p50: float = 0.10  # relative: 0.10 = candidate 10 % slower
+    max_latency_regression_p99: float = 0.25
+    significance: float = 0.05  # tests must reach this p-value; intervals are 1 - it
+    exclude_endpoints: tuple[str, ...] = ()  # endpoint names left out of the verdict
+    endpoint_weights: tuple[tuple[str, float], ...] = ()  # weight in the overall divergence
     owner: str = ""
     expected_result: str = ""
     rollback: str = ""

@@ -28,6 +28,7 @@ from shadowd.metrics import Metrics
 from shadowd.mirror import Mirror
 from shadowd.tasks import TaskGroup
 from shadowd.upstream.pool import UpstreamPool
+from shadowd.verdict.evidence import VerdictEvidence
 
 log = logging.getLogger("shadowd")
 
@@ -39,6 +40,7 @@ class Daemon:
         self.config = config
         self.metrics = Metrics(config)
         self.aggregator = Aggregator(config, self.metrics)
+        self.evidence = VerdictEvidence(config.endpoints.max)
         self._tasks = TaskGroup()
         self._stopped = asyncio.Event()
         self._admin_runner: web.AppRunner | None = None
@@ -54,7 +56,7 @@ class Daemon:
         targets = [config.primary, *config.mirror_targets]
         self.pools = {t.name: UpstreamPool(t, self._tasks) for t in targets}
         self.endpoints = EndpointClassifier(config.endpoints)
-        self.diff_stage = DiffStage(config.diff, self.aggregator, self.metrics)
+        self.diff_stage = DiffStage(config.diff, self.aggregator, self.evidence, self.metrics)
         self.mirror = Mirror(config, self.pools, self.metrics, self._deliver)
         self.ingress = Ingress(
             config, self.pools[config.primary.name], self.mirror, self.endpoints, self.metrics
@@ -231,6 +233,12 @@ class Daemon:
             "dropped": self.metrics.mirror_dropped_counts(),
             "skipped": self.metrics.mirror_skipped_counts(),
         }
+
+    def reset(self) -> dict[str, Any]:
+        """Clear the report and the verdict's evidence (e.g. a new candidate is deployed).
+        Prometheus counters are not reset: counters never go down."""
+        self.evidence.reset()
+        return self.aggregator.reset()
 
     def set_mirroring(self, enabled: bool) -> None:
         self.mirror.set_enabled(enabled)

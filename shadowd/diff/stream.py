@@ -14,11 +14,11 @@ import time
 from collections import deque
 
 from shadowd.aggregate import Aggregator
-from shadowd.diff.engine import diff_exchange
-from shadowd.metrics import Metrics
-
 from shadowd.config import DiffConfig
+from shadowd.diff.engine import diff_exchange
 from shadowd.exchange import Exchange
+from shadowd.metrics import Metrics
+from shadowd.verdict.evidence import VerdictEvidence
 
 log = logging.getLogger("shadowd.diff")
 
@@ -27,10 +27,16 @@ _BATCH = 32
 
 class DiffStage:
     def __init__(
-        self, config: DiffConfig, aggregator: Aggregator, metrics: Metrics, backlog: int = 10_000
+        self,
+        config: DiffConfig,
+        aggregator: Aggregator,
+        evidence: VerdictEvidence,
+        metrics: Metrics,
+        backlog: int = 10_000,
     ) -> None:
         self.config = config
         self._aggregator = aggregator
+        self._evidence = evidence
         self._metrics = metrics
         self._backlog: deque[Exchange] = deque()
         self._limit = backlog
@@ -80,6 +86,7 @@ class DiffStage:
         try:
             diff = diff_exchange(exchange, self.config)
             self._aggregator.add(exchange, diff)
+            self._evidence.record(exchange, diff)
             self.diffed += 1
         except Exception:  # a bug in diffing must never reach the data plane
             self._metrics.diff_failed()

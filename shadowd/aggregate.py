@@ -1,0 +1,172 @@
+"""Statistics per endpoint and per field path, fed one diffed exchange at a time (pure).
+
+Memory is bounded however long the daemon runs: endpoints are capped upstream
+(``[endpoints] max``), field paths per endpoint by ``[diff] max_fields_per_endpoint``
+(the rest counted under ``<other>``), samples per endpoint by ``samples_per_endpoint``, and
+latency lives in fixed-size HDR histograms (1 µs to 60 s, 2 significant digits: ±1 %,
+20 KiB each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from shadowd.config import Config
+from shadowd.diff.model import Difference, ExchangeDiff
+from shadowd.exchange import TARGET_NAMES, Answer, Exchange
+from shadowd.metrics import Metrics
+from shadowd.redact import redact_headers, redact_target, redact_value_at
+
+OTHER_FIELD = "<other>"
+_LATENCY_MAX_US = 60_000_000
+
+
+def endpoint_id(endpoint: str) -> str:
+    """A short id, stable across restarts, safe in a URL."""
+    return hashlib.blake2b(endpoint.encode(), digest_size=5).hexdigest()
+
+
+class FieldStats:
+    __slots__ = ("divergent", "kinds", "noise")
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, int] = {}
+        self.divergent = 0  # exchanges where the candidate differs here
+        self.noise = 0  # exchanges where the secondary differs here
+
+
+class EndpointStats:
+    def __init__(self, endpoint: str, samples: int) -> None:
+        self.endpoint = endpoint
+        self.id = endpoint_id(endpoint)
+        self.exchanges = 0
+        self.divergent = 0
+        self.noisy = 0
+        self.overflow = 0  # differences not listed because of the per-pair cap
+        self.errors = dict.fromkeys(TARGET_NAMES, 0)
+        self.statuses: dict[str, dict[str, int]] = {t: {} for t in TARGET_NAMES}
+        self.latency: dict[str, HdrHistogram] = {}
+        self.fields: dict[str, FieldStats] = {}
+        self.samples: deque[dict[str, Any]] = deque(maxlen=samples)
+
+    def histogram(self, target: str) -> HdrHistogram:
+        hist = self.latency.get(target)
+        if hist is None:
+            hist = self.latency[target] = HdrHistogram(1, _LATENCY_MAX_US, 2)
+        return hist
+
+
+class Aggregator:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self._metrics = metrics
+        self.endpoints: dict[str, EndpointStats] = {}
+        self.started_at = self.reset_at = time.time()
+
+    def reset(self) -> dict[str, int]:
+        """Forget everything (e.g. a new candidate was deployed); says what was cleared."""
+        cleared = {
+            "endpoints": len(self.endpoints),
+            "exchanges": sum(e.exchanges for e in self.endpoints.values()),
+        }
+        self.endpoints = {}
+        self.reset_at = time.time()
+        return cleared
+
+    def add(self, exchange: Exchange, diff: ExchangeDiff) -> None:
+        stats = self.endpoints.get(exchange.endpoint)
+        if stats is None:
+            stats = self.endpoints[exchange.endpoint] = EndpointStats(
+                exchange.endpoint, self.config.diff.samples_per_endpoint
+            )
+        stats.exchanges += 1
+        stats.overflow += diff.overflow
+        for target, answer in exchange.answers.items():
+            if answer.error is not None:
+                stats.errors[target] = stats.errors.get(target, 0) + 1
+                status_class = "error"
+            else:
+                status_class = f"{answer.status // 100}xx"
+                micros = int(answer.latency * 1_000_000)
+                stats.histogram(target).record_value(min(max(micros, 1), _LATENCY_MAX_US))
+            by_class = stats.statuses.setdefault(target, {})
+            by_class[status_class] = by_class.get(status_class, 0) + 1
+        if diff.candidate:
+            stats.divergent += 1
+            seen: set[str] = set()
+            for difference in diff.candidate:
+                field = self._field(stats, difference.generic_path)
+                kind = difference.kind.value
+                field.kinds[kind] = field.kinds.get(kind, 0) + 1
+                if difference.generic_path not in seen:
+                    seen.add(difference.generic_path)
+                    field.divergent += 1
+            stats.samples.append(_sample(exchange, diff))
+        if diff.secondary:
+            stats.noisy += 1
+            for path in {d.generic_path for d in diff.secondary}:
+                self._field(stats, path).noise += 1
+        if self._metrics is not None:
+            self._metrics.observe_exchange(exchange, diff)
+
+    def _field(self, stats: EndpointStats, path: str) -> FieldStats:
+        field = stats.fields.get(path)
+        if field is None:
+            if len(stats.fields) >= self.config.diff.max_fields_per_endpoint:
+                path = OTHER_FIELD
+                field = stats.fields.get(path)
+            if field is None:
+                field = stats.fields[path] = FieldStats()
+        return field
+
+    def by_id(self, endpoint_id_: str) -> EndpointStats | None:
+        for stats in self.endpoints.values():
+            if stats.id == endpoint_id_:
+                return stats
+        return None
+
+
+def _answer_summary(answer: Answer) -> dict[str, Any]:
+    return {
+        "status": answer.status,
+        "error": answer.error,
+        "latency_ms": round(answer.latency * 1000, 3),
+        "body_bytes": answer.body_size,
+    }
+
+
+def _sample(exchange: Exchange, diff: ExchangeDiff) -> dict[str, Any]:
+    """A divergent exchange as the samples endpoint shows it: secrets redacted."""
+    secondary_by_path: dict[str, Difference] = {d.path: d for d in diff.secondary or ()}
+    request = exchange.request
+    differences = []
+    for d in diff.candidate:
+        entry: dict[str, Any] = {
+            "path": d.path,
+            "generic_path": d.generic_path,
+            "kind": d.kind.value,
+            "primary": redact_value_at(d.path, d.reference),
+            "candidate": redact_value_at(d.path, d.other),
+        }
+        if exchange.secondary is not None:
+            noise = secondary_by_path.get(d.path)
+            secondary = noise.other if noise is not None else d.reference
+            entry["secondary"] = redact_value_at(d.path, secondary)
+        differences.append(entry)
+    return {
+        "exchange": exchange.id,
+        "time": request.received_at,
+        "request": {
+            "method": request.method,
+            "target": redact_target(request.target),
+            "headers": redact_headers(request.headers),
+        },
+        "answers": {name: _answer_summary(a) for name, a in exchange.answers.items()},
+        "differences": differences,
+        "overflow": diff.overflow,
+    }

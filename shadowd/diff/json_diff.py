@@ -1,0 +1,151 @@
+"""Structural diff of two parsed JSON documents: the hot path of the diff stage.
+
+Paths are JSONPath-like: ``$``, ``$.a.b``, ``$.items[3].price``, ``$["a b"]``. Each
+difference has its exact path and a generic one with indices as ``[*]`` for aggregation.
+Equal subtrees are skipped before anything is allocated for them: one ``==`` (done in C by
+the dicts and lists themselves) and, because Python holds ``True == 1``, a confirming
+``orjson.dumps`` of both (also C) for containers.
+
+Arrays of different lengths get one ``array_length`` difference at the array, then their
+common prefix is compared element by element (an element inserted at the front therefore
+shows as changes all along: the length difference says why).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from shadowd.diff.model import Difference, DiffKind
+
+MAX_DEPTH = 64
+MAX_STRING = 200
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KEY_CACHE: dict[str, str] = {}
+_KEY_CACHE_LIMIT = 50_000
+
+_TYPE, _CHANGED, _MISSING, _EXTRA, _LENGTH = (
+    DiffKind.TYPE,
+    DiffKind.CHANGED,
+    DiffKind.MISSING,
+    DiffKind.EXTRA,
+    DiffKind.ARRAY_LENGTH,
+)
+
+
+def key_segment(key: str) -> str:
+    """``.name`` for identifier keys, ``["any key"]`` otherwise (cached: keys repeat)."""
+    segment = _KEY_CACHE.get(key)
+    if segment is None:
+        if _IDENTIFIER.match(key):
+            segment = "." + key
+        else:
+            segment = "[" + orjson.dumps(key).decode() + "]"
+        if len(_KEY_CACHE) >= _KEY_CACHE_LIMIT:
+            _KEY_CACHE.clear()
+        _KEY_CACHE[key] = segment
+    return segment
+
+
+def json_type(value: Any) -> str:
+    kind = type(value)
+    if kind is bool:
+        return "boolean"
+    if kind is int or kind is float:
+        return "number"
+    if kind is str:
+        return "string"
+    if kind is dict:
+        return "object"
+    if kind is list:
+        return "array"
+    return "null"
+
+
+def shown(value: Any) -> Any:
+    """A value as samples show it: scalars as they are (long strings cut), containers as a
+    summary of their shape."""
+    kind = type(value)
+    if kind is str:
+        return value if len(value) <= MAX_STRING else value[:MAX_STRING] + "…"
+    if kind is dict:
+        return {"type": "object", "keys": len(value)}
+    if kind is list:
+        return {"type": "array", "length": len(value)}
+    return value
+
+
+class DiffCollector:
+    """Collects differences up to ``limit``; counts the rest."""
+
+    __slots__ = ("differences", "limit", "overflow")
+
+    def __init__(self, limit: int) -> None:
+        self.differences: list[Difference] = []
+        self.limit = limit
+        self.overflow = 0
+
+    def add(self, kind: DiffKind, path: str, generic: str, reference: Any, other: Any) -> None:
+        if len(self.differences) < self.limit:
+            self.differences.append(Difference(path, generic, kind, reference, other))
+        else:
+            self.overflow += 1
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Confirms an ``a == b`` that Python may have got wrong for JSON (``True == 1``)."""
+    kind = type(a)
+    if kind is not dict and kind is not list:
+        return True  # scalars of the same type: == is exact
+    return orjson.dumps(a) == orjson.dumps(b)
+
+
+def diff_json(reference: Any, other: Any, out: DiffCollector, root: str = "$") -> None:
+    """Add the differences between two parsed JSON values to ``out``."""
+    _diff(reference, other, root, root, out, 0)
+
+
+def _diff(a: Any, b: Any, path: str, generic: str, out: DiffCollector, depth: int) -> None:
+    ta = type(a)
+    tb = type(b)
+    if depth >= MAX_DEPTH:
+        if a != b or ta is not tb:
+            out.add(_CHANGED, path, generic, shown(a), shown(b))
+        return
+    if ta is dict and tb is dict:
+        for key, va in a.items():
+            if key in b:
+                vb = b[key]
+                if type(va) is type(vb) and va == vb and _same(va, vb):
+                    continue
+                segment = key_segment(key)
+                _diff(va, vb, path + segment, generic + segment, out, depth + 1)
+            else:
+                segment = key_segment(key)
+                out.add(_MISSING, path + segment, generic + segment, shown(va), None)
+        for key, vb in b.items():
+            if key not in a:
+                segment = key_segment(key)
+                out.add(_EXTRA, path + segment, generic + segment, None, shown(vb))
+        return
+    if ta is list and tb is list:
+        la, lb = len(a), len(b)
+        if la != lb:
+            out.add(_LENGTH, path, generic, la, lb)
+        generic_item = generic + "[*]"
+        for i in range(min(la, lb)):
+            va = a[i]
+            vb = b[i]
+            if type(va) is type(vb) and va == vb and _same(va, vb):
+                continue
+            _diff(va, vb, f"{path}[{i}]", generic_item, out, depth + 1)
+        return
+    ja = json_type(a)
+    jb = json_type(b)
+    if ja != jb:
+        out.add(_TYPE, path, generic, shown(a), shown(b))
+    elif a != b:
+        out.add(_CHANGED, path, generic, shown(a), shown(b))

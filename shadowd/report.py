@@ -1,0 +1,219 @@
+"""The divergence report: the JSON of ``GET /api/v1/report`` and the table ``shadowd report``
+prints from it. Field decisions (divergent / noise) come from ``shadowd.noise``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from shadowd.aggregate import Aggregator, EndpointStats
+from shadowd.noise import decide_field
+
+_QUANTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
+
+
+def _ratio(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def _latency(stats: EndpointStats) -> dict[str, dict[str, float | int]]:
+    out: dict[str, dict[str, float | int]] = {}
+    for target, hist in stats.latency.items():
+        count = hist.get_total_count()
+        if not count:
+            continue
+        entry: dict[str, float | int] = {"count": count}
+        for name, q in _QUANTILES:
+            entry[name] = hist.get_value_at_percentile(q) / 1e6
+        entry["max"] = hist.get_max_value() / 1e6
+        entry["mean"] = hist.get_mean_value() / 1e6
+        out[target] = entry
+    return out
+
+
+def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
+    config = aggregator.config
+    has_secondary = config.secondary is not None
+    exchanges = stats.exchanges
+    fields = []
+    for path, fld in stats.fields.items():
+        decision = decide_field(
+            fld.divergent,
+            fld.noise,
+            exchanges,
+            has_secondary=has_secondary,
+            relative=config.diff.noise_relative,
+            absolute=config.diff.noise_absolute,
+        )
+        fields.append(
+            {
+                "path": path,
+                "kinds": dict(fld.kinds),
+                "divergent": fld.divergent,
+                "noise": fld.noise,
+                "divergent_ratio": _ratio(fld.divergent, exchanges),
+                "noise_ratio": _ratio(fld.noise, exchanges),
+                "decision": decision.decision,
+                "why": decision.why,
+            }
+        )
+    fields.sort(key=lambda f: (-f["divergent"], f["path"]))
+    return {
+        "id": stats.id,
+        "endpoint": stats.endpoint,
+        "exchanges": exchanges,
+        "divergent": stats.divergent,
+        "divergent_ratio": _ratio(stats.divergent, exchanges),
+        "noisy": stats.noisy,
+        "noise_ratio": _ratio(stats.noisy, exchanges),
+        "errors": {t: n for t, n in stats.errors.items() if n},
+        "status": {t: dict(c) for t, c in stats.statuses.items() if c},
+        "latency": _latency(stats),
+        "fields": fields,
+        "unlisted_differences": stats.overflow,
+    }
+
+
+def build_report(aggregator: Aggregator, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    now = time.time()
+    endpoints = [_endpoint(s, aggregator) for s in aggregator.endpoints.values()]
+    endpoints.sort(key=lambda e: (-e["divergent"], -e["exchanges"], e["endpoint"]))
+    exchanges = sum(e["exchanges"] for e in endpoints)
+    divergent = sum(e["divergent"] for e in endpoints)
+    errors: dict[str, int] = {}
+    for e in endpoints:
+        for target, n in e["errors"].items():
+            errors[target] = errors.get(target, 0) + n
+    config = aggregator.config
+    return {
+        "generated_at": now,
+        "window": {"since": aggregator.reset_at, "seconds": now - aggregator.reset_at},
+        "targets": {t.name: t.url for t in (config.primary, *config.mirror_targets)},
+        "mirroring": status or {},
+        "totals": {
+            "exchanges": exchanges,
+            "divergent": divergent,
+            "divergent_ratio": _ratio(divergent, exchanges),
+            "noisy": sum(e["noisy"] for e in endpoints),
+            "errors": errors,
+            "endpoints": len(endpoints),
+        },
+        "endpoints": endpoints,
+    }
+
+
+def endpoint_samples(aggregator: Aggregator, endpoint_id: str) -> dict[str, Any] | None:
+    stats = aggregator.by_id(endpoint_id)
+    if stats is None:
+        return None
+    return {
+        "id": stats.id,
+        "endpoint": stats.endpoint,
+        "exchanges": stats.exchanges,
+        "samples": list(reversed(stats.samples)),  # newest first
+    }
+
+
+# -- the table -------------------------------------------------------------------------------
+def _ms(latency: dict[str, Any], target: str, q: str) -> str:
+    value = latency.get(target, {}).get(q)
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+def _pct(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def _columns(rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def render_table(report: dict[str, Any], *, max_fields: int = 8) -> str:
+    totals = report["totals"]
+    mirroring = report.get("mirroring") or {}
+    lines = [
+        f"shadowd report: {totals['exchanges']} exchanges over "
+        f"{report['window']['seconds']:.0f}s, {totals['divergent']} divergent "
+        f"({_pct(totals['divergent_ratio'])}), {totals['noisy']} with noise",
+    ]
+    if mirroring:
+        dropped = {k: v for k, v in (mirroring.get("dropped") or {}).items() if v}
+        lines.append(
+            f"mirroring {'on' if mirroring.get('enabled') else 'OFF'}; queue "
+            f"{mirroring.get('queue_depth', 0)}, in flight {mirroring.get('in_flight', 0)}, "
+            f"dropped {sum(dropped.values())}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else "")
+        )
+    lines.append("")
+    if not report["endpoints"]:
+        lines.append("No exchanges yet: send traffic through the ingress.")
+        return "\n".join(lines)
+    rows = [
+        [
+            "endpoint",
+            "id",
+            "exchanges",
+            "divergent",
+            "noise",
+            "errors c/p",
+            "p50 ms p/c",
+            "p99 ms p/c",
+        ]
+    ]
+    for e in report["endpoints"]:
+        lat = e["latency"]
+        rows.append(
+            [
+                e["endpoint"],
+                e["id"],
+                str(e["exchanges"]),
+                _pct(e["divergent_ratio"]),
+                _pct(e["noise_ratio"]),
+                f"{e['errors'].get('candidate', 0)}/{e['errors'].get('primary', 0)}",
+                f"{_ms(lat, 'primary', 'p50')}/{_ms(lat, 'candidate', 'p50')}",
+                f"{_ms(lat, 'primary', 'p99')}/{_ms(lat, 'candidate', 'p99')}",
+            ]
+        )
+    lines += _columns(rows, right={2, 3, 4, 5, 6, 7})
+    for e in report["endpoints"]:
+        fields = [f for f in e["fields"] if f["divergent"] or f["noise"]]
+        if not fields:
+            continue
+        lines += ["", f"{e['endpoint']}  ({e['exchanges']} exchanges)"]
+        frows = [["  field", "kinds", "divergent", "noise", "decision"]]
+        for f in fields[:max_fields]:
+            kinds = ",".join(f"{k}:{n}" for k, n in sorted(f["kinds"].items()))
+            frows.append(
+                [
+                    f"  {f['path']}",
+                    kinds or "-",
+                    f"{f['divergent']} ({_pct(f['divergent_ratio'])})",
+                    _pct(f["noise_ratio"]),
+                    f["decision"],
+                ]
+            )
+        lines += _columns(frows, right={2, 3})
+        if len(fields) > max_fields:
+            lines.append(f"  ... {len(fields) - max_fields} more fields (--json for all)")
+    return "\n".join(lines)
+
+
+def render_samples(samples: dict[str, Any]) -> str:
+    lines = [f"{samples['endpoint']}: {len(samples['samples'])} recent divergent exchanges"]
+    for sample in samples["samples"]:
+        request = sample["request"]
+        lines.append(f"\n#{sample['exchange']} {request['method']} {request['target']}")
+        for d in sample["differences"]:
+            extra = f"  secondary={d['secondary']!r}" if "secondary" in d else ""
+            lines.append(
+                f"  {d['path']}  {d['kind']}: primary={d['primary']!r} "
+                f"candidate={d['candidate']!r}{extra}"
+            )
+    return "\n".join(lines)
