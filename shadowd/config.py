@@ -204,4 +204,6 @@ def target_from_url(name: str, url: str, **overrides: object) -> TargetConfig:
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a TOML config file. Raises ``ConfigError`` listing every problem."""
-    raise NotImplementedError("config loader: being written")
+    from shadowd.config_loader import load_config as load
+
+    return load(path)

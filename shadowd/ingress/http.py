@@ -82,9 +82,6 @@ class RequestReader(asyncio.Protocol):
         self._ingress.connection_closed(self)
 
     def data_received(self, data: bytes) -> None:
-        # A half-sent request counts as idle too; once one is being answered, the
-        # primary's deadline applies instead.
-        self.idle_since = 0.0 if self.busy() else self._ingress.now
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -92,6 +89,9 @@ class RequestReader(asyncio.Protocol):
         except httptools.HttpParserError:
             if not self._rejected:
                 self._reject(400, "bad_request", "malformed HTTP request")
+        # A half-sent request counts as idle too; once one is being answered, the
+        # primary's deadline applies instead.
+        self.idle_since = 0.0 if self.busy() else self._ingress.now
 
     # -- httptools callbacks (request side) -----------------------------------------------
     def on_message_begin(self) -> None:

@@ -1,0 +1,533 @@
+"""Reading a TOML config into ``shadowd.config`` objects, reporting every problem at once.
+
+The schema is declarative: each section lists its keys with a reader that converts the TOML
+value or explains what is wrong. Unknown keys are errors (with a suggestion), so a typo never
+passes silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from shadowd.config import (
+    DEFAULT_IGNORED_HEADERS,
+    AdminConfig,
+    CaptureConfig,
+    Config,
+    ConfigError,
+    DiffConfig,
+    EndpointsConfig,
+    IngressConfig,
+    Listen,
+    LoggingConfig,
+    MirrorConfig,
+    TargetConfig,
+    VerdictConfig,
+)
+
+
+class Invalid(ValueError):
+    """A value that cannot be accepted; the message says why (without the key)."""
+
+
+Reader = Callable[[Any], Any]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]i?[bB]?|[bB])?\s*$")
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "ki": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "mi": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "gi": 1024**3,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0}
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# -- readers ---------------------------------------------------------------------------------
+def string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"must be a string, got {_kind(value)}")
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(f"must be true or false, got {_kind(value)}")
+    return value
+
+
+def integer(low: int | None = None, high: int | None = None) -> Reader:
+    def read(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"must be an integer, got {_kind(value)}")
+        _check_range(value, low, high)
+        return value
+
+    return read
+
+
+def number(
+    low: float | None = None, high: float | None = None, *, above: float | None = None
+) -> Reader:
+    def read(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid(f"must be a number, got {_kind(value)}")
+        if above is not None and value <= above:
+            raise Invalid(f"must be more than {above:g}, got {value:g}")
+        _check_range(value, low, high)
+        return float(value)
+
+    return read
+
+
+def size(value: Any) -> int:
+    """Bytes: an integer, or a string such as "10MiB", "512KiB", "64kB"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        amount = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        unit = (m.group(2) or "").lower()
+        if unit not in _SIZE_UNITS:
+            raise Invalid(f"unknown size unit in {value!r} (use B, KiB, MiB, GiB, kB, MB, GB)")
+        amount = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    else:
+        raise Invalid(f'must be a size in bytes or a string like "10MiB", got {value!r}')
+    if amount <= 0:
+        raise Invalid(f"must be more than 0 bytes, got {value!r}")
+    return amount
+
+
+def duration(value: Any) -> float:
+    """Seconds: a number, or a string such as "500ms", "2s", "5m", "1h"."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
+    else:
+        raise Invalid(f'must be seconds or a string like "500ms", "2s", "5m", got {value!r}')
+    if seconds <= 0:
+        raise Invalid(f"must be more than 0, got {value!r}")
+    return seconds
+
+
+def listen(value: Any) -> Listen:
+    text = string(value)
+    m = re.match(r"^\[([0-9a-fA-F:.]+)\]:(\d+)$", text) or re.match(r"^([^:\[\]]+):(\d+)$", text)
+    if not m:
+        raise Invalid(f'must be "host:port" or "[ipv6]:port", got {text!r}')
+    port = int(m.group(2))
+    if port > 65535:
+        raise Invalid(f"port must be 0-65535, got {port}")
+    return Listen(m.group(1), port)
+
+
+def one_of(*choices: str) -> Reader:
+    def read(value: Any) -> str:
+        text = string(value)
+        if text not in choices:
+            raise Invalid(f"must be one of {', '.join(repr(c) for c in choices)}, got {text!r}")
+        return text
+
+    return read
+
+
+def strings(each: Reader = string) -> Reader:
+    def read(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise Invalid(f"must be a list, got {_kind(value)}")
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(each(item))
+            except Invalid as exc:
+                raise Invalid(f"item {i + 1}: {exc}") from None
+        return tuple(out)
+
+    return read
+
+
+def regex(value: Any) -> str:
+    text = string(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise Invalid(f"is not a valid regular expression ({exc}): {text!r}") from None
+    return text
+
+
+def method(value: Any) -> str:
+    text = string(value).upper()
+    if not _TOKEN.match(text):
+        raise Invalid(f"is not an HTTP method: {value!r}")
+    return text
+
+
+def header_name(value: Any) -> str:
+    text = string(value)
+    if not _TOKEN.match(text):
+        raise Invalid(f"is not a valid header name: {text!r}")
+    return text.lower()
+
+
+def route_template(value: Any) -> str:
+    text = string(value).strip()
+    verb, _, route = text.rpartition(" ")
+    if verb and not _TOKEN.match(verb):
+        raise Invalid(f"method {verb!r} is not an HTTP method")
+    if not route.startswith("/"):
+        raise Invalid(f'must be "/path/{{name}}" or "METHOD /path/{{name}}", got {text!r}')
+    if route.count("{") != route.count("}"):
+        raise Invalid(f"unbalanced braces in {text!r}")
+    for name in _PLACEHOLDER.findall(route):
+        if not _IDENT.match(name):
+            raise Invalid(f"placeholder {{{name}}} must be an identifier")
+    return f"{verb.upper()} {route}" if verb else route
+
+
+def json_path(value: Any) -> str:
+    text = string(value)
+    if not text.startswith("$"):
+        raise Invalid(f'must be a JSON path starting with "$", got {text!r}')
+    return text
+
+
+def existing_file(value: Any) -> Path:
+    path = Path(string(value)).expanduser()
+    if not path.is_file():
+        raise Invalid(f"no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise Invalid(f"cannot read {path}")
+    return path
+
+
+def header_table(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise Invalid(f'must be a table like {{ "X-Name" = "value" }}, got {_kind(value)}')
+    out = []
+    for name, item in value.items():
+        if not _TOKEN.match(name):
+            raise Invalid(f"{name!r} is not a valid header name")
+        if not isinstance(item, str) or "\r" in item or "\n" in item:
+            raise Invalid(f"value of {name!r} must be a one-line string")
+        out.append((name, item))
+    return tuple(out)
+
+
+def weights(value: Any) -> tuple[tuple[str, float], ...]:
+    if not isinstance(value, dict):
+        raise Invalid(f'must be a table like {{ "GET /users/{{id}}" = 2.0 }}, got {_kind(value)}')
+    out = []
+    for name, item in value.items():
+        out.append((name, number(0.0)(item)))
+    return tuple(out)
+
+
+def _check_range(value: float, low: float | None, high: float | None) -> None:
+    if low is not None and value < low:
+        raise Invalid(f"must be at least {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise Invalid(f"must be at most {high:g}, got {value:g}")
+
+
+def _kind(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+# -- the schema: TOML key -> (dataclass field, reader) ---------------------------------------
+INGRESS = {
+    "mode": ("mode", one_of("proxy", "tap")),
+    "listen": ("listen", listen),
+    "max_connections": ("max_connections", integer(1)),
+    "max_request_body_bytes": ("max_request_body_bytes", size),
+    "max_header_bytes": ("max_header_bytes", size),
+    "idle_timeout": ("idle_timeout", duration),
+}
+TARGET = {
+    "url": ("url", string),
+    "timeout": ("timeout", duration),
+    "connect_timeout": ("connect_timeout", duration),
+    "max_connections": ("max_connections", integer(1)),
+    "host_header": ("host_header", string),
+    "set_headers": ("set_headers", header_table),
+    "remove_headers": ("remove_headers", lambda v: frozenset(strings(header_name)(v))),
+    "tls_verify": ("tls_verify", boolean),
+    "ca_file": ("ca_file", existing_file),
+}
+MIRROR = {
+    "enabled": ("enabled", boolean),
+    "sample_rate": ("sample_rate", number(0.0, 1.0)),
+    "methods": ("methods", lambda v: frozenset(strings(method)(v))),
+    "include_paths": ("include_paths", strings(regex)),
+    "exclude_paths": ("exclude_paths", strings(regex)),
+    "queue_size": ("queue_size", integer(1)),
+    "max_in_flight": ("max_in_flight", integer(1)),
+    "max_body_bytes": ("max_body_bytes", size),
+}
+ENDPOINTS = {
+    "max": ("max", integer(1, 100_000)),
+    "templates": ("templates", strings(route_template)),
+}
+DIFF = {
+    "ignore_headers": ("ignore_headers", lambda v: frozenset(strings(header_name)(v))),
+    "also_ignore_headers": (None, lambda v: frozenset(strings(header_name)(v))),
+    "compare_headers": ("compare_headers", boolean),
+    "max_body_bytes": ("max_body_bytes", size),
+    "samples_per_endpoint": ("samples_per_endpoint", integer(0, 10_000)),
+    "max_fields_per_endpoint": ("max_fields_per_endpoint", integer(1, 100_000)),
+    "noise_relative": ("noise_relative", number(0.0, 1.0)),
+    "noise_absolute": ("noise_absolute", number(0.0, 1.0)),
+}
+CAPTURE = {
+    "path": ("path", lambda v: Path(string(v)).expanduser()),
+    "max_bytes": ("max_bytes", size),
+    "max_age": ("max_age", duration),
+    "keep_files": ("keep_files", integer(1, 100_000)),
+    "buffer_records": ("buffer_records", integer(1)),
+    "redact_headers": ("redact_headers", lambda v: frozenset(strings(header_name)(v))),
+    "redact_body_fields": ("redact_body_fields", strings(json_path)),
+    "redact_query_params": ("redact_query_params", lambda v: frozenset(strings()(v))),
+}
+ADMIN = {
+    "listen": ("listen", listen),
+    "token_file": ("token_file", existing_file),
+}
+VERDICT = {
+    "min_exchanges": ("min_exchanges", integer(0)),
+    "min_exchanges_per_endpoint": ("min_exchanges_per_endpoint", integer(0)),
+    "max_divergence_ratio": ("max_divergence_ratio", number(0.0, 1.0)),
+    "max_error_rate_increase": ("max_error_rate_increase", number(0.0, 1.0)),
+    "max_latency_regression_p50": ("max_latency_regression_p50", number(0.0)),
+    "max_latency_regression_p99": ("max_latency_regression_p99", number(0.0)),
+    "significance": ("significance", number(above=0.0, high=0.5)),
+    "exclude_endpoints": ("exclude_endpoints", strings()),
+    "endpoint_weights": ("endpoint_weights", weights),
+    "owner": ("owner", string),
+    "expected_result": ("expected_result", string),
+    "rollback": ("rollback", string),
+}
+LOGGING = {
+    "level": ("level", one_of("debug", "info", "warning", "error")),
+    "format": ("format", one_of("text", "json")),
+    "access_log": ("access_log", boolean),
+}
+SECTIONS: dict[str, dict[str, tuple[str | None, Reader]]] = {
+    "ingress": INGRESS,
+    "targets": {},  # nested tables, read by _targets
+    "mirror": MIRROR,
+    "endpoints": ENDPOINTS,
+    "diff": DIFF,
+    "capture": CAPTURE,
+    "admin": ADMIN,
+    "verdict": VERDICT,
+    "logging": LOGGING,
+}
+TARGET_NAMES = ("primary", "secondary", "candidate")
+
+
+class _Problems:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append(f"{self.source}: {key}: {message}")
+
+
+def _unknown(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key.split(".")[-1], known, n=1)
+    return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _read_table(
+    data: Any, prefix: str, schema: dict[str, tuple[str | None, Reader]], problems: _Problems
+) -> dict[str, Any]:
+    """Read the known keys of one TOML table; record a problem for anything else."""
+    values: dict[str, Any] = {}
+    if not isinstance(data, dict):
+        problems.add(prefix, f"must be a table ([{prefix}]), got {_kind(data)}")
+        return values
+    for key, raw in data.items():
+        spec = schema.get(key)
+        if spec is None:
+            problems.add(f"{prefix}.{key}", _unknown(key, list(schema)))
+            continue
+        field, reader = spec
+        try:
+            values[field or key] = reader(raw)
+        except Invalid as exc:
+            problems.add(f"{prefix}.{key}", str(exc))
+    return values
+
+
+def _target(name: str, data: Any, problems: _Problems) -> TargetConfig | None:
+    prefix = f"targets.{name}"
+    values = _read_table(data, prefix, TARGET, problems)
+    url = values.pop("url", None)
+    if url is None:
+        if isinstance(data, dict) and "url" not in data:
+            problems.add(f"{prefix}.url", "is required")
+        return None
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        problems.add(f"{prefix}.url", f"has an invalid port: {url!r}")
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.add(f"{prefix}.url", f"must be an http:// or https:// URL, got {url!r}")
+        return None
+    if parts.query or parts.fragment or parts.username or parts.password:
+        problems.add(
+            f"{prefix}.url",
+            "must not carry a query, a fragment or credentials (use set_headers for credentials)",
+        )
+        return None
+    if name == "primary":
+        values.setdefault("timeout", 30.0)
+    return TargetConfig(
+        name=name,
+        url=url,
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port or (443 if parts.scheme == "https" else 80),
+        base_path=parts.path.rstrip("/"),
+        **values,
+    )
+
+
+def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
+    """Validate a parsed TOML document. Raises ``ConfigError`` with every problem found."""
+    problems = _Problems(source)
+    sections: dict[str, dict[str, Any]] = {}
+    for name, body in data.items():
+        if name not in SECTIONS:
+            problems.add(name, _unknown(name, list(SECTIONS)).replace("key", "section"))
+        elif name != "targets":
+            sections[name] = _read_table(body, name, SECTIONS[name], problems)
+    targets: dict[str, TargetConfig | None] = {}
+    raw_targets = data.get("targets", {})
+    if not isinstance(raw_targets, dict):
+        problems.add("targets", "must hold [targets.primary], [targets.candidate] tables")
+        raw_targets = {}
+    for name, body in raw_targets.items():
+        if name not in TARGET_NAMES:
+            problems.add(
+                f"targets.{name}",
+                _unknown(name, list(TARGET_NAMES)).replace(
+                    "unknown key", "unknown target (primary, secondary or candidate)"
+                ),
+            )
+            continue
+        targets[name] = _target(name, body, problems)
+    for required in ("primary", "candidate"):
+        if required not in raw_targets:
+            problems.add(f"targets.{required}", f"is required ([targets.{required}] with a url)")
+    diff = sections.get("diff", {})
+    also = diff.pop("also_ignore_headers", frozenset())
+    if also:
+        diff["ignore_headers"] = diff.get("ignore_headers", DEFAULT_IGNORED_HEADERS) | also
+    capture = sections.get("capture")
+    raw_capture = data.get("capture")
+    if isinstance(raw_capture, dict) and "path" not in raw_capture:
+        problems.add("capture.path", "is required when [capture] is present")
+    ingress = IngressConfig(**sections.get("ingress", {}))
+    admin = AdminConfig(**sections.get("admin", {}))
+    _cross_checks(ingress, admin, targets, problems)
+    if problems.items:
+        raise ConfigError(problems.items)
+    primary, candidate = targets["primary"], targets["candidate"]
+    assert primary is not None and candidate is not None
+    return Config(
+        source=source,
+        primary=primary,
+        candidate=candidate,
+        secondary=targets.get("secondary"),
+        ingress=ingress,
+        mirror=MirrorConfig(**sections.get("mirror", {})),
+        endpoints=EndpointsConfig(**sections.get("endpoints", {})),
+        diff=DiffConfig(**diff),
+        capture=CaptureConfig(**capture) if capture and "path" in capture else None,
+        admin=admin,
+        verdict=VerdictConfig(**sections.get("verdict", {})),
+        logging=LoggingConfig(**sections.get("logging", {})),
+        digest=digest,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _cross_checks(
+    ingress: IngressConfig,
+    admin: AdminConfig,
+    targets: dict[str, TargetConfig | None],
+    problems: _Problems,
+) -> None:
+    if ingress.listen == admin.listen and ingress.listen.port != 0:
+        problems.add("admin.listen", f"is the same address as ingress.listen ({ingress.listen})")
+    if not _is_loopback(admin.listen.host) and admin.token_file is None:
+        problems.add(
+            "admin.listen",
+            "an admin API on a non-loopback address requires admin.token_file (a bearer token)",
+        )
+    for name, target in targets.items():
+        if target is None:
+            continue
+        same_port = target.port == ingress.listen.port
+        same_host = (
+            target.host == ingress.listen.host
+            or (_is_loopback(target.host) and _is_loopback(ingress.listen.host))
+            or ingress.listen.host in ("0.0.0.0", "::")
+        )
+        if same_port and same_host:
+            problems.add(
+                f"targets.{name}.url",
+                f"points at shadowd's own ingress ({ingress.listen}): requests would loop",
+            )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file. Raises ``ConfigError`` listing every problem."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: not UTF-8 text ({exc.reason})"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: TOML syntax: {exc}"]) from exc
+    return parse_config(data, source, hashlib.sha256(raw).hexdigest())
+
+
+__all__ = ["load_config", "parse_config"]
