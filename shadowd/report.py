@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from shadowd.aggregate import Aggregator, EndpointStats
-from shadowd.noise import decide_field
+from shadowd.noise import DIVERGENT, decide_field
 
 _QUANTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 
@@ -58,12 +58,19 @@ def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
             }
         )
     fields.sort(key=lambda f: (-f["divergent"], f["path"]))
+    # Exchanges are not re-judged one by one when noise estimates move, so the endpoint's
+    # rate beyond noise is that of its worst divergent field (a lower bound of the share of
+    # exchanges with any real divergence).
+    beyond_noise = max(
+        (f["divergent_ratio"] for f in fields if f["decision"] == DIVERGENT), default=0.0
+    )
     return {
         "id": stats.id,
         "endpoint": stats.endpoint,
         "exchanges": exchanges,
         "divergent": stats.divergent,
         "divergent_ratio": _ratio(stats.divergent, exchanges),
+        "divergent_beyond_noise_ratio": beyond_noise,
         "noisy": stats.noisy,
         "noise_ratio": _ratio(stats.noisy, exchanges),
         "errors": {t: n for t, n in stats.errors.items() if n},
@@ -77,7 +84,9 @@ def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
 def build_report(aggregator: Aggregator, status: dict[str, Any] | None = None) -> dict[str, Any]:
     now = time.time()
     endpoints = [_endpoint(s, aggregator) for s in aggregator.endpoints.values()]
-    endpoints.sort(key=lambda e: (-e["divergent"], -e["exchanges"], e["endpoint"]))
+    endpoints.sort(
+        key=lambda e: (-e["divergent_beyond_noise_ratio"], -e["divergent"], e["endpoint"])
+    )
     exchanges = sum(e["exchanges"] for e in endpoints)
     divergent = sum(e["divergent"] for e in endpoints)
     errors: dict[str, int] = {}
@@ -160,7 +169,8 @@ def render_table(report: dict[str, Any], *, max_fields: int = 8) -> str:
             "endpoint",
             "id",
             "exchanges",
-            "divergent",
+            "diverge",
+            "any diff",
             "noise",
             "errors c/p",
             "p50 ms p/c",
@@ -174,6 +184,7 @@ def render_table(report: dict[str, Any], *, max_fields: int = 8) -> str:
                 e["endpoint"],
                 e["id"],
                 str(e["exchanges"]),
+                _pct(e.get("divergent_beyond_noise_ratio", e["divergent_ratio"])),
                 _pct(e["divergent_ratio"]),
                 _pct(e["noise_ratio"]),
                 f"{e['errors'].get('candidate', 0)}/{e['errors'].get('primary', 0)}",
@@ -181,7 +192,11 @@ def render_table(report: dict[str, Any], *, max_fields: int = 8) -> str:
                 f"{_ms(lat, 'primary', 'p99')}/{_ms(lat, 'candidate', 'p99')}",
             ]
         )
-    lines += _columns(rows, right={2, 3, 4, 5, 6, 7})
+    lines += _columns(rows, right={2, 3, 4, 5, 6, 7, 8})
+    lines.append(
+        "(diverge: worst field beyond noise; any diff: exchanges with any difference, "
+        "noise included; c/p: candidate/primary)"
+    )
     for e in report["endpoints"]:
         fields = [f for f in e["fields"] if f["divergent"] or f["noise"]]
         if not fields:

@@ -17,6 +17,7 @@ from shadowd.config import (
     IngressConfig,
     Listen,
     MirrorConfig,
+    VerdictConfig,
     target_from_url,
 )
 
@@ -118,6 +119,8 @@ def build_config(
     diff: dict[str, Any] | None = None,
     primary_options: dict[str, Any] | None = None,
     candidate_options: dict[str, Any] | None = None,
+    admin: dict[str, Any] | None = None,
+    verdict: dict[str, Any] | None = None,
 ) -> Config:
     return Config(
         source="<test>",
@@ -129,7 +132,8 @@ def build_config(
         ),
         mirror=dataclasses.replace(MirrorConfig(), **(mirror or {})),
         diff=dataclasses.replace(DiffConfig(), **(diff or {})),
-        admin=AdminConfig(listen=Listen("127.0.0.1", 0)),
+        admin=AdminConfig(listen=Listen("127.0.0.1", 0), **(admin or {})),
+        verdict=dataclasses.replace(VerdictConfig(), **(verdict or {})),
     )
 
 

@@ -13,6 +13,7 @@ from shadowd.daemon import Daemon
 from shadowd.demo.services import CANDIDATE, PRIMARY, SECONDARY, SampleServices
 from shadowd.demo.traffic import drive
 from shadowd.report import build_report, render_table
+from shadowd.verdict.judge import judge
 
 
 def _free_or_any(port: int) -> int:
@@ -59,9 +60,17 @@ async def tour(duration: float | None, requests: int, out=sys.stdout) -> int:
         await _wait_for_copies(daemon)
         report = build_report(daemon.aggregator, daemon.mirror_status())
         print(render_table(report), file=out)
+        verdict = judge(report, daemon.evidence, daemon.config)
+        daemon.metrics.observe_verdict(verdict)
+        print(f"\nverdict: {verdict.verdict.upper()}", file=out)
+        for reason in verdict.reasons:
+            print(f"  - {reason}", file=out)
         print(
-            f"\nExplore: curl {admin}/api/v1/report | shadowd report --url {admin} | "
-            f"curl {admin}/metrics",
+            f"\nExplore while it runs:\n"
+            f"  shadowd report --url {admin}\n"
+            f"  shadowd verdict --url {admin} --markdown promotion.md\n"
+            f"  curl {admin}/api/v1/report\n"
+            f"  curl {admin}/metrics",
             file=out,
         )
         if duration is None:
