@@ -17,7 +17,7 @@ def main() -> int:
         if not script.exists():
             continue
         print(f"\n=== {name} ===", flush=True)
-        failed |= subprocess.call([sys.executable, str(script), *sys.argv[1:]]) != 0
+        failed |= subprocess.call([sys.executable, str(script)]) != 0
     return 1 if failed else 0
 
 

@@ -54,6 +54,7 @@ class ClientConnection(RequestReader):
         self._current: ParsedRequest | None = None
         self._status = 0
         self._head_sent = False
+        self._out: list[bytes] = []  # answer bytes parsed from the current upstream read
         self._chunked = False
         self._close_after = False
         self._pending: PendingExchange | None = None
@@ -213,20 +214,21 @@ class ClientConnection(RequestReader):
         elif not req.http11:
             append(b"Connection: keep-alive\r\n")
         append(b"\r\n")
-        self.transport.write(b"".join(parts))
-        self._head_sent = True
+        # Held until the upstream read is parsed, so that head and body leave in one write.
+        self._out.append(b"".join(parts))
         if self._pending is not None:
             self._answer = Answer(target=PRIMARY, status=status, headers=headers)
 
     def on_response_body(self, chunk: bytes) -> None:
         if self._closed or not chunk:
             return
-        transport = self.transport
-        assert transport is not None
+        out = self._out
         if self._chunked:
-            transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            out.append(b"%x\r\n" % len(chunk))
+            out.append(chunk)
+            out.append(b"\r\n")
         else:
-            transport.write(chunk)
+            out.append(chunk)
         if self._keeper is not None:
             self._keeper.add(chunk)
 
@@ -235,7 +237,8 @@ class ClientConnection(RequestReader):
         if self._closed:
             return
         if self._chunked:
-            self.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+            self._out.append(b"0\r\n\r\n")
+        self.on_response_flush()
         self._ingress.metrics.ingress_request(self._status)
         pending = self._pending
         if pending is not None:
@@ -249,8 +252,16 @@ class ClientConnection(RequestReader):
             self._ingress.mirror.primary_answered(pending, answer)
         self._request_done()
 
+    def on_response_flush(self) -> None:
+        out = self._out
+        if out and not self._closed:
+            self.transport.writelines(out)  # type: ignore[union-attr]
+            self._out = []
+            self._head_sent = True
+
     def on_response_error(self, kind: str) -> None:
         self._call = None
+        self._out = []  # an answer cut short before it left: the client gets 502/504 instead
         if self._closed:
             return
         metrics = self._ingress.metrics

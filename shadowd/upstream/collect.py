@@ -61,6 +61,9 @@ class AnswerCollector:
     def on_response_body(self, chunk: bytes) -> None:
         self._body.add(chunk)
 
+    def on_response_flush(self) -> None:
+        pass
+
     def on_response_complete(self) -> None:
         answer = self._answer
         answer.latency = time.perf_counter() - self._started

@@ -26,6 +26,9 @@ class ResponseSink(Protocol):
 
     def on_response_body(self, chunk: bytes) -> None: ...
 
+    def on_response_flush(self) -> None:
+        """The bytes read so far are parsed: a sink that batches its writes may send now."""
+
     def on_response_complete(self) -> None: ...
 
     def on_response_error(self, kind: str) -> None: ...
@@ -147,11 +150,14 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._fail(ERROR_PROTOCOL)
             return
-        if self._call is call and call.head_only and self._status_code and not call.done:
-            # llhttp cannot be told the request was HEAD: it waits for the announced body.
-            # The answer is complete at its head; a fresh parser reads the next one.
-            self._parser = httptools.HttpResponseParser(self)
-            self._complete(keep_alive=self._status_keep_alive)
+        if self._call is call and not call.done:
+            if call.head_only and self._status_code:
+                # llhttp cannot be told the request was HEAD: it waits for the announced
+                # body. The answer is complete at its head; a fresh parser reads the next.
+                self._parser = httptools.HttpResponseParser(self)
+                self._complete(keep_alive=self._status_keep_alive)
+            else:
+                call.sink.on_response_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
