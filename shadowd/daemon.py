@@ -19,6 +19,7 @@ from aiohttp import web
 from shadowd import sdnotify
 from shadowd.admin import create_admin_app
 from shadowd.aggregate import Aggregator
+from shadowd.capture.writer import CaptureWriter
 from shadowd.config import Config, ConfigError, load_config
 from shadowd.diff.stream import DiffStage
 from shadowd.endpoints import EndpointClassifier
@@ -62,6 +63,16 @@ class Daemon:
             config, self.pools[config.primary.name], self.mirror, self.endpoints, self.metrics
         )
         self._tasks.spawn(self.diff_stage.run(), name="diff-stage")
+        self.capture: CaptureWriter | None = None
+        if config.capture is not None:
+            self.capture = CaptureWriter(
+                config.capture,
+                digest=config.digest,
+                on_written=self.metrics.capture_written,
+                on_dropped=self.metrics.capture_dropped,
+            )
+            await self.capture.start()
+            self.exchange_listeners.append(self.capture.submit)
         # Admin first: a readiness probe may ask before traffic is accepted.
         self._admin_runner = web.AppRunner(create_admin_app(self), access_log=None)
         await self._admin_runner.setup()
@@ -105,6 +116,8 @@ class Daemon:
         self.mirror.set_enabled(False)
         await self._wait_mirror_idle(min(grace, 5.0))
         await self.diff_stage.wait_idle(min(grace, 5.0))
+        if self.capture is not None and not await self.capture.close(timeout=grace):
+            log.warning("capture buffer not fully written at shutdown")
         for pool in self.pools.values():
             pool.close()
         if self._admin_runner is not None:

@@ -1,0 +1,123 @@
+"""Importing GoReplay captures (``.gor``, ``.gor.gz``) so users can bring what they have.
+
+GoReplay writes ``"<type> <id> <timestamp> [<latency>]\\n"`` + a raw HTTP message +
+``"\\n🐵🙈🙉\\n"`` per record. Type 1 is a request, 2 the original response, 3 a replayed
+response (which target answered is not recorded, so type 3 is counted and skipped). The id
+pairs a request with its response; the timestamp is in Unix nanoseconds. What maps: method,
+target, headers, body, arrival time, and the original response as the primary's answer
+(status, headers, body, and the latency when the header has one). What does not: the client
+address, the secondary and candidate answers, and anything GoReplay did not record.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from pathlib import Path
+
+from shadowd.capture.reader import CaptureStats
+from shadowd.endpoints import auto_template
+from shadowd.exchange import PRIMARY, Answer, Exchange, Headers, Request
+
+SEPARATOR = "\n🐵🙈🙉\n".encode()
+
+
+def _split_message(raw: bytes) -> tuple[bytes, Headers, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not _:
+        head, _, body = raw.partition(b"\n\n")
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    headers: Headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            headers.append((name.strip(), value.strip()))
+    chunked = any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in headers)
+    return lines[0], headers, _dechunk(body) if chunked else body
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = bytearray()
+    position = 0
+    while position < len(body):
+        line_end = body.find(b"\r\n", position)
+        if line_end < 0:
+            break
+        try:
+            size = int(body[position:line_end].split(b";")[0], 16)
+        except ValueError:
+            break
+        if size == 0:
+            break
+        start = line_end + 2
+        out += body[start : start + size]
+        position = start + size + 2
+    return bytes(out)
+
+
+def _records(data: bytes) -> Iterator[tuple[list[bytes], bytes]]:
+    for chunk in data.split(SEPARATOR):
+        chunk = chunk.lstrip(b"\n")
+        if not chunk.strip():
+            continue
+        meta, _, message = chunk.partition(b"\n")
+        yield meta.split(), message
+
+
+def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Exchange]:
+    stats = stats if stats is not None else CaptureStats()
+    path = Path(path)
+    raw = path.read_bytes()
+    if path.name.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    stats.header = {"format": "goreplay", "file": path.name}
+    pending: dict[bytes, Exchange] = {}
+    order: list[bytes] = []
+    sequence = 0
+    for fields, message in _records(raw):
+        if len(fields) not in (3, 4) or fields[0] not in (b"1", b"2", b"3"):
+            stats.corrupt += 1
+            continue
+        kind, ident = fields[0], fields[1]
+        try:
+            stamp = int(fields[2]) / 1e9
+            latency = int(fields[3]) / 1e9 if len(fields) == 4 else 0.0
+        except ValueError:
+            stats.corrupt += 1
+            continue
+        first, headers, body = _split_message(message)
+        if kind == b"1":
+            parts = first.split(b" ")
+            if len(parts) < 2:
+                stats.corrupt += 1
+                continue
+            method, target = parts[0].decode("latin-1"), parts[1].decode("latin-1")
+            sequence += 1
+            request = Request(
+                method=method, target=target, headers=headers, body=body, received_at=stamp
+            )
+            pending[ident] = Exchange(
+                id=sequence, request=request, endpoint=f"{method} {auto_template(request.path)}"
+            )
+            order.append(ident)
+        elif kind == b"2":
+            exchange = pending.get(ident)
+            parts = first.split(b" ", 2)
+            if exchange is None or len(parts) < 2 or not parts[1].isdigit():
+                stats.corrupt += 1
+                continue
+            exchange.answers[PRIMARY] = Answer(
+                target=PRIMARY,
+                status=int(parts[1]),
+                headers=headers,
+                body=body,
+                body_size=len(body),
+                latency=latency,
+            )
+        else:
+            stats.header["replayed_responses_skipped"] = (
+                stats.header.get("replayed_responses_skipped", 0) + 1
+            )
+    for ident in order:
+        stats.records += 1
+        yield pending[ident]
