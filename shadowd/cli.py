@@ -71,6 +71,84 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from shadowd.capture.inspect import inspect_capture, iter_records_json, render_inspect
+    from shadowd.errors import CaptureError
+
+    try:
+        if args.records:
+            for line in iter_records_json(args.capture):
+                sys.stdout.write(line + "\n")
+            return 0
+        summary = inspect_capture(args.capture)
+    except CaptureError as exc:
+        print(f"shadowd inspect: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `shadowd inspect --records | head`
+        return 0
+    if args.json:
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render_inspect(summary))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from shadowd.errors import CaptureError
+    from shadowd.replay import ReplayOptions, parse_targets, render_summary, replay
+
+    try:
+        targets = parse_targets(args.target)
+        headers = _header_rewrites(args.header or [], targets)
+    except ValueError as exc:
+        print(f"shadowd replay: {exc}", file=sys.stderr)
+        return 2
+    options = ReplayOptions(
+        targets=targets,
+        speed=args.speed,
+        rate=args.rate,
+        concurrency=args.concurrency,
+        loop=args.loop,
+        duration=args.duration,
+        endpoint=args.endpoint,
+        methods=frozenset(m.upper() for m in args.method or ()),
+        path=args.path,
+        headers=headers,
+        timeout=args.timeout,
+        connections=args.connections,
+    )
+    _install_uvloop()
+    try:
+        summary = asyncio.run(replay(Path(args.capture), options))
+    except CaptureError as exc:
+        print(f"shadowd replay: {exc}", file=sys.stderr)
+        return 1
+    print(render_summary(summary))
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    return 130 if summary["interrupted"] else 0
+
+
+def _header_rewrites(specs: list[str], targets: dict[str, str]) -> dict[str, tuple]:
+    """``candidate:Authorization=env:STAGING_TOKEN`` → the header, read from the environment."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for spec in specs:
+        where, sep, rest = spec.partition(":")
+        name, eq, value = rest.partition("=")
+        if not sep or not eq or where not in targets or not name:
+            raise ValueError(
+                f"--header {spec!r}: expected TARGET:Name=value (TARGET one of "
+                f"{', '.join(targets)}); value may be env:VARIABLE"
+            )
+        if value.startswith("env:"):
+            variable = value[4:]
+            if variable not in os.environ:
+                raise ValueError(f"--header {spec!r}: ${variable} is not set")
+            value = os.environ[variable]
+        out.setdefault(where, []).append((name, value))
+    return {k: tuple(v) for k, v in out.items()}
+
+
 VERDICT_EXIT = {"pass": 0, "fail": 1, "inconclusive": 2}
 
 
@@ -183,6 +261,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_admin_args(report)
     report.add_argument("--json", action="store_true", help="print the JSON report")
     report.set_defaults(func=_report)
+
+    inspect = sub.add_parser("inspect", help="summarise a capture file (.shadow or GoReplay .gor)")
+    inspect.add_argument("capture")
+    inspect.add_argument("--records", action="store_true", help="print records as JSON lines")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.set_defaults(func=_inspect)
+
+    replay = sub.add_parser(
+        "replay", help="send a capture's requests to targets, compare and time the answers"
+    )
+    replay.add_argument("capture", help="a .shadow capture, or a GoReplay .gor / .gor.gz file")
+    replay.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        metavar="NAME=URL",
+        help="primary=URL, candidate=URL, secondary=URL (repeatable); "
+        "without primary, answers are compared with the recorded ones",
+    )
+    pace = replay.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--speed", type=float, default=1.0, help="recorded pace times X (default 1.0; open loop)"
+    )
+    pace.add_argument("--rate", type=float, help="fixed N requests/s (open loop, CO-corrected)")
+    pace.add_argument("--concurrency", type=int, help="closed loop: N requests in flight")
+    replay.add_argument("--loop", type=int, default=1, help="replay the capture N times")
+    replay.add_argument("--duration", type=float, help="stop sending after S seconds")
+    replay.add_argument("--endpoint", help="only endpoints matching this regex")
+    replay.add_argument("--method", action="append", help="only this method (repeatable)")
+    replay.add_argument("--path", help="only paths matching this regex")
+    replay.add_argument(
+        "--header",
+        action="append",
+        metavar="TARGET:Name=value",
+        help="set a header on one target's requests; value env:VAR reads $VAR",
+    )
+    replay.add_argument("--timeout", type=float, default=10.0, help="seconds per answer")
+    replay.add_argument(
+        "--connections", type=int, default=256, help="connections per target (default 256)"
+    )
+    replay.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    replay.set_defaults(func=_replay)
 
     verdict = sub.add_parser(
         "verdict",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
+
+from shadowd.progress import Progress
 
 # (weight, path template) — ids drawn from a small range so endpoints collapse to templates
 MIX: list[tuple[int, str]] = [
@@ -28,31 +29,6 @@ class TrafficResult:
     statuses: dict[int, int] = field(default_factory=dict)
     failures: int = 0
     seconds: float = 0.0
-
-
-class Progress:
-    """A progress bar on a terminal, a line every 25 % otherwise."""
-
-    def __init__(self, total: int, stream=sys.stderr) -> None:
-        self.total = total
-        self.stream = stream
-        self.tty = stream.isatty()
-        self._next_mark = 0.25
-        self._started = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        fraction = done / self.total if self.total else 1.0
-        rate = done / max(time.perf_counter() - self._started, 1e-9)
-        if self.tty:
-            filled = int(fraction * 30)
-            bar = "#" * filled + "-" * (30 - filled)
-            self.stream.write(f"\r  traffic [{bar}] {done}/{self.total} ({rate:,.0f} req/s)")
-            if done >= self.total:
-                self.stream.write("\n")
-            self.stream.flush()
-        elif fraction >= self._next_mark or done >= self.total:
-            self.stream.write(f"  traffic: {done}/{self.total} requests ({rate:,.0f} req/s)\n")
-            self._next_mark = fraction + 0.25
 
 
 async def drive(

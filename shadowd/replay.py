@@ -1,0 +1,365 @@
+"""``shadowd replay``: a capture's requests sent to live targets, compared and timed.
+
+Pacing:
+- recorded pace scaled by ``speed`` (default), or a fixed ``rate``: open loop. Every request
+  has an intended send time, and latency is measured from it, so a stalled target cannot hide
+  the queue it causes (coordinated omission corrected, as wrk2 does); the figures measured
+  from the actual send are reported beside them.
+- ``concurrency``: closed loop, N requests in flight, latency from the actual send.
+
+Comparison: against a live ``primary`` target when one is given, else against the primary
+answers recorded in the capture; the same diff engine, aggregator and report as the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from shadowd.aggregate import Aggregator
+from shadowd.capture.inspect import open_exchanges
+from shadowd.config import Config, DiffConfig, target_from_url
+from shadowd.diff.engine import diff_exchange
+from shadowd.exchange import CANDIDATE, PRIMARY, Answer, Exchange
+from shadowd.ingress.http import forwardable_headers
+from shadowd.progress import Progress
+from shadowd.report import build_report
+from shadowd.tasks import TaskGroup
+from shadowd.upstream.collect import AnswerCollector
+from shadowd.upstream.pool import UpstreamPool
+from shadowd.upstream.request import RequestTemplate
+
+# uvloop's loop.time() ticks in milliseconds: latency needs the precise clock.
+clock = time.perf_counter
+_QUANTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
+_MAX_US = 3_600_000_000
+
+
+@dataclass
+class ReplayOptions:
+    targets: dict[str, str]  # primary / secondary / candidate -> URL
+    speed: float = 1.0
+    rate: float | None = None
+    concurrency: int | None = None
+    loop: int = 1
+    duration: float | None = None
+    endpoint: str | None = None  # regex on the endpoint name
+    methods: frozenset[str] = frozenset()
+    path: str | None = None  # regex on the path
+    headers: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    timeout: float = 10.0
+    connections: int = 256
+    body_limit: int = 1024 * 1024
+
+
+class Latency:
+    """Corrected (from the intended send time) and uncorrected latency of one target."""
+
+    def __init__(self) -> None:
+        self.corrected = HdrHistogram(1, _MAX_US, 3)
+        self.uncorrected = HdrHistogram(1, _MAX_US, 3)
+        self.by_endpoint: dict[str, HdrHistogram] = {}
+
+    def record(self, endpoint: str, corrected: float, uncorrected: float) -> None:
+        c = min(max(int(corrected * 1e6), 1), _MAX_US)
+        self.corrected.record_value(c)
+        self.uncorrected.record_value(min(max(int(uncorrected * 1e6), 1), _MAX_US))
+        hist = self.by_endpoint.get(endpoint)
+        if hist is None:
+            hist = self.by_endpoint[endpoint] = HdrHistogram(1, _MAX_US, 2)
+        hist.record_value(c)
+
+
+def quantiles(hist: HdrHistogram) -> dict[str, float]:
+    if not hist.get_total_count():
+        return {}
+    out = {name: hist.get_value_at_percentile(q) / 1e6 for name, q in _QUANTILES}
+    out["max"] = hist.get_max_value() / 1e6
+    out["count"] = hist.get_total_count()
+    return out
+
+
+def parse_targets(specs: list[str]) -> dict[str, str]:
+    targets = {}
+    for spec in specs:
+        name, sep, url = spec.partition("=")
+        if not sep or name not in (PRIMARY, "secondary", CANDIDATE):
+            raise ValueError(
+                f"--target {spec!r}: expected primary=URL, secondary=URL or candidate=URL"
+            )
+        if not re.match(r"^https?://", url):
+            raise ValueError(f"--target {spec!r}: the URL must start with http:// or https://")
+        targets[name] = url
+    if CANDIDATE not in targets and PRIMARY not in targets:
+        raise ValueError("give at least --target candidate=URL (or primary=URL)")
+    return targets
+
+
+class Replay:
+    def __init__(self, capture: Path, options: ReplayOptions) -> None:
+        self.capture = capture
+        self.options = options
+        names = list(options.targets)
+        primary_url = options.targets.get(PRIMARY, "http://recorded.invalid")
+        candidate_url = options.targets.get(CANDIDATE, options.targets.get(PRIMARY, ""))
+        self.config = Config(
+            source=str(capture),
+            primary=target_from_url(PRIMARY, primary_url),
+            candidate=target_from_url(CANDIDATE, candidate_url),
+            secondary=target_from_url("secondary", options.targets["secondary"])
+            if "secondary" in options.targets
+            else None,
+            diff=dataclasses.replace(DiffConfig(), max_body_bytes=options.body_limit),
+        )
+        self.live_primary = PRIMARY in names
+        self.aggregator = Aggregator(self.config)
+        self.latency = {name: Latency() for name in names}
+        self.errors: dict[str, dict[str, int]] = {name: {} for name in names}
+        self.sent = 0
+        self.completed = 0
+        self.skipped_no_reference = 0
+        self.started = 0.0
+        self.finished = 0.0
+        self.interrupted = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+
+    # -- what to send ------------------------------------------------------------------------
+    def _selected(self) -> list[Exchange]:
+        opts = self.options
+        endpoint = re.compile(opts.endpoint) if opts.endpoint else None
+        path = re.compile(opts.path) if opts.path else None
+        exchanges, self.damage = open_exchanges(self.capture)
+        out = []
+        for ex in exchanges:
+            if opts.methods and ex.request.method not in opts.methods:
+                continue
+            if endpoint and not endpoint.search(ex.endpoint):
+                continue
+            if path and not path.search(ex.request.path):
+                continue
+            out.append(ex)
+        return out
+
+    def _schedule(self, exchanges: list[Exchange]) -> Iterator[tuple[float | None, Exchange]]:
+        """(seconds after start when it should leave, exchange); None: closed loop."""
+        opts = self.options
+        first = exchanges[0].request.received_at if exchanges else 0.0
+        span = (exchanges[-1].request.received_at - first) if exchanges else 0.0
+        index = 0
+        for lap in range(opts.loop):
+            for ex in exchanges:
+                if opts.concurrency:
+                    yield None, ex
+                elif opts.rate:
+                    yield index / opts.rate, ex
+                else:
+                    pace = max(span, 1e-3) + 1e-3  # laps follow each other at the same pace
+                    yield (lap * pace + ex.request.received_at - first) / opts.speed, ex
+                index += 1
+
+    # -- running -------------------------------------------------------------------------
+    async def run(self) -> None:
+        exchanges = self._selected()
+        tasks = TaskGroup()
+        self.pools = {
+            name: UpstreamPool(
+                dataclasses.replace(
+                    target_from_url(name, url),
+                    timeout=self.options.timeout,
+                    max_connections=self.options.connections,
+                    set_headers=self.options.headers.get(name, ()),
+                ),
+                tasks,
+            )
+            for name, url in self.options.targets.items()
+        }
+        self.templates = {name: RequestTemplate(pool.target) for name, pool in self.pools.items()}
+        total = len(exchanges) * self.options.loop
+        progress = Progress(total, label="replay")
+        self.started = clock()
+        deadline = self.started + self.options.duration if self.options.duration else None
+        try:
+            if self.options.concurrency:
+                await self._closed_loop(exchanges, progress, deadline)
+            else:
+                for offset, ex in self._schedule(exchanges):
+                    intended = self.started + (offset or 0.0)
+                    if deadline is not None and intended >= deadline:
+                        break
+                    # Never early: uvloop's timers round to milliseconds, so re-check.
+                    while (delay := intended - clock()) > 0:
+                        await asyncio.sleep(delay)
+                    self._send(ex, intended)
+                    if self.sent % 100 == 0:
+                        progress.update(self.sent)
+            while self._in_flight:
+                self._idle.clear()
+                await self._idle.wait()
+        except asyncio.CancelledError:
+            self.interrupted = True
+        finally:
+            self.finished = clock()
+            if self.sent % 100:
+                progress.update(self.sent)
+            for pool in self.pools.values():
+                pool.close()
+            await tasks.cancel_all()
+
+    async def _closed_loop(
+        self, exchanges: list[Exchange], progress: Progress, deadline: float | None
+    ) -> None:
+        schedule = self._schedule(exchanges)
+        slots = asyncio.Semaphore(self.options.concurrency or 1)
+        for _, ex in schedule:
+            await slots.acquire()
+            if deadline is not None and clock() >= deadline:
+                slots.release()
+                break
+            self._send(ex, clock(), slots.release)
+            if self.sent % 100 == 0:
+                progress.update(self.sent)
+
+    def _send(self, recorded: Exchange, intended: float, done: Any = None) -> None:
+        request = recorded.request
+        headers, has_host, _ = forwardable_headers(request.headers)
+        method = request.method.encode("ascii")
+        target = request.target.encode("latin-1")
+        live = Exchange(id=recorded.id, request=request, endpoint=recorded.endpoint)
+        if not self.live_primary:
+            reference = recorded.answers.get(PRIMARY)
+            if reference is None:
+                self.skipped_no_reference += 1
+                if done is not None:
+                    done()
+                return
+            live.answers[PRIMARY] = reference
+        remaining = [len(self.pools)]
+        sent_at = clock()
+        self.sent += 1
+        self._in_flight += 1
+
+        def arrived(answer: Answer) -> None:
+            now = clock()
+            live.answers[answer.target] = answer
+            if answer.error is not None or answer.status >= 500:
+                kind = answer.error or f"{answer.status}"
+                errors = self.errors[answer.target]
+                errors[kind] = errors.get(kind, 0) + 1
+            if answer.error is None:
+                self.latency[answer.target].record(recorded.endpoint, now - intended, now - sent_at)
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._complete(live)
+                if done is not None:
+                    done()
+
+        for name, pool in self.pools.items():
+            payload = self.templates[name].build(method, target, headers, request.body, has_host)
+            pool.send(
+                payload,
+                AnswerCollector(name, self.options.body_limit, arrived),
+                head_only=method == b"HEAD",
+            )
+
+    def _complete(self, exchange: Exchange) -> None:
+        self.completed += 1
+        if CANDIDATE in exchange.answers or "secondary" in exchange.answers:
+            self.aggregator.add(exchange, diff_exchange(exchange, self.config.diff))
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
+
+    # -- results -------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        elapsed = max(self.finished - self.started, 1e-9)
+        opts = self.options
+        return {
+            "capture": str(self.capture),
+            "mode": "closed" if opts.concurrency else "rate" if opts.rate else "recorded pace",
+            "asked_rate": opts.rate,
+            "speed": None if opts.rate or opts.concurrency else opts.speed,
+            "concurrency": opts.concurrency,
+            "sent": self.sent,
+            "completed": self.completed,
+            "seconds": elapsed,
+            "achieved_rate": self.completed / elapsed,
+            "interrupted": self.interrupted,
+            "skipped_without_recorded_answer": self.skipped_no_reference,
+            "capture_damage": dataclasses.asdict(self.damage),
+            "errors": self.errors,
+            "latency": {
+                name: {
+                    "corrected": quantiles(lat.corrected),
+                    "uncorrected": quantiles(lat.uncorrected),
+                    "endpoints": {ep: quantiles(h) for ep, h in lat.by_endpoint.items()},
+                }
+                for name, lat in self.latency.items()
+            },
+            "report": build_report(self.aggregator),
+        }
+
+
+async def replay(capture: Path, options: ReplayOptions) -> dict[str, Any]:
+    """Run a replay until done or Ctrl-C (which stops sending and still summarises)."""
+    import signal
+
+    runner = Replay(capture, options)
+    task = asyncio.ensure_future(runner.run())
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, task.cancel)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        runner.interrupted = True
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    return runner.summary()
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.2f}"
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    from shadowd.report import render_table
+
+    asked = f" (asked {summary['asked_rate']:g}/s)" if summary["asked_rate"] else ""
+    lines = [
+        f"replay of {summary['capture']}: {summary['completed']} of {summary['sent']} requests "
+        f"answered in {summary['seconds']:.1f}s, {summary['achieved_rate']:,.1f} req/s{asked}, "
+        f"{summary['mode']}" + (" (interrupted)" if summary["interrupted"] else ""),
+    ]
+    if summary["skipped_without_recorded_answer"]:
+        lines.append(
+            f"  {summary['skipped_without_recorded_answer']} requests skipped: no "
+            "recorded primary answer to compare with (give --target primary=URL)"
+        )
+    lines.append("")
+    header = f"{'target':<11}{'latency':<13}" + "".join(
+        f"{q:>9}" for q in ("p50", "p90", "p99", "p99.9", "max")
+    )
+    lines.append(header + "   (ms)")
+    for name, lat in summary["latency"].items():
+        for kind in ("corrected", "uncorrected"):
+            q = lat[kind]
+            lines.append(
+                f"{name:<11}{kind:<13}"
+                + "".join(f"{_ms(q.get(k)):>9}" for k in ("p50", "p90", "p99", "p999", "max"))
+            )
+    errors = {t: e for t, e in summary["errors"].items() if e}
+    lines.append(f"\nerrors: {errors or 'none'}")
+    lines.append("\nper endpoint, corrected p50/p99 ms:")
+    for name, lat in summary["latency"].items():
+        for endpoint, q in sorted(lat["endpoints"].items()):
+            lines.append(f"  {name:<10} {endpoint:<40} {_ms(q.get('p50'))}/{_ms(q.get('p99'))}")
+    lines += ["", render_table(summary["report"])]
+    return "\n".join(lines)
