@@ -196,7 +196,7 @@ class Replay:
                     if deadline is not None and intended >= deadline:
                         break
                     # Never early: uvloop's timers round to milliseconds, so re-check.
-                    while (delay := intended - clock()) > 0:
+                    while (delay := intended - clock()) > 0:  # noqa: ASYNC110 - pacing
                         await asyncio.sleep(delay)
                     self._send(ex, intended)
                     if self.sent % 100 == 0:
