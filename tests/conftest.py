@@ -16,6 +16,7 @@ from shadowd.config import (
     DiffConfig,
     IngressConfig,
     Listen,
+    LoggingConfig,
     MirrorConfig,
     VerdictConfig,
     target_from_url,
@@ -121,6 +122,7 @@ def build_config(
     candidate_options: dict[str, Any] | None = None,
     admin: dict[str, Any] | None = None,
     verdict: dict[str, Any] | None = None,
+    logging: dict[str, Any] | None = None,
 ) -> Config:
     return Config(
         source="<test>",
@@ -134,6 +136,7 @@ def build_config(
         diff=dataclasses.replace(DiffConfig(), **(diff or {})),
         admin=AdminConfig(listen=Listen("127.0.0.1", 0), **(admin or {})),
         verdict=dataclasses.replace(VerdictConfig(), **(verdict or {})),
+        logging=dataclasses.replace(LoggingConfig(), **(logging or {})),
     )
 
 

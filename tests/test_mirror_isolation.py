@@ -232,3 +232,17 @@ async def test_kill_switch_stops_copies(primary, make_backend, start_shadowd):
 
 def _exchanges(shadowd):
     return [(exchange, None) for exchange in shadowd.exchanges]
+
+
+async def test_access_log_names_the_request_without_its_secrets(primary, start_shadowd, caplog):
+    shadowd = await start_shadowd(primary.url, primary.url, logging={"access_log": True})
+    with caplog.at_level("INFO", logger="shadowd.access"):
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(shadowd.url + "/items/1?token=hunter2&page=3") as answer,
+        ):
+            await answer.read()
+    (record,) = [r for r in caplog.records if r.name == "shadowd.access"]
+    assert record.status == 200
+    assert record.target == "/items/1?token=%5Bredacted%5D&page=3"
+    assert "hunter2" not in caplog.text

@@ -9,6 +9,7 @@ HTTP/1.1 client). Nothing on this path waits for the mirror targets.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from shadowd.exchange import (
 )
 from shadowd.ingress.http import ParsedRequest, RequestReader, forwardable_headers
 from shadowd.ingress.responses import error_response
+from shadowd.redact import redact_target
 from shadowd.upstream.collect import BodyKeeper
 from shadowd.upstream.connection import Call
 from shadowd.upstream.request import HOP_BY_HOP, connection_listed
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from shadowd.ingress.server import Ingress
     from shadowd.mirror import PendingExchange
 
+ACCESS_LOG = logging.getLogger("shadowd.access")
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
 _XFF = b"x-forwarded-for"
@@ -240,6 +243,8 @@ class ClientConnection(RequestReader):
             self._out.append(b"0\r\n\r\n")
         self.on_response_flush()
         self._ingress.metrics.ingress_request(self._status)
+        if self._ingress.access_log:
+            self._log_access()
         pending = self._pending
         if pending is not None:
             self._pending = None
@@ -251,6 +256,22 @@ class ClientConnection(RequestReader):
             self._keeper = None
             self._ingress.mirror.primary_answered(pending, answer)
         self._request_done()
+
+    def _log_access(self) -> None:
+        req = self._current
+        if req is None:
+            return
+        ACCESS_LOG.info(
+            "access",
+            extra={
+                "client": self._client,
+                "method": req.method.decode("latin-1"),
+                "target": redact_target(req.url.decode("latin-1")),
+                "status": self._status,
+                "ms": round((time.perf_counter() - self._primary_started) * 1000, 3),
+                "mirrored": self._pending is not None,
+            },
+        )
 
     def on_response_flush(self) -> None:
         out = self._out

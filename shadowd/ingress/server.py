@@ -49,6 +49,7 @@ class Ingress:
         and the mode need a restart)."""
         self.config = config
         self.primary_template = RequestTemplate(config.primary)
+        self.access_log = config.logging.access_log
 
     def _connection_factory(self) -> RequestReader:
         if self.config.ingress.mode == "tap":
