@@ -10,6 +10,7 @@ latency lives in fixed-size HDR histograms (1 µs to 60 s, 2 significant digits:
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections import deque
 from typing import Any
@@ -18,6 +19,7 @@ from hdrh.histogram import HdrHistogram
 
 from shadowd.config import Config
 from shadowd.diff.model import Difference, ExchangeDiff
+from shadowd.diff.timing import parse_server_timing
 from shadowd.exchange import TARGET_NAMES, Answer, Exchange
 from shadowd.metrics import Metrics
 from shadowd.redact import redact_headers, redact_target, redact_value_at
@@ -26,18 +28,45 @@ OTHER_FIELD = "<other>"
 _LATENCY_MAX_US = 60_000_000
 
 
+_UUID = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+    r"[0-9a-fA-F]{12}$"
+)
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$")
+_HTTP_DATE = re.compile(r"^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT$")
+_TOKEN = re.compile(r"^[A-Za-z0-9+/_=\-]{20,}$")
+
+
+def looks_volatile(value: Any) -> bool:
+    """Values that differ on every answer of any release: ids, tokens, clocks near now."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        now = time.time()
+        return abs(value - now) < 5 * 365 * 86400 or abs(value / 1000 - now) < 5 * 365 * 86400
+    if isinstance(value, str):
+        return bool(
+            _UUID.match(value)
+            or _TIMESTAMP.match(value)
+            or _HTTP_DATE.match(value)
+            or (_TOKEN.match(value) and any(c.isdigit() for c in value))
+        )
+    return False
+
+
 def endpoint_id(endpoint: str) -> str:
     """A short id, stable across restarts, safe in a URL."""
     return hashlib.blake2b(endpoint.encode(), digest_size=5).hexdigest()
 
 
 class FieldStats:
-    __slots__ = ("divergent", "kinds", "noise")
+    __slots__ = ("divergent", "kinds", "noise", "volatile")
 
     def __init__(self) -> None:
         self.kinds: dict[str, int] = {}
         self.divergent = 0  # exchanges where the candidate differs here
         self.noise = 0  # exchanges where the secondary differs here
+        self.volatile = 0  # of the divergent ones: both values look like ids or clocks
 
 
 class EndpointStats:
@@ -53,6 +82,9 @@ class EndpointStats:
         self.latency: dict[str, HdrHistogram] = {}
         self.fields: dict[str, FieldStats] = {}
         self.samples: deque[dict[str, Any]] = deque(maxlen=samples)
+        self.absorbed: dict[str, int] = {}  # rule name -> differences it absorbed
+        # Server-Timing metric -> target -> [sum of dur ms, count]
+        self.timing: dict[str, dict[str, list[float]]] = {}
 
     def histogram(self, target: str) -> HdrHistogram:
         hist = self.latency.get(target)
@@ -106,13 +138,30 @@ class Aggregator:
                 if difference.generic_path not in seen:
                     seen.add(difference.generic_path)
                     field.divergent += 1
+                    if looks_volatile(difference.reference) and looks_volatile(difference.other):
+                        field.volatile += 1
             stats.samples.append(_sample(exchange, diff))
+        for rule, count in diff.absorbed.items():
+            stats.absorbed[rule] = stats.absorbed.get(rule, 0) + count
+        self._timing(stats, exchange)
         if diff.secondary:
             stats.noisy += 1
             for path in {d.generic_path for d in diff.secondary}:
                 self._field(stats, path).noise += 1
         if self._metrics is not None:
             self._metrics.observe_exchange(exchange, diff)
+
+    @staticmethod
+    def _timing(stats: EndpointStats, exchange: Exchange) -> None:
+        for target, answer in exchange.answers.items():
+            if answer.error is not None:
+                continue
+            for name, fields in parse_server_timing(answer.headers).items():
+                dur = fields.get("dur")
+                if isinstance(dur, float) and (name in stats.timing or len(stats.timing) < 32):
+                    cell = stats.timing.setdefault(name, {}).setdefault(target, [0.0, 0])
+                    cell[0] += dur
+                    cell[1] += 1
 
     def _field(self, stats: EndpointStats, path: str) -> FieldStats:
         field = stats.fields.get(path)

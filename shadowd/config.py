@@ -35,6 +35,7 @@ DEFAULT_IGNORED_HEADERS = frozenset(
         "x-amzn-trace-id",
         "x-b3-traceid",
         "x-b3-spanid",
+        "server-timing",  # compared metric by metric instead (shadowd.diff.timing)
         "content-length",  # bodies are compared themselves
         "transfer-encoding",
         "connection",
@@ -106,6 +107,26 @@ class EndpointsConfig:
     templates: tuple[str, ...] = ()  # "METHOD /users/{id}" or "/users/{id}" route templates
 
 
+RULE_ACTIONS = ("ignore", "tolerance", "unordered", "set", "normalize")
+
+
+@dataclass(frozen=True, slots=True)
+class DiffRule:
+    """A named, explained exception to "every difference counts" (``[[diff.rules]]``)."""
+
+    name: str
+    why: str
+    action: str  # one of RULE_ACTIONS
+    endpoint: str | None = None  # glob on the endpoint name ("GET /users/*"); None: all
+    path: str | None = None  # JSON path; [*] and * wildcards; covers what is beneath it
+    header: str | None = None  # a header name (lower case) instead of a path
+    absolute: float = 0.0  # tolerance: |a - b| <= absolute ...
+    relative: float = 0.0  # ... or |a - b| <= relative * max(|a|, |b|)
+    key: str | None = None  # unordered/set arrays of objects: compare them by this field
+    pattern: str | None = None  # normalize: regex replaced on both sides before comparing
+    replacement: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class DiffConfig:
     ignore_headers: frozenset[str] = DEFAULT_IGNORED_HEADERS  # lower-case names
@@ -117,6 +138,7 @@ class DiffConfig:
     # by both margins (see shadowd.noise): relative to both counts, and absolute to exchanges.
     noise_relative: float = 0.20
     noise_absolute: float = 0.0003
+    rules: tuple[DiffRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

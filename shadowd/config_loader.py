@@ -19,11 +19,13 @@ from urllib.parse import urlsplit
 
 from shadowd.config import (
     DEFAULT_IGNORED_HEADERS,
+    RULE_ACTIONS,
     AdminConfig,
     CaptureConfig,
     Config,
     ConfigError,
     DiffConfig,
+    DiffRule,
     EndpointsConfig,
     IngressConfig,
     Listen,
@@ -304,6 +306,19 @@ DIFF = {
     "noise_relative": ("noise_relative", number(0.0, 1.0)),
     "noise_absolute": ("noise_absolute", number(0.0, 1.0)),
 }
+RULE = {
+    "name": ("name", string),
+    "why": ("why", string),
+    "action": ("action", one_of(*RULE_ACTIONS)),
+    "endpoint": ("endpoint", string),
+    "path": ("path", json_path),
+    "header": ("header", header_name),
+    "absolute": ("absolute", number(0.0)),
+    "relative": ("relative", number(0.0)),
+    "key": ("key", string),
+    "pattern": ("pattern", regex),
+    "replacement": ("replacement", string),
+}
 CAPTURE = {
     "path": ("path", lambda v: Path(string(v)).expanduser()),
     "max_bytes": ("max_bytes", size),
@@ -386,6 +401,46 @@ def _read_table(
     return values
 
 
+def _rules(data: Any, problems: _Problems) -> tuple[DiffRule, ...]:
+    """``[[diff.rules]]``: each rule needs a name, a why, an action and a place to act."""
+    if not isinstance(data, list):
+        problems.add("diff.rules", "must be an array of tables ([[diff.rules]])")
+        return ()
+    rules = []
+    names: set[str] = set()
+    for i, raw in enumerate(data, start=1):
+        prefix = f"diff.rules[{i}]"
+        values = _read_table(raw, prefix, RULE, problems)
+        missing = [k for k in ("name", "why", "action") if k not in values]
+        for key in missing:
+            if isinstance(raw, dict) and key not in raw:
+                problems.add(f"{prefix}.{key}", "is required: every rule says what it is and why")
+        if missing:
+            continue
+        action = values["action"]
+        if "path" in values and "header" in values:
+            problems.add(prefix, "give either path or header, not both")
+            continue
+        if "path" not in values and "header" not in values:
+            problems.add(prefix, "needs a path (JSON) or a header to act on")
+            continue
+        if action in ("unordered", "set", "tolerance", "normalize") and "header" in values:
+            problems.add(f"{prefix}.action", f"{action!r} acts on JSON paths, not headers")
+            continue
+        if action == "tolerance" and not values.get("absolute") and not values.get("relative"):
+            problems.add(prefix, "a tolerance rule needs absolute or relative")
+            continue
+        if action == "normalize" and "pattern" not in values:
+            problems.add(f"{prefix}.pattern", "is required for a normalize rule")
+            continue
+        if values["name"] in names:
+            problems.add(f"{prefix}.name", f"{values['name']!r} is used by another rule")
+            continue
+        names.add(values["name"])
+        rules.append(DiffRule(**values))
+    return tuple(rules)
+
+
 def _target(name: str, data: Any, problems: _Problems) -> TargetConfig | None:
     prefix = f"targets.{name}"
     values = _read_table(data, prefix, TARGET, problems)
@@ -426,6 +481,12 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
     """Validate a parsed TOML document. Raises ``ConfigError`` with every problem found."""
     problems = _Problems(source)
     sections: dict[str, dict[str, Any]] = {}
+    raw_diff = data.get("diff")
+    rules: tuple[DiffRule, ...] = ()
+    if isinstance(raw_diff, dict) and "rules" in raw_diff:
+        raw_diff = dict(raw_diff)
+        rules = _rules(raw_diff.pop("rules"), problems)
+        data = {**data, "diff": raw_diff}
     for name, body in data.items():
         if name not in SECTIONS:
             problems.add(name, _unknown(name, list(SECTIONS)).replace("key", "section"))
@@ -450,6 +511,8 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
         if required not in raw_targets:
             problems.add(f"targets.{required}", f"is required ([targets.{required}] with a url)")
     diff = sections.get("diff", {})
+    if rules:
+        diff["rules"] = rules
     also = diff.pop("also_ignore_headers", frozenset())
     if also:
         diff["ignore_headers"] = diff.get("ignore_headers", DEFAULT_IGNORED_HEADERS) | also

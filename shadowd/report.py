@@ -44,6 +44,7 @@ def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
             has_secondary=has_secondary,
             relative=config.diff.noise_relative,
             absolute=config.diff.noise_absolute,
+            volatile=fld.volatile,
         )
         fields.append(
             {
@@ -51,6 +52,7 @@ def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
                 "kinds": dict(fld.kinds),
                 "divergent": fld.divergent,
                 "noise": fld.noise,
+                "volatile": fld.volatile,
                 "divergent_ratio": _ratio(fld.divergent, exchanges),
                 "noise_ratio": _ratio(fld.noise, exchanges),
                 "decision": decision.decision,
@@ -78,6 +80,14 @@ def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
         "latency": _latency(stats),
         "fields": fields,
         "unlisted_differences": stats.overflow,
+        "rules_absorbed": dict(stats.absorbed),
+        "server_timing": {
+            metric: {
+                target: {"mean_ms": total / count, "count": count}
+                for target, (total, count) in by_target.items()
+            }
+            for metric, by_target in stats.timing.items()
+        },
     }
 
 
@@ -94,8 +104,16 @@ def build_report(aggregator: Aggregator, status: dict[str, Any] | None = None) -
         for target, n in e["errors"].items():
             errors[target] = errors.get(target, 0) + n
     config = aggregator.config
+    absorbed: dict[str, int] = {}
+    for e in endpoints:
+        for rule, n in e["rules_absorbed"].items():
+            absorbed[rule] = absorbed.get(rule, 0) + n
     return {
         "generated_at": now,
+        "rules": [
+            {"name": r.name, "why": r.why, "action": r.action, "absorbed": absorbed.get(r.name, 0)}
+            for r in config.diff.rules
+        ],
         "window": {"since": aggregator.reset_at, "seconds": now - aggregator.reset_at},
         "targets": {t.name: t.url for t in (config.primary, *config.mirror_targets)},
         "mirroring": status or {},

@@ -180,3 +180,19 @@ def test_differences_are_capped_and_counted():
     b = answer(orjson.dumps({f"k{i}": -i - 1 for i in range(300)}))
     found, overflow = compare_answers(a, b, DiffConfig())
     assert len(found) == 100 and overflow == 200
+
+
+def test_text_bodies_get_a_compact_line_diff():
+    a = answer(b"line one\nline two\nline three\n", b"text/plain")
+    b = answer(b"line one\nline 2\nline three\n", b"text/plain")
+    (d,), _ = compare_answers(a, b, DiffConfig())
+    assert "-line two" in d.other["line_diff"] and "+line 2" in d.other["line_diff"]
+
+
+def test_server_timing_metrics_are_compared_by_name_and_desc():
+    a = answer(b"{}", headers=[(b"Server-Timing", b'db;dur=12.5, cache;desc="HIT"')])
+    b = answer(b"{}", headers=[(b"Server-Timing", b'db;dur=80, cache;desc="MISS", q;dur=1')])
+    assert sorted(kinds(a, b)) == [
+        ("server-timing.cache.desc", "header"),
+        ("server-timing.q", "header_extra"),
+    ]

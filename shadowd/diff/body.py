@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import itertools
 import zlib
 from typing import Any
 
@@ -10,6 +12,7 @@ import orjson
 
 from shadowd.diff.json_diff import DiffCollector, diff_json
 from shadowd.diff.model import DiffKind
+from shadowd.diff.rules import EMPTY, RuleSet
 from shadowd.exchange import Answer
 
 try:  # brotli is optional: without it a "br" body is compared as it came
@@ -18,6 +21,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     brotli = None
 
 _PREVIEW = 120
+_LINE_DIFF_LIMIT = 64 * 1024  # larger text bodies get sizes and digests only
 # Decompressed bodies beyond this are compared by digest: a zip bomb must not eat memory.
 _MAX_DECODED = 64 * 1024 * 1024
 
@@ -72,7 +76,22 @@ def _summary(body: bytes, media: str) -> dict[str, Any]:
     return summary
 
 
-def diff_bodies(reference: Answer, other: Answer, out: DiffCollector) -> None:
+def _line_diff(reference: bytes, other: bytes) -> list[str]:
+    """A compact unified diff of two text bodies (at most 20 lines), for samples."""
+    lines = difflib.unified_diff(
+        reference.decode("utf-8", "replace").splitlines(),
+        other.decode("utf-8", "replace").splitlines(),
+        "primary",
+        "candidate",
+        n=1,
+        lineterm="",
+    )
+    return [line[:200] for line in itertools.islice(lines, 20)]
+
+
+def diff_bodies(
+    reference: Answer, other: Answer, out: DiffCollector, rules: RuleSet = EMPTY
+) -> None:
     # Too large to keep: digests and sizes are all there is.
     if reference.body_digest is not None or other.body_digest is not None:
         if (reference.body_digest, reference.body_size) != (other.body_digest, other.body_size):
@@ -104,6 +123,9 @@ def diff_bodies(reference: Answer, other: Answer, out: DiffCollector) -> None:
         except orjson.JSONDecodeError:
             oth_doc = _INVALID
         if ref_doc is not _INVALID and oth_doc is not _INVALID:
+            if rules.array_rules:
+                rules.reorder(ref_doc)
+                rules.reorder(oth_doc)
             diff_json(ref_doc, oth_doc, out)
             return
         if ref_doc is _INVALID and oth_doc is _INVALID:
@@ -117,9 +139,10 @@ def diff_bodies(reference: Answer, other: Answer, out: DiffCollector) -> None:
                 "invalid JSON" if oth_doc is _INVALID else "valid JSON",
             )
             return
-    out.add(
-        DiffKind.BODY, "body", "body", _summary(ref_body, ref_media), _summary(oth_body, oth_media)
-    )
+    other_summary = _summary(oth_body, oth_media)
+    if "preview" in other_summary and max(len(ref_body), len(oth_body)) <= _LINE_DIFF_LIMIT:
+        other_summary["line_diff"] = _line_diff(ref_body, oth_body)
+    out.add(DiffKind.BODY, "body", "body", _summary(ref_body, ref_media), other_summary)
 
 
 _INVALID = object()

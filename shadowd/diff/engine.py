@@ -7,6 +7,8 @@ from shadowd.diff.body import diff_bodies
 from shadowd.diff.headers import diff_headers
 from shadowd.diff.json_diff import DiffCollector
 from shadowd.diff.model import Difference, DiffKind, ExchangeDiff
+from shadowd.diff.rules import EMPTY, RuleSet, rules_for
+from shadowd.diff.timing import diff_server_timing
 from shadowd.exchange import Answer, Exchange
 
 MAX_DIFFERENCES = 100  # per pair; the rest are counted, not listed
@@ -23,9 +25,14 @@ def _ignored(config: DiffConfig) -> frozenset[bytes]:
 
 
 def compare_answers(
-    reference: Answer, other: Answer, config: DiffConfig
+    reference: Answer,
+    other: Answer,
+    config: DiffConfig,
+    rules: RuleSet = EMPTY,
+    absorbed: dict[str, int] | None = None,
 ) -> tuple[list[Difference], int]:
-    """Differences of ``other`` from ``reference`` (capped), and how many were not listed."""
+    """Differences of ``other`` from ``reference`` (capped), and how many were not listed.
+    ``rules`` (see ``shadowd.diff.rules``) absorb differences, counted in ``absorbed``."""
     out = DiffCollector(MAX_DIFFERENCES)
     if reference.error is not None or other.error is not None:
         if reference.error != other.error:
@@ -41,7 +48,11 @@ def compare_answers(
         out.add(DiffKind.STATUS, "status", "status", reference.status, other.status)
     if config.compare_headers:
         diff_headers(reference.headers, other.headers, _ignored(config), out)
-    diff_bodies(reference, other, out)
+        diff_server_timing(reference.headers, other.headers, out)
+    diff_bodies(reference, other, out, rules)
+    if rules.rules:
+        counts = absorbed if absorbed is not None else {}
+        return rules.absorb(out.differences, counts), out.overflow
     return out.differences, out.overflow
 
 
@@ -50,9 +61,13 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
     candidate = exchange.candidate
     if primary is None or candidate is None:
         return ExchangeDiff(candidate=[])
-    differences, overflow = compare_answers(primary, candidate, config)
+    rules = rules_for(config.rules, exchange.endpoint) if config.rules else EMPTY
+    absorbed: dict[str, int] = {}
+    differences, overflow = compare_answers(primary, candidate, config, rules, absorbed)
     secondary = exchange.secondary
     noise = None
     if secondary is not None:
-        noise, _ = compare_answers(primary, secondary, config)
-    return ExchangeDiff(candidate=differences, secondary=noise, overflow=overflow)
+        noise, _ = compare_answers(primary, secondary, config, rules)
+    return ExchangeDiff(
+        candidate=differences, secondary=noise, overflow=overflow, absorbed=absorbed
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -51,6 +51,7 @@ class ExchangeDiff:
     candidate: list[Difference]
     secondary: list[Difference] | None = None
     overflow: int = 0
+    absorbed: dict[str, int] = field(default_factory=dict)  # rule name -> differences absorbed
 
     @property
     def divergent(self) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from shadowd.config import Config
 from shadowd.exchange import CANDIDATE, PRIMARY, SECONDARY
-from shadowd.noise import DIVERGENT, decide_field
+from shadowd.noise import DIVERGENT
 from shadowd.verdict.evidence import OVERALL, EndpointEvidence, VerdictEvidence
 from shadowd.verdict.stats import paired_latency, proportion_increase, unpaired_latency
 
@@ -171,16 +171,9 @@ def _divergence(endpoint: dict[str, Any], has_secondary: bool, config: Config) -
     worst: dict[str, Any] | None = None
     worst_ratio = 0.0
     for fld in endpoint.get("fields", []):
-        decision = decide_field(
-            int(fld["divergent"]),
-            int(fld.get("noise", 0)),
-            exchanges,
-            has_secondary=has_secondary,
-            relative=config.diff.noise_relative,
-            absolute=config.diff.noise_absolute,
-        )
         ratio = int(fld["divergent"]) / exchanges
-        if decision.decision == DIVERGENT and ratio > worst_ratio:
+        # the report already decided each field against noise (shadowd.noise)
+        if fld.get("decision") == DIVERGENT and ratio > worst_ratio:
             worst, worst_ratio = fld, ratio
     if worst is None:
         return Criterion(

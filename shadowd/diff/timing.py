@@ -1,0 +1,67 @@
+"""``Server-Timing`` (W3C): the signals an API team watches besides the body.
+
+``Server-Timing: db;dur=53.2;desc="primary", cache;desc=HIT, sql-count;dur=7`` is parsed
+into named metrics. Their *presence* and ``desc`` are compared like header values (a cache
+that says MISS where it said HIT is a difference); their ``dur`` values always vary, so they
+are not diffed but averaged per endpoint and target in the report.
+"""
+
+from __future__ import annotations
+
+import re
+
+from shadowd.diff.json_diff import DiffCollector
+from shadowd.diff.model import DiffKind
+from shadowd.exchange import Headers
+
+_PARAM = re.compile(r'\s*;\s*([A-Za-z0-9_\-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^;,]*))?')
+
+
+def parse_server_timing(headers: Headers) -> dict[str, dict[str, str | float]]:
+    """Metric name -> {"dur": float, "desc": str} (either may be absent)."""
+    metrics: dict[str, dict[str, str | float]] = {}
+    for name, value in headers:
+        if name.lower() != b"server-timing":
+            continue
+        for entry in value.decode("latin-1").split(","):
+            entry = entry.strip()
+            if not entry:
+                continue
+            metric, _, params = entry.partition(";")
+            fields: dict[str, str | float] = {}
+            for m in _PARAM.finditer(";" + params):
+                key, raw = m.group(1).lower(), (m.group(2) or "").strip()
+                if raw.startswith('"'):
+                    raw = raw[1:-1]
+                if key == "dur":
+                    try:
+                        fields["dur"] = float(raw)
+                    except ValueError:
+                        continue
+                elif key == "desc":
+                    fields["desc"] = raw
+            metrics[metric.strip().lower()] = fields
+    return metrics
+
+
+def diff_server_timing(reference: Headers, other: Headers, out: DiffCollector) -> None:
+    ref = parse_server_timing(reference)
+    oth = parse_server_timing(other)
+    if not ref and not oth:
+        return
+    for name, fields in ref.items():
+        path = f"server-timing.{name}"
+        if name not in oth:
+            out.add(DiffKind.HEADER_MISSING, path, path, fields.get("desc", name), None)
+        elif fields.get("desc") != oth[name].get("desc"):
+            out.add(
+                DiffKind.HEADER,
+                path + ".desc",
+                path + ".desc",
+                fields.get("desc"),
+                oth[name].get("desc"),
+            )
+    for name, fields in oth.items():
+        if name not in ref:
+            path = f"server-timing.{name}"
+            out.add(DiffKind.HEADER_EXTRA, path, path, None, fields.get("desc", name))
