@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 system-deps:
 	@scripts/install-system-deps
 
-demo: setup
-	$(VENV)/bin/shadowd demo --duration 15
+# The demo needs only the Python environment: no system packages, no network once installed.
+demo: $(STAMP)
+	$(VENV)/bin/shadowd demo --duration 30
 
 test: setup
 	$(PY) -m ruff check shadowd tests benchmarks
