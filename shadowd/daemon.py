@@ -190,6 +190,7 @@ class Daemon:
                 ("ingress.mode", old.ingress.mode, new.ingress.mode),
                 ("admin.listen", old.admin.listen, new.admin.listen),
                 ("admin.token_file", old.admin.token_file, new.admin.token_file),
+                ("capture", old.capture, new.capture),
             )
             if before != after
         ]
@@ -201,6 +202,7 @@ class Daemon:
                     new.ingress, listen=old.ingress.listen, mode=old.ingress.mode
                 ),
                 admin=old.admin,
+                capture=old.capture,
             )
         targets = [new.primary, *new.mirror_targets]
         pools = {}

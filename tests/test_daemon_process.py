@@ -93,10 +93,13 @@ async def test_ready_reload_and_graceful_stop(services, tmp_path):
     config = tmp_path / "shadowd.toml"
     write_config(config, primary.url, candidate.url, ingress, admin)
     notify = NotifySocket(tmp_path)
-    daemon = ShadowdProcess(config, env={"NOTIFY_SOCKET": str(notify.path)})
+    daemon = ShadowdProcess(
+        config, env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"}
+    )
     await daemon.start()
     try:
         assert any("READY=1" in m for m in await notify.wait_for("READY=1"))
+        await notify.wait_for("WATCHDOG=1")  # pinged every WATCHDOG_USEC / 2
         base = f"http://127.0.0.1:{ingress}"
         async with aiohttp.ClientSession() as session:
             async with session.get(base + "/fast") as answer:
