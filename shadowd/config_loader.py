@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import os
-import re
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,239 +25,33 @@ from shadowd.config import (
     DiffRule,
     EndpointsConfig,
     IngressConfig,
-    Listen,
     LoggingConfig,
     MirrorConfig,
     TargetConfig,
     VerdictConfig,
 )
-
-
-class Invalid(ValueError):
-    """A value that cannot be accepted; the message says why (without the key)."""
-
-
-Reader = Callable[[Any], Any]
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]i?[bB]?|[bB])?\s*$")
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1024,
-    "ki": 1024,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "mi": 1024**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-    "gi": 1024**3,
-}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0}
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-# -- readers ---------------------------------------------------------------------------------
-def string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise Invalid(f"must be a string, got {_kind(value)}")
-    return value
-
-
-def boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise Invalid(f"must be true or false, got {_kind(value)}")
-    return value
-
-
-def integer(low: int | None = None, high: int | None = None) -> Reader:
-    def read(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise Invalid(f"must be an integer, got {_kind(value)}")
-        _check_range(value, low, high)
-        return value
-
-    return read
-
-
-def number(
-    low: float | None = None, high: float | None = None, *, above: float | None = None
-) -> Reader:
-    def read(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise Invalid(f"must be a number, got {_kind(value)}")
-        if above is not None and value <= above:
-            raise Invalid(f"must be more than {above:g}, got {value:g}")
-        _check_range(value, low, high)
-        return float(value)
-
-    return read
-
-
-def size(value: Any) -> int:
-    """Bytes: an integer, or a string such as "10MiB", "512KiB", "64kB"."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        amount = value
-    elif isinstance(value, str) and (m := _SIZE.match(value)):
-        unit = (m.group(2) or "").lower()
-        if unit not in _SIZE_UNITS:
-            raise Invalid(f"unknown size unit in {value!r} (use B, KiB, MiB, GiB, kB, MB, GB)")
-        amount = int(float(m.group(1)) * _SIZE_UNITS[unit])
-    else:
-        raise Invalid(f'must be a size in bytes or a string like "10MiB", got {value!r}')
-    if amount <= 0:
-        raise Invalid(f"must be more than 0 bytes, got {value!r}")
-    return amount
-
-
-def duration(value: Any) -> float:
-    """Seconds: a number, or a string such as "500ms", "2s", "5m", "1h"."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
-    else:
-        raise Invalid(f'must be seconds or a string like "500ms", "2s", "5m", got {value!r}')
-    if seconds <= 0:
-        raise Invalid(f"must be more than 0, got {value!r}")
-    return seconds
-
-
-def listen(value: Any) -> Listen:
-    text = string(value)
-    m = re.match(r"^\[([0-9a-fA-F:.]+)\]:(\d+)$", text) or re.match(r"^([^:\[\]]+):(\d+)$", text)
-    if not m:
-        raise Invalid(f'must be "host:port" or "[ipv6]:port", got {text!r}')
-    port = int(m.group(2))
-    if port > 65535:
-        raise Invalid(f"port must be 0-65535, got {port}")
-    return Listen(m.group(1), port)
-
-
-def one_of(*choices: str) -> Reader:
-    def read(value: Any) -> str:
-        text = string(value)
-        if text not in choices:
-            raise Invalid(f"must be one of {', '.join(repr(c) for c in choices)}, got {text!r}")
-        return text
-
-    return read
-
-
-def strings(each: Reader = string) -> Reader:
-    def read(value: Any) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise Invalid(f"must be a list, got {_kind(value)}")
-        out = []
-        for i, item in enumerate(value):
-            try:
-                out.append(each(item))
-            except Invalid as exc:
-                raise Invalid(f"item {i + 1}: {exc}") from None
-        return tuple(out)
-
-    return read
-
-
-def regex(value: Any) -> str:
-    text = string(value)
-    try:
-        re.compile(text)
-    except re.error as exc:
-        raise Invalid(f"is not a valid regular expression ({exc}): {text!r}") from None
-    return text
-
-
-def method(value: Any) -> str:
-    text = string(value).upper()
-    if not _TOKEN.match(text):
-        raise Invalid(f"is not an HTTP method: {value!r}")
-    return text
-
-
-def header_name(value: Any) -> str:
-    text = string(value)
-    if not _TOKEN.match(text):
-        raise Invalid(f"is not a valid header name: {text!r}")
-    return text.lower()
-
-
-def route_template(value: Any) -> str:
-    text = string(value).strip()
-    verb, _, route = text.rpartition(" ")
-    if verb and not _TOKEN.match(verb):
-        raise Invalid(f"method {verb!r} is not an HTTP method")
-    if not route.startswith("/"):
-        raise Invalid(f'must be "/path/{{name}}" or "METHOD /path/{{name}}", got {text!r}')
-    if route.count("{") != route.count("}"):
-        raise Invalid(f"unbalanced braces in {text!r}")
-    for name in _PLACEHOLDER.findall(route):
-        if not _IDENT.match(name):
-            raise Invalid(f"placeholder {{{name}}} must be an identifier")
-    return f"{verb.upper()} {route}" if verb else route
-
-
-def json_path(value: Any) -> str:
-    text = string(value)
-    if not text.startswith("$"):
-        raise Invalid(f'must be a JSON path starting with "$", got {text!r}')
-    return text
-
-
-def existing_file(value: Any) -> Path:
-    path = Path(string(value)).expanduser()
-    if not path.is_file():
-        raise Invalid(f"no such file: {path}")
-    if not os.access(path, os.R_OK):
-        raise Invalid(f"cannot read {path}")
-    return path
-
-
-def header_table(value: Any) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, dict):
-        raise Invalid(f'must be a table like {{ "X-Name" = "value" }}, got {_kind(value)}')
-    out = []
-    for name, item in value.items():
-        if not _TOKEN.match(name):
-            raise Invalid(f"{name!r} is not a valid header name")
-        if not isinstance(item, str) or "\r" in item or "\n" in item:
-            raise Invalid(f"value of {name!r} must be a one-line string")
-        out.append((name, item))
-    return tuple(out)
-
-
-def weights(value: Any) -> tuple[tuple[str, float], ...]:
-    if not isinstance(value, dict):
-        raise Invalid(f'must be a table like {{ "GET /users/{{id}}" = 2.0 }}, got {_kind(value)}')
-    out = []
-    for name, item in value.items():
-        out.append((name, number(0.0)(item)))
-    return tuple(out)
-
-
-def _check_range(value: float, low: float | None, high: float | None) -> None:
-    if low is not None and value < low:
-        raise Invalid(f"must be at least {low:g}, got {value:g}")
-    if high is not None and value > high:
-        raise Invalid(f"must be at most {high:g}, got {value:g}")
-
-
-def _kind(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
+from shadowd.config_readers import (
+    Invalid,
+    Reader,
+    kind_of,
+    boolean,
+    duration,
+    existing_file,
+    header_name,
+    header_table,
+    integer,
+    json_path,
+    listen,
+    method,
+    number,
+    one_of,
+    regex,
+    route_template,
+    size,
+    string,
+    strings,
+    weights,
+)
 
 # -- the schema: TOML key -> (dataclass field, reader) ---------------------------------------
 INGRESS = {
@@ -386,7 +177,7 @@ def _read_table(
     """Read the known keys of one TOML table; record a problem for anything else."""
     values: dict[str, Any] = {}
     if not isinstance(data, dict):
-        problems.add(prefix, f"must be a table ([{prefix}]), got {_kind(data)}")
+        problems.add(prefix, f"must be a table ([{prefix}]), got {kind_of(data)}")
         return values
     for key, raw in data.items():
         spec = schema.get(key)
