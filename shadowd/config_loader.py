@@ -33,7 +33,6 @@ from shadowd.config import (
 from shadowd.config_readers import (
     Invalid,
     Reader,
-    kind_of,
     boolean,
     duration,
     existing_file,
@@ -41,6 +40,7 @@ from shadowd.config_readers import (
     header_table,
     integer,
     json_path,
+    kind_of,
     listen,
     method,
     number,
