@@ -8,16 +8,18 @@ request means (``request_received``): relay it (proxy) or answer it and copy it 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import httptools
 
-from shadowd.exchange import Headers
+from shadowd.exchange import Exchange, Headers, Request
 from shadowd.ingress.responses import error_response
 from shadowd.upstream.request import HOP_BY_HOP, connection_listed
 
 if TYPE_CHECKING:
     from shadowd.ingress.server import Ingress
+    from shadowd.mirror import PendingExchange
 
 
 class ParsedRequest:
@@ -181,6 +183,33 @@ class RequestReader(asyncio.Protocol):
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
+
+    def _copy_if_wanted(
+        self, request: ParsedRequest, url: bytes, headers: Headers, has_host: bool
+    ) -> PendingExchange | None:
+        """Hand the request to the mirror when it wants a copy (it counts why not)."""
+        target_text = url.decode("latin-1")
+        q = target_text.find("?")
+        path = target_text if q < 0 else target_text[:q]
+        mirror = self._ingress.mirror
+        method = request.method
+        if not mirror.wants(method, path, len(request.body)):
+            return None
+        method_text = method.decode("ascii")
+        exchange = Exchange(
+            id=0,
+            request=Request(
+                method=method_text,
+                target=target_text,
+                headers=request.headers,
+                body=request.body,
+                received_at=time.time(),
+                client=self._client,
+                http_version="1.1" if request.http11 else "1.0",
+            ),
+            endpoint=self._ingress.endpoints.classify(method_text, path),
+        )
+        return mirror.start(exchange, method, url, headers, has_host)
 
     def close_if_idle(self, now: float, idle_timeout: float) -> None:
         if self.idle_since and now - self.idle_since > idle_timeout and self.transport:

@@ -20,9 +20,7 @@ from shadowd.exchange import (
     ERROR_TIMEOUT,
     PRIMARY,
     Answer,
-    Exchange,
     Headers,
-    Request,
 )
 from shadowd.ingress.http import ParsedRequest, RequestReader, forwardable_headers
 from shadowd.ingress.responses import error_response
@@ -125,28 +123,9 @@ class ClientConnection(RequestReader):
         self._close_after = not req.keep_alive
         self._keeper = None
         self._pending = None
-        target_text = url.decode("latin-1")
-        q = target_text.find("?")
-        path = target_text if q < 0 else target_text[:q]
-        mirror = ingress.mirror
-        if mirror.wants(method, path, len(req.body)):
-            method_text = method.decode("ascii")
-            exchange = Exchange(
-                id=0,
-                request=Request(
-                    method=method_text,
-                    target=target_text,
-                    headers=req.headers,
-                    body=req.body,
-                    received_at=time.time(),
-                    client=self._client,
-                    http_version="1.1" if req.http11 else "1.0",
-                ),
-                endpoint=ingress.endpoints.classify(method_text, path),
-            )
-            self._pending = mirror.start(exchange, method, url, headers, has_host)
-            if self._pending is not None:
-                self._keeper = BodyKeeper(ingress.config.diff.max_body_bytes)
+        self._pending = self._copy_if_wanted(req, url, headers, has_host)
+        if self._pending is not None:
+            self._keeper = BodyKeeper(ingress.config.diff.max_body_bytes)
         payload = ingress.primary_template.build(method, url, headers, req.body, has_host)
         self._primary_started = time.perf_counter()
         self._call = ingress.primary_pool.send(

@@ -14,10 +14,9 @@ mode. What the mirroring proxies did to the copy is undone first:
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
-from shadowd.exchange import Exchange, Headers, Request
+from shadowd.exchange import Headers
 from shadowd.ingress.http import ParsedRequest, RequestReader, forwardable_headers
 
 if TYPE_CHECKING:
@@ -51,7 +50,6 @@ class TapConnection(RequestReader):
                 transport.close()
 
     def _copy(self, request: ParsedRequest) -> None:
-        ingress = self._ingress
         headers, has_host, _ = forwardable_headers(request.headers)
         url = request.url
         kept: Headers = []
@@ -64,28 +62,7 @@ class TapConnection(RequestReader):
             if lname == b"host":
                 value = strip_shadow_suffix(value)
             kept.append((name, value))
-        target_text = url.decode("latin-1")
-        q = target_text.find("?")
-        path = target_text if q < 0 else target_text[:q]
-        method = request.method
-        mirror = ingress.mirror
-        if not mirror.wants(method, path, len(request.body)):
-            return
-        method_text = method.decode("ascii")
-        exchange = Exchange(
-            id=0,
-            request=Request(
-                method=method_text,
-                target=target_text,
-                headers=request.headers,
-                body=request.body,
-                received_at=time.time(),
-                client=self._client,
-                http_version="1.1" if request.http11 else "1.0",
-            ),
-            endpoint=ingress.endpoints.classify(method_text, path),
-        )
-        mirror.start(exchange, method, url, kept, has_host)
+        self._copy_if_wanted(request, url, kept, has_host)
 
 
 def strip_shadow_suffix(host: bytes) -> bytes:
