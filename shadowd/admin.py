@@ -22,7 +22,9 @@ from shadowd.report import build_report, endpoint_samples
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import PASS, judge
 
-_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# The dashboard page itself holds no data (it reads the API with the token from its URL
+# fragment), so it is served without one, like the probes.
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 
 
 class AdminControl(Protocol):

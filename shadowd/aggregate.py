@@ -124,6 +124,8 @@ class Aggregator:
                 status_class = "error"
             else:
                 status_class = f"{answer.status // 100}xx"
+                if answer.status >= 500:  # errors: what the verdict's error criterion counts
+                    stats.errors[target] = stats.errors.get(target, 0) + 1
                 micros = int(answer.latency * 1_000_000)
                 stats.histogram(target).record_value(min(max(micros, 1), _LATENCY_MAX_US))
             by_class = stats.statuses.setdefault(target, {})
