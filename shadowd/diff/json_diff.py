@@ -4,7 +4,8 @@ Paths are JSONPath-like: ``$``, ``$.a.b``, ``$.items[3].price``, ``$["a b"]``. E
 difference has its exact path and a generic one with indices as ``[*]`` for aggregation.
 Equal subtrees are skipped before anything is allocated for them: one ``==`` (done in C by
 the dicts and lists themselves) and, because Python holds ``True == 1``, a confirming
-``orjson.dumps`` of both (also C) for containers.
+``orjson.dumps`` of both (also C) for containers. Changed scalars are handled in the loop
+over their parent, without a recursive call.
 
 Arrays of different lengths get one ``array_length`` difference at the array, then their
 common prefix is compared element by element (an element inserted at the front therefore
@@ -95,17 +96,25 @@ class DiffCollector:
             self.overflow += 1
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Confirms an ``a == b`` that Python may have got wrong for JSON (``True == 1``)."""
-    kind = type(a)
-    if kind is not dict and kind is not list:
-        return True  # scalars of the same type: == is exact
-    return orjson.dumps(a) == orjson.dumps(b)
-
-
 def diff_json(reference: Any, other: Any, out: DiffCollector, root: str = "$") -> None:
     """Add the differences between two parsed JSON values to ``out``."""
     _diff(reference, other, root, root, out, 0)
+
+
+_CONTAINERS = (dict, list)
+# Scalars whose types are the same JSON type: int and float are both numbers.
+_NUMBERS = (int, float)
+
+
+def _scalar(a: Any, b: Any, path: str, generic: str, out: DiffCollector) -> None:
+    """Two values of which at least one is not a container, already known to differ."""
+    ta = type(a)
+    tb = type(b)
+    if ta is tb or (ta in _NUMBERS and tb in _NUMBERS):
+        if a != b:
+            out.add(_CHANGED, path, generic, shown(a), shown(b))
+    else:
+        out.add(_TYPE, path, generic, shown(a), shown(b))
 
 
 def _diff(a: Any, b: Any, path: str, generic: str, out: DiffCollector, depth: int) -> None:
@@ -119,17 +128,26 @@ def _diff(a: Any, b: Any, path: str, generic: str, out: DiffCollector, depth: in
         for key, va in a.items():
             if key in b:
                 vb = b[key]
-                if type(va) is type(vb) and va == vb and _same(va, vb):
+                tva = type(va)
+                if (
+                    tva is type(vb)
+                    and va == vb
+                    and (tva not in _CONTAINERS or orjson.dumps(va) == orjson.dumps(vb))
+                ):
                     continue
                 segment = key_segment(key)
-                _diff(va, vb, path + segment, generic + segment, out, depth + 1)
+                if tva in _CONTAINERS and type(vb) is tva:
+                    _diff(va, vb, path + segment, generic + segment, out, depth + 1)
+                else:  # the common case: a changed scalar, handled without recursing
+                    _scalar(va, vb, path + segment, generic + segment, out)
             else:
                 segment = key_segment(key)
                 out.add(_MISSING, path + segment, generic + segment, shown(va), None)
-        for key, vb in b.items():
-            if key not in a:
-                segment = key_segment(key)
-                out.add(_EXTRA, path + segment, generic + segment, None, shown(vb))
+        if len(b) != len(a) or b.keys() != a.keys():
+            for key, vb in b.items():
+                if key not in a:
+                    segment = key_segment(key)
+                    out.add(_EXTRA, path + segment, generic + segment, None, shown(vb))
         return
     if ta is list and tb is list:
         la, lb = len(a), len(b)
@@ -139,13 +157,16 @@ def _diff(a: Any, b: Any, path: str, generic: str, out: DiffCollector, depth: in
         for i in range(min(la, lb)):
             va = a[i]
             vb = b[i]
-            if type(va) is type(vb) and va == vb and _same(va, vb):
+            tva = type(va)
+            if (
+                tva is type(vb)
+                and va == vb
+                and (tva not in _CONTAINERS or orjson.dumps(va) == orjson.dumps(vb))
+            ):
                 continue
-            _diff(va, vb, f"{path}[{i}]", generic_item, out, depth + 1)
+            if tva in _CONTAINERS and type(vb) is tva:
+                _diff(va, vb, f"{path}[{i}]", generic_item, out, depth + 1)
+            else:
+                _scalar(va, vb, f"{path}[{i}]", generic_item, out)
         return
-    ja = json_type(a)
-    jb = json_type(b)
-    if ja != jb:
-        out.add(_TYPE, path, generic, shown(a), shown(b))
-    elif a != b:
-        out.add(_CHANGED, path, generic, shown(a), shown(b))
+    _scalar(a, b, path, generic, out)
