@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import signal
 import socket
 import sys
@@ -14,6 +16,16 @@ from shadowd.demo.services import CANDIDATE, PRIMARY, SECONDARY, SampleServices
 from shadowd.demo.traffic import drive
 from shadowd.report import build_report, render_table
 from shadowd.verdict.judge import judge
+
+
+def _command_name() -> str:
+    """How the user can call shadowd from here: on PATH, or by the path they just used."""
+    if shutil.which("shadowd"):
+        return "shadowd"
+    invoked = sys.argv[0]
+    if invoked.endswith("shadowd") and os.path.exists(invoked):
+        return os.path.relpath(invoked)
+    return f"{sys.executable} -m shadowd"
 
 
 def _free_or_any(port: int) -> int:
@@ -65,10 +77,11 @@ async def tour(duration: float | None, requests: int, out=sys.stdout) -> int:
         print(f"\nverdict: {verdict.verdict.upper()}", file=out)
         for reason in verdict.reasons:
             print(f"  - {reason}", file=out)
+        cli = _command_name()
         print(
             f"\nExplore while it runs:\n"
-            f"  shadowd report --url {admin}\n"
-            f"  shadowd verdict --url {admin} --markdown promotion.md\n"
+            f"  {cli} report --url {admin}\n"
+            f"  {cli} verdict --url {admin} --markdown promotion.md\n"
             f"  curl {admin}/api/v1/report\n"
             f"  curl {admin}/metrics",
             file=out,
