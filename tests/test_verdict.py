@@ -178,3 +178,26 @@ async def test_markdown_report_renders_every_section(judged):
     ):
         assert section in text, section
     assert '"path":"$.balance"' in text  # one sample of the top field
+
+
+async def test_verdict_command_exits_1_on_fail_and_writes_the_report(judged, tmp_path, capsys):
+    from shadowd.cli import main as cli_main
+
+    _, shadowd = await judged("type", requests=320)
+    report = tmp_path / "promotion.md"
+    code = await asyncio.to_thread(
+        cli_main, ["verdict", "--url", shadowd.admin_url, "--markdown", str(report)]
+    )
+    assert code == 1
+    out = capsys.readouterr().out
+    assert out.startswith("verdict: fail")
+    assert "$.balance type changed" in out
+    assert "## Top divergent fields" in report.read_text()
+
+
+async def test_verdict_command_exits_0_on_pass_and_3_when_unreachable(judged):
+    from shadowd.cli import main as cli_main
+
+    _, shadowd = await judged(None, requests=320)
+    assert await asyncio.to_thread(cli_main, ["verdict", "--url", shadowd.admin_url]) == 0
+    assert await asyncio.to_thread(cli_main, ["verdict", "--url", "http://127.0.0.1:9"]) == 3
