@@ -130,3 +130,41 @@ async def test_daemon_records_a_capture_that_replays(make_backend, start_shadowd
     await runner.run()
     fields = runner.summary()["report"]["endpoints"][0]["fields"]
     assert {f["path"]: f["kinds"] for f in fields}["$.price"] == {"type": 5}
+
+
+async def test_inspect_and_replay_commands(make_backend, tmp_path):
+    import asyncio
+    import json
+    import sys
+
+    url = await candidate_server(make_backend)
+    path = capture(tmp_path / "c.shadow", [recorded(i, 100.0 + i) for i in range(10)])
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "shadowd",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            out, err = await process.communicate()
+        return process.returncode, out.decode(), err.decode()
+
+    code, out, _ = await run("inspect", str(path))
+    assert code == 0 and "10 records" in out and "GET /prices/{id}" in out
+    code, out, _ = await run("inspect", str(path), "--records")
+    assert code == 0 and len(out.splitlines()) == 10
+    assert json.loads(out.splitlines()[0])["request"]["target"] == "/prices/0"
+    result = tmp_path / "result.json"
+    code, out, err = await run(
+        "replay", str(path), "--target", f"candidate={url}", "--speed", "20", "--json", str(result)
+    )
+    assert code == 0, err
+    assert "10 of 10 requests answered" in out
+    assert "$.price" in out
+    assert json.loads(result.read_text())["completed"] == 10
+    code, _, err = await run("replay", str(path), "--target", "staging=http://x")
+    assert code == 2 and "expected primary=URL" in err
