@@ -311,3 +311,74 @@ async def test_absolute_form_target_is_forwarded_as_a_path(proxy, primary):
     )
     assert raw.startswith(b"HTTP/1.1 200 OK")
     assert primary.seen[-1]["path_qs"] == "/json?x=1"
+
+
+async def test_expect_100_continue_is_answered_and_the_body_relayed(proxy):
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    async with asyncio.timeout(5):
+        interim = await reader.readuntil(b"\r\n\r\n")
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hello")
+    async with asyncio.timeout(5):
+        final = await reader.read()
+    writer.close()
+    assert final.startswith(b"HTTP/1.1 201 Created")
+    assert final.endswith(b"hello")
+
+
+async def test_https_primary_verified_with_a_configured_ca(tmp_path, make_backend, start_shadowd):
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    app = web.Application()
+
+    async def secure(request: web.Request) -> web.Response:
+        return web.Response(text=f"tls {request.secure}")
+
+    app.router.add_get("/", secure)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        url = f"https://127.0.0.1:{port}"
+        shadowd = await start_shadowd(url, url, primary_options={"ca_file": cert})
+        status, _, _, body = await fetch(shadowd.url + "/")
+        assert (status, body) == (200, b"tls True")
+        untrusted = await start_shadowd(url, url)  # no CA: verification fails -> 502
+        status, _, _, _ = await fetch(untrusted.url + "/")
+        assert status == 502
+    finally:
+        await runner.cleanup()
