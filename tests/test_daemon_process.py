@@ -154,3 +154,28 @@ async def test_invalid_config_is_refused_before_listening(tmp_path):
     assert f"{config}: targets.candidate" in output
     with pytest.raises(OSError):
         await wait_for_port(port, timeout=0.2)
+
+
+async def test_a_second_signal_stops_at_once(services, tmp_path):
+    primary, candidate, release = services
+    ingress, admin = free_port(), free_port()
+    config = tmp_path / "shadowd.toml"
+    write_config(config, primary.url, candidate.url, ingress, admin)
+    notify = NotifySocket(tmp_path)
+    daemon = ShadowdProcess(config, env={"NOTIFY_SOCKET": str(notify.path)})
+    await daemon.start()
+    try:
+        await notify.wait_for("READY=1")
+        async with aiohttp.ClientSession() as session:
+            in_flight = asyncio.ensure_future(session.get(f"http://127.0.0.1:{ingress}/slow"))
+            await primary.wait_for_requests(1)
+            daemon.process.send_signal(signal.SIGTERM)
+            await notify.wait_for("STOPPING=1")  # draining: the slow request holds it up
+            daemon.process.send_signal(signal.SIGTERM)
+            assert await daemon.wait(timeout=5) == 1  # no waiting for the drain deadline
+            with pytest.raises(aiohttp.ClientError):
+                await in_flight
+    finally:
+        release.set()
+        await daemon.kill()
+        notify.close()
