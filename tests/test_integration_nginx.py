@@ -164,3 +164,33 @@ async def test_nginx_clients_are_answered_when_shadowd_hangs(shop):
     # Five requests on one keep-alive connection: each waits for its mirror's 100 ms timeout
     # before the next is read. Bounded by the timeout, not by the hung tap.
     assert elapsed < 5 * 0.1 + 2.0
+
+
+async def test_load_from_hey_is_relayed_and_every_copy_diffed(shop, start_shadowd):
+    """hey (a load generator no one here wrote) through the proxy: every answer is right,
+    and every request was mirrored and diffed."""
+    import shutil
+
+    hey = shutil.which("hey")
+    if hey is None:
+        pytest.fail("hey is not installed: run `make test` (scripts/install-system-deps)")
+    primary, candidate = shop
+    shadowd = await start_shadowd(primary.url, candidate.url)
+    process = await asyncio.create_subprocess_exec(
+        hey,
+        "-n",
+        "2000",
+        "-c",
+        "20",
+        shadowd.url + "/products/5",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, _ = await process.communicate()
+    assert process.returncode == 0
+    assert "[200]\t2000 responses" in out.decode()
+    await shadowd.settled(2000, timeout=20)
+    report = shadowd.daemon.aggregator.endpoints["GET /products/{id}"]
+    assert report.exchanges == 2000
+    assert report.divergent == 2000  # the candidate's planted price type change, every time

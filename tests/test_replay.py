@@ -168,3 +168,39 @@ async def test_inspect_and_replay_commands(make_backend, tmp_path):
     assert json.loads(result.read_text())["completed"] == 10
     code, _, err = await run("replay", str(path), "--target", "staging=http://x")
     assert code == 2 and "expected primary=URL" in err
+
+
+async def test_ctrl_c_stops_replay_cleanly_and_still_summarises(make_backend, tmp_path):
+    import asyncio
+    import signal
+    import sys
+
+    backend = make_backend()
+
+    async def price(request: web.Request) -> web.Response:
+        return web.json_response({"price": 1})
+
+    backend.route("GET", "/prices/{id}", price)
+    url = await backend.start()
+    path = capture(tmp_path / "c.shadow", [recorded(i, 100.0 + i) for i in range(100)])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shadowd",
+        "replay",
+        str(path),
+        "--target",
+        f"candidate={url}",
+        "--rate",
+        "20",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await backend.wait_for_requests(3, timeout=10)  # it is replaying
+    process.send_signal(signal.SIGINT)
+    async with asyncio.timeout(10):
+        out, _ = await process.communicate()
+    assert process.returncode == 130
+    text = out.decode()
+    assert "(interrupted)" in text
+    assert "requests answered" in text and "latency" in text
