@@ -98,7 +98,7 @@ class Aggregator:
         self.config = config
         self._metrics = metrics
         self.endpoints: dict[str, EndpointStats] = {}
-        self.started_at = self.reset_at = time.time()
+        self.reset_at = time.time()
 
     def reset(self) -> dict[str, int]:
         """Forget everything (e.g. a new candidate was deployed); says what was cleared."""

@@ -57,8 +57,19 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from shadowd.report import render_table
+    from shadowd.report import render_samples, render_table
 
+    if args.samples:
+        try:
+            samples = admin_get(args.url, f"/api/v1/endpoints/{args.samples}/samples", _token(args))
+        except AdminUnreachable as exc:
+            print(f"shadowd report: {exc}", file=sys.stderr)
+            return 3
+        if args.json:
+            sys.stdout.write(orjson.dumps(samples, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            sys.stdout.write(render_samples(samples) + "\n")
+        return 0
     try:
         report = admin_get(args.url, "/api/v1/report", _token(args))
     except AdminUnreachable as exc:
@@ -260,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="the running daemon's divergence report")
     _add_admin_args(report)
     report.add_argument("--json", action="store_true", help="print the JSON report")
+    report.add_argument(
+        "--samples", metavar="ENDPOINT_ID", help="recent divergent exchanges of one endpoint"
+    )
     report.set_defaults(func=_report)
 
     inspect = sub.add_parser("inspect", help="summarise a capture file (.shadow or GoReplay .gor)")

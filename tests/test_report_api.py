@@ -169,3 +169,18 @@ async def test_report_command_without_daemon_exits_3(capsys):
     code = await asyncio.to_thread(cli_main, ["report", "--url", "http://127.0.0.1:9"])
     assert code == 3
     assert "cannot reach the admin API" in capsys.readouterr().err
+
+
+async def test_report_command_prints_one_endpoints_samples(shadowd, capsys, monkeypatch):
+    import asyncio
+
+    monkeypatch.setenv("SHADOWD_TOKEN", "let-me-in")
+    _, report = await get(shadowd.admin_url + "/api/v1/report")
+    endpoint_id = report["endpoints"][0]["id"]
+    code = await asyncio.to_thread(
+        cli_main, ["report", "--url", shadowd.admin_url, "--samples", endpoint_id]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "GET /users/{id}: 20 recent divergent exchanges" in out
+    assert "$.items[1].price  type: primary=20 candidate='20'" in out

@@ -51,21 +51,6 @@ def key_segment(key: str) -> str:
     return segment
 
 
-def json_type(value: Any) -> str:
-    kind = type(value)
-    if kind is bool:
-        return "boolean"
-    if kind is int or kind is float:
-        return "number"
-    if kind is str:
-        return "string"
-    if kind is dict:
-        return "object"
-    if kind is list:
-        return "array"
-    return "null"
-
-
 def shown(value: Any) -> Any:
     """A value as samples show it: scalars as they are (long strings cut), containers as a
     summary of their shape."""

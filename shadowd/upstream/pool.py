@@ -37,10 +37,6 @@ class UpstreamPool:
         self._open = 0  # connections open or being opened
         self._closing = False
 
-    @property
-    def open_connections(self) -> int:
-        return self._open
-
     def send(
         self,
         payload: bytes,
