@@ -3,9 +3,9 @@
 Paths are JSONPath-like: ``$``, ``$.a.b``, ``$.items[3].price``, ``$["a b"]``. Each
 difference has its exact path and a generic one with indices as ``[*]`` for aggregation.
 Equal subtrees are skipped before anything is allocated for them: one ``==`` (done in C by
-the dicts and lists themselves) and, because Python holds ``True == 1``, a confirming
-``orjson.dumps`` of both (also C) for containers. Changed scalars are handled in the loop
-over their parent, without a recursive call.
+the dicts and lists themselves); because Python holds ``True == 1``, the containers it
+called equal are confirmed together at the end with one ``orjson.dumps`` per side (also C).
+Changed scalars are handled in the loop over their parent, without a recursive call.
 
 Arrays of different lengths get one ``array_length`` difference at the array, then their
 common prefix is compared element by element (an element inserted at the front therefore
@@ -67,12 +67,15 @@ def shown(value: Any) -> Any:
 class DiffCollector:
     """Collects differences up to ``limit``; counts the rest."""
 
-    __slots__ = ("differences", "limit", "overflow")
+    __slots__ = ("differences", "limit", "overflow", "unconfirmed")
 
     def __init__(self, limit: int) -> None:
         self.differences: list[Difference] = []
         self.limit = limit
         self.overflow = 0
+        # Containers that == called equal, awaiting confirmation (see diff_json):
+        # (reference, other, parent path, parent generic path, key or index, depth)
+        self.unconfirmed: list[tuple[Any, Any, str, str, Any, int]] = []
 
     def add(self, kind: DiffKind, path: str, generic: str, reference: Any, other: Any) -> None:
         if len(self.differences) < self.limit:
@@ -84,6 +87,21 @@ class DiffCollector:
 def diff_json(reference: Any, other: Any, out: DiffCollector, root: str = "$") -> None:
     """Add the differences between two parsed JSON values to ``out``."""
     _diff(reference, other, root, root, out, 0)
+    # Python holds True == 1, so containers == called equal may hide a bool/number swap.
+    # One orjson.dumps of all of them per side confirms them together (per-pair dumps cost
+    # more than the whole walk); only when that fails are they checked one by one.
+    while out.unconfirmed:
+        pending, out.unconfirmed = out.unconfirmed, []
+        if orjson.dumps([p[0] for p in pending]) == orjson.dumps([p[1] for p in pending]):
+            return
+        for a, b, path, generic, step, depth in pending:
+            if orjson.dumps(a) == orjson.dumps(b):
+                continue
+            if type(step) is int:
+                _diff(a, b, f"{path}[{step}]", generic + "[*]", out, depth)
+            else:
+                segment = key_segment(step)
+                _diff(a, b, path + segment, generic + segment, out, depth)
 
 
 _CONTAINERS = (dict, list)
@@ -114,11 +132,9 @@ def _diff(a: Any, b: Any, path: str, generic: str, out: DiffCollector, depth: in
             if key in b:
                 vb = b[key]
                 tva = type(va)
-                if (
-                    tva is type(vb)
-                    and va == vb
-                    and (tva not in _CONTAINERS or orjson.dumps(va) == orjson.dumps(vb))
-                ):
+                if tva is type(vb) and va == vb:
+                    if tva in _CONTAINERS:
+                        out.unconfirmed.append((va, vb, path, generic, key, depth + 1))
                     continue
                 segment = key_segment(key)
                 if tva in _CONTAINERS and type(vb) is tva:
@@ -143,11 +159,9 @@ def _diff(a: Any, b: Any, path: str, generic: str, out: DiffCollector, depth: in
             va = a[i]
             vb = b[i]
             tva = type(va)
-            if (
-                tva is type(vb)
-                and va == vb
-                and (tva not in _CONTAINERS or orjson.dumps(va) == orjson.dumps(vb))
-            ):
+            if tva is type(vb) and va == vb:
+                if tva in _CONTAINERS:
+                    out.unconfirmed.append((va, vb, path, generic, i, depth + 1))
                 continue
             if tva in _CONTAINERS and type(vb) is tva:
                 _diff(va, vb, f"{path}[{i}]", generic_item, out, depth + 1)
