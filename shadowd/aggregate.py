@@ -83,6 +83,7 @@ class EndpointStats:
         self.fields: dict[str, FieldStats] = {}
         self.samples: deque[dict[str, Any]] = deque(maxlen=samples)
         self.absorbed: dict[str, int] = {}  # rule name -> differences it absorbed
+        self.by_digest = 0  # exchanges whose bodies were over the size limit: hash and size only
         # Server-Timing metric -> target -> [sum of dur ms, count]
         self.timing: dict[str, dict[str, list[float]]] = {}
 
@@ -118,6 +119,8 @@ class Aggregator:
             )
         stats.exchanges += 1
         stats.overflow += diff.overflow
+        if any(a.body_digest is not None for a in exchange.answers.values()):
+            stats.by_digest += 1
         for target, answer in exchange.answers.items():
             if answer.error is not None:
                 stats.errors[target] = stats.errors.get(target, 0) + 1

@@ -80,6 +80,7 @@ def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
         "latency": _latency(stats),
         "fields": fields,
         "unlisted_differences": stats.overflow,
+        "bodies_compared_by_digest": stats.by_digest,
         "rules_absorbed": dict(stats.absorbed),
         "server_timing": {
             metric: {

@@ -123,6 +123,8 @@ async def test_candidate_sending_a_huge_body_does_not_change_the_answer(
         assert exchange.candidate.body == b""
         assert exchange.candidate.body_size == 20 * 1024 * 1024
         assert exchange.candidate.body_digest is not None
+    (stats,) = shadowd.daemon.aggregator.endpoints.values()
+    assert stats.by_digest == 3  # the reason is counted: over [diff] max_body_bytes
 
 
 async def test_copies_beyond_queue_and_in_flight_cap_are_dropped_and_counted(
