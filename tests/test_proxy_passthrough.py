@@ -382,3 +382,15 @@ async def test_https_primary_verified_with_a_configured_ca(tmp_path, make_backen
         assert status == 502
     finally:
         await runner.cleanup()
+
+
+async def test_a_client_that_half_closes_still_gets_its_answer(proxy):
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /teapot HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write_eof()
+    async with asyncio.timeout(5):
+        answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 418 I Am A Teapot")
+    assert answer.endswith(b"short and stout")

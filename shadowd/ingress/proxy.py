@@ -72,6 +72,16 @@ class ClientConnection(RequestReader):
             self._ingress.mirror.abandon(self._pending, "client_gone")
             self._pending = None
 
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after its last request still gets the answers to what
+        # it sent; the connection closes after them.
+        if not self._queue:
+            return None
+        for request in self._queue:
+            request.keep_alive = False
+        self._close_after = True
+        return True
+
     def pause_writing(self) -> None:
         # The client reads slower than the primary answers: stop reading the primary.
         call = self._call
