@@ -124,6 +124,14 @@ class Daemon:
             await self._admin_runner.cleanup()
         await self._tasks.cancel_all()
         self._stopped.set()
+        log.info(
+            "stopped",
+            extra={
+                "drained": drained,
+                "diffed": self.diff_stage.diffed,
+                "captured": self.capture.written if self.capture else None,
+            },
+        )
 
     async def _wait_mirror_idle(self, timeout: float) -> None:
         # Copies in flight each have their own deadline (the target timeout); this wait is

@@ -19,9 +19,7 @@ from shadowd.exchange import Answer, Exchange, Headers
 from shadowd.metrics import Metrics
 from shadowd.upstream.collect import AnswerCollector
 from shadowd.upstream.pool import UpstreamPool
-from shadowd.upstream.request import RequestTemplate
-
-_RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+from shadowd.upstream.request import IDEMPOTENT_METHODS, RequestTemplate
 
 
 class PendingExchange:
@@ -188,7 +186,7 @@ class Mirror:
         body = request.body
         method = pending.method
         head_only = method == b"HEAD"
-        retryable = method in _RETRYABLE
+        retryable = method in IDEMPOTENT_METHODS
         for name, pool, template in self._targets:
             payload = template.build(
                 method, pending.target, pending.headers, body, pending.has_host

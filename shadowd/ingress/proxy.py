@@ -27,14 +27,13 @@ from shadowd.ingress.responses import error_response
 from shadowd.redact import redact_target
 from shadowd.upstream.collect import BodyKeeper
 from shadowd.upstream.connection import Call
-from shadowd.upstream.request import HOP_BY_HOP, connection_listed
+from shadowd.upstream.request import HOP_BY_HOP, IDEMPOTENT_METHODS, connection_listed
 
 if TYPE_CHECKING:
     from shadowd.ingress.server import Ingress
     from shadowd.mirror import PendingExchange
 
 ACCESS_LOG = logging.getLogger("shadowd.access")
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
 _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
@@ -139,7 +138,7 @@ class ClientConnection(RequestReader):
         payload = ingress.primary_template.build(method, url, headers, req.body, has_host)
         self._primary_started = time.perf_counter()
         self._call = ingress.primary_pool.send(
-            payload, self, head_only=method == b"HEAD", retryable=method in _IDEMPOTENT
+            payload, self, head_only=method == b"HEAD", retryable=method in IDEMPOTENT_METHODS
         )
 
     def _forwarded_headers(self, req: ParsedRequest) -> tuple[Headers, bool]:

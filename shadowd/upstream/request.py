@@ -22,6 +22,11 @@ HOP_BY_HOP = frozenset(
 )
 
 
+# RFC 9110 §9.2.2: may be sent again on a fresh connection when a kept-alive one was closed
+# under them before any answer byte arrived.
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
 def connection_listed(headers: Headers) -> frozenset[bytes]:
     """Header names a ``Connection`` header declares hop-by-hop (besides the fixed ones)."""
     names: set[bytes] = set()
