@@ -394,3 +394,36 @@ async def test_a_client_that_half_closes_still_gets_its_answer(proxy):
     writer.close()
     assert answer.startswith(b"HTTP/1.1 418 I Am A Teapot")
     assert answer.endswith(b"short and stout")
+
+
+async def test_slow_client_gets_a_large_body_intact_with_backpressure(proxy):
+    """A client that reads slowly makes shadowd pause reading the primary (flow control)
+    instead of buffering the whole answer."""
+    from shadowd.upstream.connection import UpstreamConnection
+
+    pauses = 0
+    original = UpstreamConnection.pause_reading
+
+    def counting(self):
+        nonlocal pauses
+        pauses += 1
+        original(self)
+
+    UpstreamConnection.pause_reading = counting
+    try:
+        host, port = proxy.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port), limit=16 * 1024)
+        writer.write(b"GET /large HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = bytearray()
+        async with asyncio.timeout(30):
+            while chunk := await reader.read(16 * 1024):
+                received += chunk
+                if len(received) < 2 * 1024 * 1024:
+                    await asyncio.sleep(0.001)  # a slow reader for the first 2 MB
+        writer.close()
+    finally:
+        UpstreamConnection.pause_reading = original
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert body == LARGE
+    assert pauses > 0
