@@ -248,3 +248,33 @@ async def test_access_log_names_the_request_without_its_secrets(primary, start_s
     assert record.status == 200
     assert record.target == "/items/1?token=%5Bredacted%5D&page=3"
     assert "hunter2" not in caplog.text
+
+
+async def test_include_exclude_paths_and_sample_rate_choose_the_copies(
+    primary, make_backend, start_shadowd
+):
+    candidate = make_backend()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(body=PRIMARY_BODY, content_type="application/json")
+
+    candidate.route("*", "/{tail:.*}", ok)
+    await candidate.start()
+    shadowd = await start_shadowd(
+        primary.url,
+        candidate.url,
+        mirror={"include_paths": (r"^/api/",), "exclude_paths": (r"/internal",)},
+    )
+    async with aiohttp.ClientSession() as session:
+        for path in ("/api/a", "/api/internal/b", "/static/c", "/api/d"):
+            async with session.get(shadowd.url + path) as answer:
+                assert await answer.read() == PRIMARY_BODY
+    await shadowd.settled(2)
+    assert sorted(seen["path_qs"] for seen in candidate.seen) == ["/api/a", "/api/d"]
+    assert shadowd.daemon.metrics.mirror_skipped_counts()["path"] == 2
+
+    unsampled = await start_shadowd(primary.url, candidate.url, mirror={"sample_rate": 0.0})
+    bodies, _ = await timed_get(unsampled.url, count=5)
+    assert bodies == [PRIMARY_BODY] * 5
+    assert unsampled.daemon.metrics.mirror_skipped_counts()["sampled_out"] == 5
+    assert len(candidate.seen) == 2
