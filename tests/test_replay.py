@@ -204,3 +204,46 @@ async def test_ctrl_c_stops_replay_cleanly_and_still_summarises(make_backend, tm
     text = out.decode()
     assert "(interrupted)" in text
     assert "requests answered" in text and "latency" in text
+
+
+async def test_per_target_headers_and_auth_from_the_environment(
+    make_backend, tmp_path, monkeypatch
+):
+    from shadowd.cli import _header_rewrites
+
+    backend = make_backend()
+
+    async def price(request: web.Request) -> web.Response:
+        return web.json_response({"price": 1})
+
+    backend.route("GET", "/prices/{id}", price)
+    url = await backend.start()
+    monkeypatch.setenv("STAGING_TOKEN", "tok-123")
+    headers = _header_rewrites(
+        ["candidate:Authorization=env:STAGING_TOKEN", "candidate:Host=staging.shop"],
+        {"candidate": url},
+    )
+    path = capture(tmp_path / "c.shadow", [recorded(i, 100.0) for i in range(3)])
+    runner = Replay(
+        path,
+        ReplayOptions(
+            targets={"candidate": url}, rate=100, headers=headers, methods=frozenset({"GET"})
+        ),
+    )
+    await runner.run()
+    assert len(backend.seen) == 3
+    for seen in backend.seen:
+        assert seen["headers"]["Authorization"] == "tok-123"
+        assert seen["headers"]["Host"] == "staging.shop"
+
+
+def test_header_rewrite_errors_are_clear(monkeypatch):
+    import pytest
+
+    from shadowd.cli import _header_rewrites
+
+    monkeypatch.delenv("MISSING_TOKEN", raising=False)
+    with pytest.raises(ValueError, match=r"\$MISSING_TOKEN is not set"):
+        _header_rewrites(["candidate:Authorization=env:MISSING_TOKEN"], {"candidate": "x"})
+    with pytest.raises(ValueError, match="expected TARGET:Name=value"):
+        _header_rewrites(["nonsense"], {"candidate": "x"})

@@ -58,9 +58,10 @@ class RequestTemplate:
         self._prefix = target.base_path.encode("latin-1")
         default_port = 443 if target.scheme == "https" else 80
         netloc = target.host if target.port == default_port else f"{target.host}:{target.port}"
-        self._default_host = (
-            b"" if target.host_header is not None else f"Host: {netloc}\r\n".encode("latin-1")
+        sets_host = target.host_header is not None or any(
+            name.lower() == "host" for name, _ in target.set_headers
         )
+        self._default_host = b"" if sets_host else f"Host: {netloc}\r\n".encode("latin-1")
 
     def build(
         self, method: bytes, target: bytes, headers: Headers, body: bytes, has_host: bool
