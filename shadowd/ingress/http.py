@@ -7,6 +7,7 @@ request means (``request_received``): relay it (proxy) or answer it and copy it 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import time
 from typing import TYPE_CHECKING
@@ -42,7 +43,7 @@ class ParsedRequest:
         self.http11 = http11
 
 
-class RequestReader(asyncio.Protocol):
+class RequestReader(asyncio.Protocol, abc.ABC):
     def __init__(self, ingress: Ingress) -> None:
         self._ingress = ingress
         self._limits = ingress.config.ingress
@@ -60,8 +61,9 @@ class RequestReader(asyncio.Protocol):
         self.idle_since = 0.0
 
     # -- for subclasses ---------------------------------------------------------------------
+    @abc.abstractmethod
     def request_received(self, request: ParsedRequest) -> None:
-        raise NotImplementedError
+        """A request was read in full: relay it (proxy) or answer and copy it (tap)."""
 
     def busy(self) -> bool:
         """Whether a request is being answered (then the idle timeout does not apply)."""
