@@ -24,6 +24,31 @@ async def primary(make_backend):
     return backend
 
 
+async def answering_candidate(make_backend):
+    """A candidate that answers what the primary answers."""
+    candidate = make_backend()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(body=PRIMARY_BODY, content_type="application/json")
+
+    candidate.route("*", "/{tail:.*}", ok)
+    await candidate.start()
+    return candidate
+
+
+async def hanging_candidate(make_backend, release: asyncio.Event):
+    """A candidate that holds every copy until ``release`` is set."""
+    candidate = make_backend()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="too late")
+
+    candidate.route("*", "/{tail:.*}", hang)
+    await candidate.start()
+    return candidate
+
+
 async def raw_server(handle) -> tuple[asyncio.Server, str]:
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -48,14 +73,7 @@ async def test_candidate_that_never_answers_does_not_delay_the_client(
     primary, make_backend, start_shadowd
 ):
     release = asyncio.Event()
-    candidate = make_backend()
-
-    async def hang(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(text="too late")
-
-    candidate.route("*", "/{tail:.*}", hang)
-    await candidate.start()
+    candidate = await hanging_candidate(make_backend, release)
     shadowd = await start_shadowd(primary.url, candidate.url, candidate_options={"timeout": 30.0})
     try:
         bodies, slowest = await timed_get(shadowd.url)
@@ -131,14 +149,7 @@ async def test_copies_beyond_queue_and_in_flight_cap_are_dropped_and_counted(
     primary, make_backend, start_shadowd
 ):
     release = asyncio.Event()
-    candidate = make_backend()
-
-    async def hang(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(text="late")
-
-    candidate.route("*", "/{tail:.*}", hang)
-    await candidate.start()
+    candidate = await hanging_candidate(make_backend, release)
     shadowd = await start_shadowd(
         primary.url,
         candidate.url,
@@ -158,13 +169,7 @@ async def test_copies_beyond_queue_and_in_flight_cap_are_dropped_and_counted(
 
 
 async def test_only_safe_methods_are_mirrored_by_default(primary, make_backend, start_shadowd):
-    candidate = make_backend()
-
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(body=PRIMARY_BODY, content_type="application/json")
-
-    candidate.route("*", "/{tail:.*}", ok)
-    await candidate.start()
+    candidate = await answering_candidate(make_backend)
     shadowd = await start_shadowd(primary.url, candidate.url)
     async with aiohttp.ClientSession() as session:
         for method in ("POST", "PUT", "DELETE", "PATCH", "GET"):
@@ -178,13 +183,7 @@ async def test_only_safe_methods_are_mirrored_by_default(primary, make_backend, 
 async def test_copy_carries_method_path_query_headers_and_body(
     primary, make_backend, start_shadowd
 ):
-    candidate = make_backend()
-
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(body=PRIMARY_BODY, content_type="application/json")
-
-    candidate.route("*", "/{tail:.*}", ok)
-    await candidate.start()
+    candidate = await answering_candidate(make_backend)
     shadowd = await start_shadowd(
         primary.url,
         candidate.url,
@@ -253,13 +252,7 @@ async def test_access_log_names_the_request_without_its_secrets(primary, start_s
 async def test_include_exclude_paths_and_sample_rate_choose_the_copies(
     primary, make_backend, start_shadowd
 ):
-    candidate = make_backend()
-
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(body=PRIMARY_BODY, content_type="application/json")
-
-    candidate.route("*", "/{tail:.*}", ok)
-    await candidate.start()
+    candidate = await answering_candidate(make_backend)
     shadowd = await start_shadowd(
         primary.url,
         candidate.url,
