@@ -1,14 +1,19 @@
 """The admin HTTP API (aiohttp; the cold path, written for clarity).
 
 Separate from the ingress and on loopback by default. With ``[admin] token_file`` set, every
-route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>``.
+route but ``/healthz``, ``/readyz`` and the dashboard page needs
+``Authorization: Bearer <token>``. Every answer but ``/metrics`` and the dashboard is JSON;
+every error is ``{"error": "..."}``. The routes are listed in ``ROUTES`` and docs/api.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
+from collections.abc import Awaitable, Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -16,33 +21,62 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shadowd.aggregate import Aggregator
-from shadowd.config import Config
+from shadowd.config import Config, ConfigError
 from shadowd.metrics import Metrics
 from shadowd.report import build_report, endpoint_samples
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import PASS, judge
 
-# The dashboard page itself holds no data (it reads the API with the token from its URL
-# fragment), so it is served without one, like the probes.
-_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+log = logging.getLogger("shadowd.admin")
+
+ROUTES = (
+    "GET /healthz",
+    "GET /readyz",
+    "GET /metrics",
+    "GET /api/v1",
+    "GET /api/v1/report",
+    "GET /api/v1/endpoints/{id}/samples",
+    "POST /api/v1/reset",
+    "GET /api/v1/mirror",
+    "POST /api/v1/mirror",
+    "GET|POST /api/v1/verdict[?gate=1]",
+    "GET /",
+)
+
+# Probes must work without credentials. The dashboard page holds no data (it reads the API
+# with the token from its URL fragment), so it is served without one too.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class AdminControl(Protocol):
+    """What the admin API needs from the daemon (``shadowd.daemon.Daemon`` implements it)."""
+
     config: Config
     aggregator: Aggregator
     metrics: Metrics
     evidence: VerdictEvidence
 
-    def mirror_status(self) -> dict[str, Any]: ...
+    def mirror_status(self) -> dict[str, Any]:
+        """``{"enabled", "queue_depth", "in_flight", "dropped": {reason: n},
+        "skipped": {reason: n}}``"""
+        ...
 
     def set_mirroring(self, enabled: bool) -> None: ...
 
-    def reset(self) -> dict[str, Any]: ...
+    def reset(self) -> dict[str, Any]:
+        """Clear the aggregator (and the verdict's evidence); answer what was cleared."""
+        ...
 
-    async def readiness(self) -> dict[str, Any]: ...
+    async def readiness(self) -> dict[str, Any]:
+        """``{"ready": bool, "targets": {name: {"reachable": bool, "error": str | None}}}``"""
+        ...
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
         status=status,
@@ -51,90 +85,134 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return _json({"error": message, **extra}, status=status)
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return json_response({"error": message}, status=status, headers=headers)
+
+
+def read_token(config: Config) -> bytes | None:
+    """The bearer token from ``[admin] token_file`` (whitespace stripped), None when unset.
+    An unreadable or empty file is a config error: an empty token would let anyone in."""
+    path: Path | None = config.admin.token_file
+    if path is None:
+        return None
+    try:
+        token = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(
+            [f"{config.source}: admin.token_file: cannot read {path}: {exc.strerror}"]
+        ) from exc
+    if not token:
+        raise ConfigError([f"{config.source}: admin.token_file: {path} is empty"])
+    return token
+
+
+def _authorized(request: web.Request, token: bytes) -> bool:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    # compare_digest: the time taken must not tell how much of a guess was right.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        value.strip().encode("utf-8", "surrogateescape"), token
+    )
+
+
+def _guard(token: bytes | None) -> Any:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token is not None and request.path not in OPEN_PATHS and not _authorized(request, token):
+            return error_response(
+                401,
+                "a valid bearer token is required (Authorization: Bearer <token>)",
+                headers={"WWW-Authenticate": 'Bearer realm="shadowd"'},
+            )
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return error_response(404, f"no such route: {request.method} {request.path}")
+        except web.HTTPMethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            return error_response(
+                405, f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
+            )
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return error_response(exc.status, exc.reason)
+            raise
+        except Exception:  # a bug in a handler: a JSON 500 and a log line, never a crash
+            log.exception("admin API: %s %s failed", request.method, request.path)
+            return error_response(500, "internal error (logged by shadowd)")
+
+    return guard
 
 
 def create_admin_app(control: AdminControl) -> web.Application:
-    token_file = control.config.admin.token_file
-    token = token_file.read_text().strip().encode() if token_file else None
+    """The admin application. Reads the token file once, now (raises ``ConfigError``)."""
+    token = read_token(control.config)
 
-    @web.middleware
-    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
-        if token is not None and request.path not in _OPEN_PATHS:
-            given = request.headers.get("Authorization", "")
-            scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token):
-                return _json(
-                    {"error": "a valid bearer token is required"},
-                    status=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="shadowd"'},
-                )
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                return _error(exc.status, exc.reason)
-            raise
+    async def index(request: web.Request) -> web.Response:
+        return json_response({"routes": list(ROUTES)})
 
     async def healthz(request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
         state = await control.readiness()
-        return _json(state, status=200 if state["ready"] else 503)
+        return json_response(state, status=200 if state["ready"] else 503)
 
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(control.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def report(request: web.Request) -> web.Response:
-        return _json(build_report(control.aggregator, control.mirror_status()))
+        return json_response(build_report(control.aggregator, control.mirror_status()))
 
     async def samples(request: web.Request) -> web.Response:
-        found = endpoint_samples(control.aggregator, request.match_info["id"])
+        endpoint_id = request.match_info["id"]
+        found = endpoint_samples(control.aggregator, endpoint_id)
         if found is None:
-            return _error(404, f"no endpoint with id {request.match_info['id']!r}")
-        return _json(found)
+            return error_response(404, f"no endpoint with id {endpoint_id!r}")
+        return json_response(found)
 
     async def reset(request: web.Request) -> web.Response:
-        return _json({"cleared": control.reset()})
+        return json_response({"cleared": control.reset()})
 
     async def mirror_get(request: web.Request) -> web.Response:
-        return _json(control.mirror_status())
+        return json_response(control.mirror_status())
 
     async def mirror_post(request: web.Request) -> web.Response:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return _error(400, 'expected a JSON body such as {"enabled": false}')
+            return error_response(400, 'expected a JSON body such as {"enabled": false}')
         if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
-            return _error(400, 'expected {"enabled": true} or {"enabled": false}')
+            return error_response(
+                400, 'expected {"enabled": true} or {"enabled": false} (a JSON boolean)'
+            )
         control.set_mirroring(body["enabled"])
-        return _json(control.mirror_status())
+        return json_response(control.mirror_status())
 
     async def verdict(request: web.Request) -> web.Response:
         report = build_report(control.aggregator, control.mirror_status())
         # The statistics take milliseconds per endpoint: off the event loop that proxies.
         judged = await asyncio.to_thread(judge, report, control.evidence, control.config)
         control.metrics.observe_verdict(judged)
-        doc = judged.to_json()
         # Argo Rollouts reads any 2xx body and decides with its conditions; Flagger's webhook
         # wants a refusal as a non-2xx that it will not retry: 412, never 5xx.
         gate = request.query.get("gate") in ("1", "true", "yes")
         status = 412 if gate and judged.verdict != PASS else 200
-        return _json(doc, status=status)
+        return json_response(judged.to_json(), status=status)
 
     async def dashboard(request: web.Request) -> web.Response:
         page = resources.files("shadowd").joinpath("dashboard.html")
         if page.is_file():
             return web.Response(text=page.read_text(), content_type="text/html")
-        return _json({"routes": sorted(ROUTES)})
+        return json_response({"routes": list(ROUTES)})
 
-    app = web.Application(middlewares=[guard])
+    app = web.Application(middlewares=[_guard(token)])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1", index)
     app.router.add_get("/api/v1/report", report)
     app.router.add_get("/api/v1/endpoints/{id}/samples", samples)
     app.router.add_post("/api/v1/reset", reset)
@@ -144,16 +222,3 @@ def create_admin_app(control: AdminControl) -> web.Application:
     app.router.add_post("/api/v1/verdict", verdict)  # Flagger webhooks POST
     app.router.add_get("/", dashboard)
     return app
-
-
-ROUTES = (
-    "GET /healthz",
-    "GET /readyz",
-    "GET /metrics",
-    "GET /api/v1/report",
-    "GET /api/v1/endpoints/{id}/samples",
-    "POST /api/v1/reset",
-    "GET /api/v1/mirror",
-    "POST /api/v1/mirror",
-    "GET|POST /api/v1/verdict[?gate=1]",
-)

@@ -1,10 +1,17 @@
 """Statistics per endpoint and per field path, fed one diffed exchange at a time (pure).
 
-Memory is bounded however long the daemon runs: endpoints are capped upstream
-(``[endpoints] max``), field paths per endpoint by ``[diff] max_fields_per_endpoint``
-(the rest counted under ``<other>``), samples per endpoint by ``samples_per_endpoint``, and
-latency lives in fixed-size HDR histograms (1 µs to 60 s, 2 significant digits: ±1 %,
-20 KiB each).
+``Aggregator.add`` runs once per completed exchange, off the request path but thousands of
+times a second: it does O(number of differences) work and allocates little. Memory is bounded
+however long the daemon runs:
+
+- endpoints: ``[endpoints] max`` plus one ``other`` (also capped upstream; defended here);
+- field paths per endpoint: ``[diff] max_fields_per_endpoint``, the rest under ``<other>``;
+- samples per endpoint: ``[diff] samples_per_endpoint``, each with at most
+  ``SAMPLE_DIFFERENCES`` differences and ``SAMPLE_HEADERS`` request headers, values cut
+  (about 3 KiB a sample); once full, refreshed at most every ``SAMPLE_INTERVAL``;
+- latency: HDR histograms, 1 µs to 60 s at 2 significant digits (±1 %), 32-bit counts:
+  11 KiB each, allocated for the targets that answer (measured: 200 endpoints x 3 targets
+  = 6.6 MiB). A histogram whose count reaches 2**32-1 is halved, so a count never wraps.
 """
 
 from __future__ import annotations
@@ -18,15 +25,24 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from shadowd.config import Config
+from shadowd.diff.engine import MAX_DIFFERENCES
 from shadowd.diff.model import Difference, ExchangeDiff
 from shadowd.diff.timing import parse_server_timing
-from shadowd.exchange import TARGET_NAMES, Answer, Exchange
+from shadowd.endpoints import OTHER
+from shadowd.exchange import Answer, Exchange, Headers
 from shadowd.metrics import Metrics
-from shadowd.redact import redact_headers, redact_target, redact_value_at
+from shadowd.redact import MARKER, is_secret_name, redact_target, redact_value_at
 
 OTHER_FIELD = "<other>"
-_LATENCY_MAX_US = 60_000_000
-
+LATENCY_MIN_US = 1
+LATENCY_MAX_US = 60_000_000
+LATENCY_DIGITS = 2
+_COUNT_LIMIT = 2**32 - 1  # 32-bit histogram counts: halve before any can wrap
+SAMPLE_DIFFERENCES = 20  # differences listed per sample; the rest are counted
+SAMPLE_HEADERS = 32  # request headers kept per sample
+SAMPLE_VALUE_CHARS = 256  # header values and the request target are cut to this
+SAMPLE_INTERVAL = 0.05  # seconds between two samples of an endpoint once its deque is full
+SERVER_TIMING_METRICS = 32  # distinct Server-Timing metric names averaged per endpoint
 
 _UUID = re.compile(
     r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
@@ -35,6 +51,7 @@ _UUID = re.compile(
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$")
 _HTTP_DATE = re.compile(r"^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT$")
 _TOKEN = re.compile(r"^[A-Za-z0-9+/_=\-]{20,}$")
+_FIVE_YEARS = 5 * 365 * 86400
 
 
 def looks_volatile(value: Any) -> bool:
@@ -43,7 +60,7 @@ def looks_volatile(value: Any) -> bool:
         return False
     if isinstance(value, int | float):
         now = time.time()
-        return abs(value - now) < 5 * 365 * 86400 or abs(value / 1000 - now) < 5 * 365 * 86400
+        return abs(value - now) < _FIVE_YEARS or abs(value / 1000 - now) < _FIVE_YEARS
     if isinstance(value, str):
         return bool(
             _UUID.match(value)
@@ -55,134 +72,246 @@ def looks_volatile(value: Any) -> bool:
 
 
 def endpoint_id(endpoint: str) -> str:
-    """A short id, stable across restarts, safe in a URL."""
+    """A short id for an endpoint: 10 hex digits, stable across restarts, safe in a URL."""
     return hashlib.blake2b(endpoint.encode(), digest_size=5).hexdigest()
 
 
+def new_latency_histogram() -> HdrHistogram:
+    """Microseconds, 1 µs to 60 s, ±1 %, 32-bit counts (see the module docstring)."""
+    return HdrHistogram(LATENCY_MIN_US, LATENCY_MAX_US, LATENCY_DIGITS, word_size=4)
+
+
+def _halved(hist: HdrHistogram) -> HdrHistogram:
+    """The same distribution with every count halved: the quantiles keep their shape."""
+    half = new_latency_histogram()
+    for item in hist.get_recorded_iterator():
+        count = item.count_at_value_iterated_to // 2
+        if count:
+            half.record_value(item.value_iterated_to, count)
+    return half
+
+
 class FieldStats:
+    """One generic field path of one endpoint. Every count is at most one per exchange."""
+
     __slots__ = ("divergent", "kinds", "noise", "volatile")
 
     def __init__(self) -> None:
-        self.kinds: dict[str, int] = {}
+        self.kinds: dict[str, int] = {}  # kind -> exchanges where the candidate differs so
         self.divergent = 0  # exchanges where the candidate differs here
         self.noise = 0  # exchanges where the secondary differs here
         self.volatile = 0  # of the divergent ones: both values look like ids or clocks
 
 
 class EndpointStats:
+    """Everything counted for one endpoint since the start or the last reset."""
+
     def __init__(self, endpoint: str, samples: int) -> None:
         self.endpoint = endpoint
         self.id = endpoint_id(endpoint)
         self.exchanges = 0
-        self.divergent = 0
-        self.noisy = 0
-        self.overflow = 0  # differences not listed because of the per-pair cap
-        self.errors = dict.fromkeys(TARGET_NAMES, 0)
-        self.statuses: dict[str, dict[str, int]] = {t: {} for t in TARGET_NAMES}
-        self.latency: dict[str, HdrHistogram] = {}
+        self.divergent = 0  # exchanges where the candidate differs from the primary
+        self.noisy = 0  # exchanges where the secondary differs from the primary
+        self.overflow = 0  # differences not listed because of the diff engine's per-pair cap
+        self.errors: dict[str, int] = {}  # target -> answers that failed (``Answer.error``)
+        self.statuses: dict[str, dict[str, int]] = {}  # target -> "2xx" -> answers
+        self.latency: dict[str, HdrHistogram] = {}  # target -> µs, answers that did not fail
         self.fields: dict[str, FieldStats] = {}
         self.samples: deque[dict[str, Any]] = deque(maxlen=samples)
+        self.last_sample_at = 0.0  # received_at of the newest sample's request
         self.absorbed: dict[str, int] = {}  # rule name -> differences it absorbed
         self.by_digest = 0  # exchanges whose bodies were over the size limit: hash and size only
         # Server-Timing metric -> target -> [sum of dur ms, count]
         self.timing: dict[str, dict[str, list[float]]] = {}
 
-    def histogram(self, target: str) -> HdrHistogram:
+    def record_latency(self, target: str, seconds: float) -> None:
         hist = self.latency.get(target)
         if hist is None:
-            hist = self.latency[target] = HdrHistogram(1, _LATENCY_MAX_US, 2)
-        return hist
+            hist = self.latency[target] = new_latency_histogram()
+        elif hist.get_total_count() >= _COUNT_LIMIT:
+            hist = self.latency[target] = _halved(hist)
+        micros = int(seconds * 1_000_000)
+        hist.record_value(
+            LATENCY_MIN_US
+            if micros < LATENCY_MIN_US
+            else LATENCY_MAX_US
+            if micros > LATENCY_MAX_US
+            else micros
+        )
+
+    def field(self, path: str, limit: int) -> tuple[str, FieldStats]:
+        """The stats of a field path (``<other>`` once ``limit`` paths are known)."""
+        stats = self.fields.get(path)
+        if stats is not None:
+            return path, stats
+        if len(self.fields) >= limit:
+            path = OTHER_FIELD
+            stats = self.fields.get(path)
+            if stats is not None:
+                return path, stats
+        stats = self.fields[path] = FieldStats()
+        return path, stats
+
+
+class Totals:
+    """Sums over every endpoint, kept as exchanges arrive."""
+
+    __slots__ = ("divergent", "errors", "exchanges", "noisy")
+
+    def __init__(self) -> None:
+        self.exchanges = 0
+        self.divergent = 0
+        self.noisy = 0
+        self.errors: dict[str, int] = {}  # target -> answers that failed
 
 
 class Aggregator:
+    """Pure statistics over diffed exchanges; see the module docstring for its bounds.
+
+    Read by ``shadowd.report``: ``endpoints`` (endpoint -> ``EndpointStats``), ``totals``,
+    ``by_id()``, ``started_at`` and ``reset_at`` (wall-clock seconds), ``config``.
+    """
+
     def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
-        self.config = config
+        self.config = config  # replaced as a whole when the daemon reloads its config
         self._metrics = metrics
+        self.started_at = time.time()
+        self.reset_at = self.started_at
         self.endpoints: dict[str, EndpointStats] = {}
-        self.reset_at = time.time()
+        self._by_id: dict[str, EndpointStats] = {}
+        self.totals = Totals()
 
     def reset(self) -> dict[str, int]:
-        """Forget everything (e.g. a new candidate was deployed); says what was cleared."""
-        cleared = {
-            "endpoints": len(self.endpoints),
-            "exchanges": sum(e.exchanges for e in self.endpoints.values()),
-        }
+        """Forget every count and sample (e.g. a new candidate was deployed); records the
+        time; answers what was cleared. Prometheus counters are not touched."""
+        cleared = {"endpoints": len(self.endpoints), "exchanges": self.totals.exchanges}
         self.endpoints = {}
+        self._by_id = {}
+        self.totals = Totals()
         self.reset_at = time.time()
         return cleared
 
+    def by_id(self, endpoint_id_: str) -> EndpointStats | None:
+        return self._by_id.get(endpoint_id_)
+
     def add(self, exchange: Exchange, diff: ExchangeDiff) -> None:
-        stats = self.endpoints.get(exchange.endpoint)
-        if stats is None:
-            stats = self.endpoints[exchange.endpoint] = EndpointStats(
-                exchange.endpoint, self.config.diff.samples_per_endpoint
-            )
+        """Count one completed exchange and its diff."""
+        stats = self.endpoints.get(exchange.endpoint) or self._endpoint(exchange.endpoint)
+        totals = self.totals
         stats.exchanges += 1
+        totals.exchanges += 1
         stats.overflow += diff.overflow
-        if any(a.body_digest is not None for a in exchange.answers.values()):
-            stats.by_digest += 1
+        by_digest = False
         for target, answer in exchange.answers.items():
+            if answer.body_digest is not None:
+                by_digest = True
             if answer.error is not None:
                 stats.errors[target] = stats.errors.get(target, 0) + 1
-                status_class = "error"
-            else:
-                status_class = f"{answer.status // 100}xx"
-                if answer.status >= 500:  # errors: what the verdict's error criterion counts
-                    stats.errors[target] = stats.errors.get(target, 0) + 1
-                micros = int(answer.latency * 1_000_000)
-                stats.histogram(target).record_value(min(max(micros, 1), _LATENCY_MAX_US))
-            by_class = stats.statuses.setdefault(target, {})
+                totals.errors[target] = totals.errors.get(target, 0) + 1
+                continue
+            by_class = stats.statuses.get(target)
+            if by_class is None:
+                by_class = stats.statuses[target] = {}
+            status_class = _STATUS_CLASSES.get(answer.status // 100, "other")
             by_class[status_class] = by_class.get(status_class, 0) + 1
+            stats.record_latency(target, answer.latency)
+            if answer.headers:
+                _server_timing(stats, target, answer.headers)
+        if by_digest:
+            stats.by_digest += 1
+        limit = self.config.diff.max_fields_per_endpoint
         if diff.candidate:
             stats.divergent += 1
-            seen: set[str] = set()
-            for difference in diff.candidate:
-                field = self._field(stats, difference.generic_path)
-                kind = difference.kind.value
-                field.kinds[kind] = field.kinds.get(kind, 0) + 1
-                if difference.generic_path not in seen:
-                    seen.add(difference.generic_path)
-                    field.divergent += 1
-                    if looks_volatile(difference.reference) and looks_volatile(difference.other):
-                        field.volatile += 1
-            stats.samples.append(_sample(exchange, diff))
-        for rule, count in diff.absorbed.items():
-            stats.absorbed[rule] = stats.absorbed.get(rule, 0) + count
-        self._timing(stats, exchange)
+            totals.divergent += 1
+            _count_candidate(stats, diff.candidate, limit)
+            # Building a sample costs more than the rest of add(): once the deque is full,
+            # at most one per SAMPLE_INTERVAL per endpoint (by the request's own clock).
+            samples = stats.samples
+            received = exchange.request.received_at
+            if samples.maxlen and (
+                len(samples) < samples.maxlen or received - stats.last_sample_at >= SAMPLE_INTERVAL
+            ):
+                stats.last_sample_at = received
+                samples.append(_sample(exchange, diff))
         if diff.secondary:
             stats.noisy += 1
-            for path in {d.generic_path for d in diff.secondary}:
-                self._field(stats, path).noise += 1
+            totals.noisy += 1
+            counted: set[str] = set()
+            for difference in diff.secondary:
+                path, field = stats.field(difference.generic_path, limit)
+                if path not in counted:
+                    counted.add(path)
+                    field.noise += 1
+        if diff.absorbed:
+            for rule, count in diff.absorbed.items():
+                stats.absorbed[rule] = stats.absorbed.get(rule, 0) + count
         if self._metrics is not None:
             self._metrics.observe_exchange(exchange, diff)
 
-    @staticmethod
-    def _timing(stats: EndpointStats, exchange: Exchange) -> None:
-        for target, answer in exchange.answers.items():
-            if answer.error is not None:
-                continue
-            for name, fields in parse_server_timing(answer.headers).items():
-                dur = fields.get("dur")
-                if isinstance(dur, float) and (name in stats.timing or len(stats.timing) < 32):
-                    cell = stats.timing.setdefault(name, {}).setdefault(target, [0.0, 0])
-                    cell[0] += dur
-                    cell[1] += 1
-
-    def _field(self, stats: EndpointStats, path: str) -> FieldStats:
-        field = stats.fields.get(path)
-        if field is None:
-            if len(stats.fields) >= self.config.diff.max_fields_per_endpoint:
-                path = OTHER_FIELD
-                field = stats.fields.get(path)
-            if field is None:
-                field = stats.fields[path] = FieldStats()
-        return field
-
-    def by_id(self, endpoint_id_: str) -> EndpointStats | None:
-        for stats in self.endpoints.values():
-            if stats.id == endpoint_id_:
+    def _endpoint(self, endpoint: str) -> EndpointStats:
+        """First exchange of an endpoint. Past ``[endpoints] max`` names (the classifier's cap,
+        defended here too) it is counted under ``other``."""
+        if len(self.endpoints) >= self.config.endpoints.max and endpoint != OTHER:
+            endpoint = OTHER
+            stats = self.endpoints.get(OTHER)
+            if stats is not None:
                 return stats
-        return None
+        stats = EndpointStats(endpoint, self.config.diff.samples_per_endpoint)
+        self.endpoints[endpoint] = stats
+        self._by_id[stats.id] = stats
+        return stats
+
+
+_STATUS_CLASSES = {i: f"{i}xx" for i in range(1, 6)}
+
+
+def _count_candidate(stats: EndpointStats, differences: list[Difference], limit: int) -> None:
+    """Field counts for one exchange: each path, and each (path, kind), at most once."""
+    counted: set[str] = set()
+    kinds_counted: set[tuple[str, str]] = set()
+    for difference in differences:
+        path, field = stats.field(difference.generic_path, limit)
+        kind = difference.kind.value
+        if (path, kind) not in kinds_counted:
+            kinds_counted.add((path, kind))
+            field.kinds[kind] = field.kinds.get(kind, 0) + 1
+        if path not in counted:
+            counted.add(path)
+            field.divergent += 1
+            if looks_volatile(difference.reference) and looks_volatile(difference.other):
+                field.volatile += 1
+
+
+def _server_timing(stats: EndpointStats, target: str, headers: Headers) -> None:
+    for name, fields in parse_server_timing(headers).items():
+        dur = fields.get("dur")
+        if isinstance(dur, float) and (
+            name in stats.timing or len(stats.timing) < SERVER_TIMING_METRICS
+        ):
+            cell = stats.timing.setdefault(name, {}).setdefault(target, [0.0, 0])
+            cell[0] += dur
+            cell[1] += 1
+
+
+# -- samples ----------------------------------------------------------------------------------
+def is_sample_secret(name: str) -> bool:
+    """Header names whose values samples never show: the redaction list of ``shadowd.redact``,
+    and any name that mentions a key (``X-Api-Key``, ``X-Signing-Key``...)."""
+    return is_secret_name(name) or "key" in name.lower()
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SAMPLE_VALUE_CHARS else text[:SAMPLE_VALUE_CHARS] + "…"
+
+
+def sample_headers(headers: Headers) -> list[list[str]]:
+    """Request headers as a sample shows them: at most ``SAMPLE_HEADERS``, secrets replaced
+    by ``[redacted]``, long values cut."""
+    shown = []
+    for name, value in headers[:SAMPLE_HEADERS]:
+        text = name.decode("latin-1")
+        shown.append([text, MARKER if is_sample_secret(text) else _cut(value.decode("latin-1"))])
+    return shown
 
 
 def _answer_summary(answer: Answer) -> dict[str, Any]:
@@ -195,11 +324,19 @@ def _answer_summary(answer: Answer) -> dict[str, Any]:
 
 
 def _sample(exchange: Exchange, diff: ExchangeDiff) -> dict[str, Any]:
-    """A divergent exchange as the samples endpoint shows it: secrets redacted."""
-    secondary_by_path: dict[str, Difference] = {d.path: d for d in diff.secondary or ()}
-    request = exchange.request
+    """A divergent exchange as the samples endpoint shows it, secrets redacted, bounded."""
+    secondary = exchange.secondary
+    noise_by_path: dict[str, Difference] = {d.path: d for d in diff.secondary or ()}
+    # Where the secondary's diff has no difference at a path, the secondary agrees with the
+    # primary there, as long as it answered and its diff was complete (not cut at the cap).
+    secondary_agrees = (
+        secondary is not None
+        and secondary.error is None
+        and diff.secondary is not None
+        and len(diff.secondary) < MAX_DIFFERENCES
+    )
     differences = []
-    for d in diff.candidate:
+    for d in diff.candidate[:SAMPLE_DIFFERENCES]:
         entry: dict[str, Any] = {
             "path": d.path,
             "generic_path": d.generic_path,
@@ -207,20 +344,23 @@ def _sample(exchange: Exchange, diff: ExchangeDiff) -> dict[str, Any]:
             "primary": redact_value_at(d.path, d.reference),
             "candidate": redact_value_at(d.path, d.other),
         }
-        if exchange.secondary is not None:
-            noise = secondary_by_path.get(d.path)
-            secondary = noise.other if noise is not None else d.reference
-            entry["secondary"] = redact_value_at(d.path, secondary)
+        noise = noise_by_path.get(d.path)
+        if noise is not None:
+            entry["secondary"] = redact_value_at(d.path, noise.other)
+        elif secondary_agrees:
+            entry["secondary"] = entry["primary"]
         differences.append(entry)
+    request = exchange.request
     return {
         "exchange": exchange.id,
         "time": request.received_at,
         "request": {
             "method": request.method,
-            "target": redact_target(request.target),
-            "headers": redact_headers(request.headers),
+            "target": _cut(redact_target(request.target)),
+            "headers": sample_headers(request.headers),
         },
         "answers": {name: _answer_summary(a) for name, a in exchange.answers.items()},
         "differences": differences,
-        "overflow": diff.overflow,
+        # differences not listed: past the sample's own cap, and past the diff engine's
+        "overflow": diff.overflow + max(0, len(diff.candidate) - SAMPLE_DIFFERENCES),
     }

@@ -1,5 +1,9 @@
 """The divergence report: the JSON of ``GET /api/v1/report`` and the table ``shadowd report``
-prints from it. Field decisions (divergent / noise) come from ``shadowd.noise``."""
+prints from it. Field decisions (divergent / noise) come from ``shadowd.noise``.
+
+Everything here reads the aggregator and builds plain dicts (the cold path): the table is
+rendered from the JSON alone, so the CLI can print a report fetched from a remote daemon.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 from shadowd.aggregate import Aggregator, EndpointStats
 from shadowd.noise import DIVERGENT, decide_field
 
-_QUANTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
+QUANTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 
 
 def _ratio(part: int, whole: int) -> float:
@@ -17,13 +21,14 @@ def _ratio(part: int, whole: int) -> float:
 
 
 def _latency(stats: EndpointStats) -> dict[str, dict[str, float | int]]:
+    """Seconds per target. ``count`` is every answer that did not fail (the histogram may
+    hold half of them after 2**32, see ``shadowd.aggregate``)."""
     out: dict[str, dict[str, float | int]] = {}
     for target, hist in stats.latency.items():
-        count = hist.get_total_count()
-        if not count:
+        if not hist.get_total_count():
             continue
-        entry: dict[str, float | int] = {"count": count}
-        for name, q in _QUANTILES:
+        entry: dict[str, float | int] = {"count": sum(stats.statuses.get(target, {}).values())}
+        for name, q in QUANTILES:
             entry[name] = hist.get_value_at_percentile(q) / 1e6
         entry["max"] = hist.get_max_value() / 1e6
         entry["mean"] = hist.get_mean_value() / 1e6
@@ -31,7 +36,7 @@ def _latency(stats: EndpointStats) -> dict[str, dict[str, float | int]]:
     return out
 
 
-def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
+def _fields(stats: EndpointStats, aggregator: Aggregator) -> list[dict[str, Any]]:
     config = aggregator.config
     has_secondary = config.secondary is not None
     exchanges = stats.exchanges
@@ -59,7 +64,13 @@ def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
                 "why": decision.why,
             }
         )
-    fields.sort(key=lambda f: (-f["divergent"], f["path"]))
+    fields.sort(key=lambda f: (-f["divergent"], -f["noise"], f["path"]))
+    return fields
+
+
+def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
+    exchanges = stats.exchanges
+    fields = _fields(stats, aggregator)
     # Exchanges are not re-judged one by one when noise estimates move, so the endpoint's
     # rate beyond noise is that of its worst divergent field (a lower bound of the share of
     # exchanges with any real divergence).
@@ -76,7 +87,7 @@ def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
         "noisy": stats.noisy,
         "noise_ratio": _ratio(stats.noisy, exchanges),
         "errors": {t: n for t, n in stats.errors.items() if n},
-        "status": {t: dict(c) for t, c in stats.statuses.items() if c},
+        "status": {t: dict(sorted(c.items())) for t, c in stats.statuses.items() if c},
         "latency": _latency(stats),
         "fields": fields,
         "unlisted_differences": stats.overflow,
@@ -93,17 +104,20 @@ def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
 
 
 def build_report(aggregator: Aggregator, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report since the start or the last reset. ``status`` (the daemon's mirroring
+    status) is copied under ``mirroring``. Endpoints come worst first: by their rate beyond
+    noise, then divergent exchanges, then exchanges."""
     now = time.time()
     endpoints = [_endpoint(s, aggregator) for s in aggregator.endpoints.values()]
     endpoints.sort(
-        key=lambda e: (-e["divergent_beyond_noise_ratio"], -e["divergent"], e["endpoint"])
+        key=lambda e: (
+            -e["divergent_beyond_noise_ratio"],
+            -e["divergent"],
+            -e["exchanges"],
+            e["endpoint"],
+        )
     )
-    exchanges = sum(e["exchanges"] for e in endpoints)
-    divergent = sum(e["divergent"] for e in endpoints)
-    errors: dict[str, int] = {}
-    for e in endpoints:
-        for target, n in e["errors"].items():
-            errors[target] = errors.get(target, 0) + n
+    totals = aggregator.totals
     config = aggregator.config
     absorbed: dict[str, int] = {}
     for e in endpoints:
@@ -111,19 +125,20 @@ def build_report(aggregator: Aggregator, status: dict[str, Any] | None = None) -
             absorbed[rule] = absorbed.get(rule, 0) + n
     return {
         "generated_at": now,
+        "started_at": aggregator.started_at,
+        "window": {"since": aggregator.reset_at, "seconds": max(0.0, now - aggregator.reset_at)},
+        "targets": {t.name: t.url for t in (config.primary, *config.mirror_targets)},
         "rules": [
             {"name": r.name, "why": r.why, "action": r.action, "absorbed": absorbed.get(r.name, 0)}
             for r in config.diff.rules
         ],
-        "window": {"since": aggregator.reset_at, "seconds": now - aggregator.reset_at},
-        "targets": {t.name: t.url for t in (config.primary, *config.mirror_targets)},
-        "mirroring": status or {},
+        "mirroring": dict(status) if status else {},
         "totals": {
-            "exchanges": exchanges,
-            "divergent": divergent,
-            "divergent_ratio": _ratio(divergent, exchanges),
-            "noisy": sum(e["noisy"] for e in endpoints),
-            "errors": errors,
+            "exchanges": totals.exchanges,
+            "divergent": totals.divergent,
+            "divergent_ratio": _ratio(totals.divergent, totals.exchanges),
+            "noisy": totals.noisy,
+            "errors": {t: n for t, n in totals.errors.items() if n},
             "endpoints": len(endpoints),
         },
         "endpoints": endpoints,
@@ -131,6 +146,7 @@ def build_report(aggregator: Aggregator, status: dict[str, Any] | None = None) -
 
 
 def endpoint_samples(aggregator: Aggregator, endpoint_id: str) -> dict[str, Any] | None:
+    """The recent divergent exchanges of one endpoint, newest first; None for an unknown id."""
     stats = aggregator.by_id(endpoint_id)
     if stats is None:
         return None
@@ -138,11 +154,15 @@ def endpoint_samples(aggregator: Aggregator, endpoint_id: str) -> dict[str, Any]
         "id": stats.id,
         "endpoint": stats.endpoint,
         "exchanges": stats.exchanges,
-        "samples": list(reversed(stats.samples)),  # newest first
+        "divergent": stats.divergent,
+        "samples": list(reversed(stats.samples)),
     }
 
 
 # -- the table -------------------------------------------------------------------------------
+MIN_NAME_WIDTH = 16  # the first column is cut (with "…") to fit the width, never below this
+
+
 def _ms(latency: dict[str, Any], target: str, q: str) -> str:
     value = latency.get(target, {}).get(q)
     return "-" if value is None else f"{value * 1000:.1f}"
@@ -152,8 +172,18 @@ def _pct(value: float) -> str:
     return f"{value:.1%}"
 
 
-def _columns(rows: list[list[str]], right: set[int]) -> list[str]:
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+def _columns(rows: list[list[str]], right: set[int], width: int) -> list[str]:
+    """Rows as aligned lines (columns in ``right`` right-aligned), two spaces apart. When the
+    lines would be wider than ``width``, the first column is cut to make room."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    others = sum(widths[1:]) + 2 * (len(widths) - 1)
+    if widths[0] + others > width:
+        widths[0] = max(MIN_NAME_WIDTH, width - others)
+        rows = [[_cut(row[0], widths[0]), *row[1:]] for row in rows]
     return [
         "  ".join(
             cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
@@ -163,14 +193,20 @@ def _columns(rows: list[list[str]], right: set[int]) -> list[str]:
     ]
 
 
-def render_table(report: dict[str, Any], *, max_fields: int = 8) -> str:
+def _pair(values: dict[str, Any], default: Any = 0) -> str:
+    return f"{values.get('candidate', default)}/{values.get('primary', default)}"
+
+
+def _header(report: dict[str, Any]) -> list[str]:
     totals = report["totals"]
-    mirroring = report.get("mirroring") or {}
+    errors = totals.get("errors") or {}
     lines = [
         f"shadowd report: {totals['exchanges']} exchanges over "
         f"{report['window']['seconds']:.0f}s, {totals['divergent']} divergent "
-        f"({_pct(totals['divergent_ratio'])}), {totals['noisy']} with noise",
+        f"({_pct(totals['divergent_ratio'])}), {totals['noisy']} with noise"
+        + (f", errors c/p {_pair(errors)}" if errors else "")
     ]
+    mirroring = report.get("mirroring") or {}
     if mirroring:
         dropped = {k: v for k, v in (mirroring.get("dropped") or {}).items() if v}
         lines.append(
@@ -179,48 +215,60 @@ def render_table(report: dict[str, Any], *, max_fields: int = 8) -> str:
             f"dropped {sum(dropped.values())}"
             + (f" ({', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else "")
         )
-    lines.append("")
+    return lines
+
+
+def render_table(report: dict[str, Any], *, width: int = 100, max_fields: int = 8) -> str:
+    """What ``shadowd report`` prints: totals and mirroring, one row per endpoint, then the
+    top ``max_fields`` fields of each endpoint that differs. Lines fit ``width`` columns
+    (endpoint names and paths are cut when they must be)."""
+    lines = [*_header(report), ""]
     if not report["endpoints"]:
         lines.append("No exchanges yet: send traffic through the ingress.")
         return "\n".join(lines)
     rows = [
         [
             "endpoint",
-            "id",
             "exchanges",
             "diverge",
             "any diff",
             "noise",
             "errors c/p",
+            "5xx c/p",
             "p50 ms p/c",
             "p99 ms p/c",
         ]
     ]
     for e in report["endpoints"]:
         lat = e["latency"]
+        status = e.get("status") or {}
         rows.append(
             [
                 e["endpoint"],
-                e["id"],
                 str(e["exchanges"]),
                 _pct(e.get("divergent_beyond_noise_ratio", e["divergent_ratio"])),
                 _pct(e["divergent_ratio"]),
                 _pct(e["noise_ratio"]),
-                f"{e['errors'].get('candidate', 0)}/{e['errors'].get('primary', 0)}",
+                _pair(e["errors"]),
+                _pair({t: c.get("5xx", 0) for t, c in status.items()}),
                 f"{_ms(lat, 'primary', 'p50')}/{_ms(lat, 'candidate', 'p50')}",
                 f"{_ms(lat, 'primary', 'p99')}/{_ms(lat, 'candidate', 'p99')}",
             ]
         )
-    lines += _columns(rows, right={2, 3, 4, 5, 6, 7, 8})
+    lines += _columns(rows, right=set(range(1, 9)), width=width)
     lines.append(
-        "(diverge: worst field beyond noise; any diff: exchanges with any difference, "
-        "noise included; c/p: candidate/primary)"
+        "(diverge: worst field beyond noise; any diff: exchanges with any difference, noise "
+        "included; errors: no complete answer; c/p: candidate/primary)"
     )
     for e in report["endpoints"]:
         fields = [f for f in e["fields"] if f["divergent"] or f["noise"]]
         if not fields:
             continue
-        lines += ["", f"{e['endpoint']}  ({e['exchanges']} exchanges)"]
+        lines += [
+            "",
+            f"{e['endpoint']}  ({e['exchanges']} exchanges; samples: "
+            f"shadowd report --samples {e['id']})",
+        ]
         frows = [["  field", "kinds", "divergent", "noise", "decision"]]
         for f in fields[:max_fields]:
             kinds = ",".join(f"{k}:{n}" for k, n in sorted(f["kinds"].items()))
@@ -233,21 +281,35 @@ def render_table(report: dict[str, Any], *, max_fields: int = 8) -> str:
                     f["decision"],
                 ]
             )
-        lines += _columns(frows, right={2, 3})
+        lines += _columns(frows, right={2, 3}, width=width)
         if len(fields) > max_fields:
             lines.append(f"  ... {len(fields) - max_fields} more fields (--json for all)")
     return "\n".join(lines)
 
 
+def _answers(answers: dict[str, Any]) -> str:
+    parts = []
+    for target, a in answers.items():
+        outcome = a["error"] or str(a["status"])
+        parts.append(f"{target} {outcome} {a['latency_ms']:.1f}ms {a['body_bytes']}B")
+    return " | ".join(parts)
+
+
 def render_samples(samples: dict[str, Any]) -> str:
+    """What ``shadowd report --samples ID`` prints: each recent divergent exchange, its
+    answers, and its differences with the primary's, candidate's and secondary's values."""
     lines = [f"{samples['endpoint']}: {len(samples['samples'])} recent divergent exchanges"]
     for sample in samples["samples"]:
         request = sample["request"]
         lines.append(f"\n#{sample['exchange']} {request['method']} {request['target']}")
+        if sample.get("answers"):
+            lines.append(f"  {_answers(sample['answers'])}")
         for d in sample["differences"]:
             extra = f"  secondary={d['secondary']!r}" if "secondary" in d else ""
             lines.append(
                 f"  {d['path']}  {d['kind']}: primary={d['primary']!r} "
                 f"candidate={d['candidate']!r}{extra}"
             )
+        if sample.get("overflow"):
+            lines.append(f"  ... {sample['overflow']} more differences")
     return "\n".join(lines)
