@@ -182,6 +182,8 @@ class Metrics:
             ["verdict"],
             registry=registry,
         )
+        for name in VERDICTS:  # none judged yet: all 0
+            self._verdict.labels(name).set(0)
         self._criteria = Gauge(
             "shadowd_verdict_criterion_passing",
             "1 when a verdict criterion passed at the last judgement, 0 when not",

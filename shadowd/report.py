@@ -7,6 +7,7 @@ rendered from the JSON alone, so the CLI can print a report fetched from a remot
 
 from __future__ import annotations
 
+import textwrap
 import time
 from typing import Any
 
@@ -197,7 +198,7 @@ def _pair(values: dict[str, Any], default: Any = 0) -> str:
     return f"{values.get('candidate', default)}/{values.get('primary', default)}"
 
 
-def _header(report: dict[str, Any]) -> list[str]:
+def _header(report: dict[str, Any], width: int) -> list[str]:
     totals = report["totals"]
     errors = totals.get("errors") or {}
     lines = [
@@ -215,14 +216,14 @@ def _header(report: dict[str, Any]) -> list[str]:
             f"dropped {sum(dropped.values())}"
             + (f" ({', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else "")
         )
-    return lines
+    return [part for line in lines for part in textwrap.wrap(line, width, subsequent_indent="  ")]
 
 
 def render_table(report: dict[str, Any], *, width: int = 100, max_fields: int = 8) -> str:
     """What ``shadowd report`` prints: totals and mirroring, one row per endpoint, then the
     top ``max_fields`` fields of each endpoint that differs. Lines fit ``width`` columns
     (endpoint names and paths are cut when they must be)."""
-    lines = [*_header(report), ""]
+    lines = [*_header(report, width), ""]
     if not report["endpoints"]:
         lines.append("No exchanges yet: send traffic through the ingress.")
         return "\n".join(lines)
@@ -233,15 +234,13 @@ def render_table(report: dict[str, Any], *, width: int = 100, max_fields: int = 
             "diverge",
             "any diff",
             "noise",
-            "errors c/p",
-            "5xx c/p",
+            "err c/p",
             "p50 ms p/c",
             "p99 ms p/c",
         ]
     ]
     for e in report["endpoints"]:
         lat = e["latency"]
-        status = e.get("status") or {}
         rows.append(
             [
                 e["endpoint"],
@@ -250,25 +249,22 @@ def render_table(report: dict[str, Any], *, width: int = 100, max_fields: int = 
                 _pct(e["divergent_ratio"]),
                 _pct(e["noise_ratio"]),
                 _pair(e["errors"]),
-                _pair({t: c.get("5xx", 0) for t, c in status.items()}),
                 f"{_ms(lat, 'primary', 'p50')}/{_ms(lat, 'candidate', 'p50')}",
                 f"{_ms(lat, 'primary', 'p99')}/{_ms(lat, 'candidate', 'p99')}",
             ]
         )
-    lines += _columns(rows, right=set(range(1, 9)), width=width)
-    lines.append(
-        "(diverge: worst field beyond noise; any diff: exchanges with any difference, noise "
-        "included; errors: no complete answer; c/p: candidate/primary)"
+    lines += _columns(rows, right=set(range(1, 8)), width=width)
+    lines += textwrap.wrap(
+        "(diverge: worst field beyond noise; any diff: any difference, noise included; "
+        "err: no complete answer (a 5xx is a status difference); c/p: candidate/primary)",
+        width,
     )
     for e in report["endpoints"]:
         fields = [f for f in e["fields"] if f["divergent"] or f["noise"]]
         if not fields:
             continue
-        lines += [
-            "",
-            f"{e['endpoint']}  ({e['exchanges']} exchanges; samples: "
-            f"shadowd report --samples {e['id']})",
-        ]
+        about = f"  ({e['exchanges']} exchanges; samples: shadowd report --samples {e['id']})"
+        lines += ["", _cut(e["endpoint"], max(MIN_NAME_WIDTH, width - len(about))) + about]
         frows = [["  field", "kinds", "divergent", "noise", "decision"]]
         for f in fields[:max_fields]:
             kinds = ",".join(f"{k}:{n}" for k, n in sorted(f["kinds"].items()))
@@ -305,7 +301,7 @@ def render_samples(samples: dict[str, Any]) -> str:
         if sample.get("answers"):
             lines.append(f"  {_answers(sample['answers'])}")
         for d in sample["differences"]:
-            extra = f"  secondary={d['secondary']!r}" if "secondary" in d else ""
+            extra = f" secondary={d['secondary']!r}" if "secondary" in d else ""
             lines.append(
                 f"  {d['path']}  {d['kind']}: primary={d['primary']!r} "
                 f"candidate={d['candidate']!r}{extra}"
