@@ -39,6 +39,9 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except ConfigError as exc:  # found only when starting (e.g. the token file changed)
+        print(exc, file=sys.stderr)
+        return 2
     except OSError as exc:  # typically: the listen address is taken
         print(f"shadowd: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -50,6 +50,7 @@ from shadowd.config_readers import (
     size,
     string,
     strings,
+    token_file,
     weights,
 )
 
@@ -122,7 +123,7 @@ CAPTURE = {
 }
 ADMIN = {
     "listen": ("listen", listen),
-    "token_file": ("token_file", existing_file),
+    "token_file": ("token_file", token_file),
 }
 VERDICT = {
     "min_exchanges": ("min_exchanges", integer(0)),

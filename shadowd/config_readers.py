@@ -201,6 +201,18 @@ def existing_file(value: Any) -> Path:
     return path
 
 
+def token_file(value: Any) -> Path:
+    """A readable file holding a non-empty bearer token (an empty one would accept anyone)."""
+    path = existing_file(value)
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Invalid(f"cannot read {path}: {exc}") from None
+    if not token:
+        raise Invalid(f"{path} is empty: it must hold the bearer token")
+    return path
+
+
 def header_table(value: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
         raise Invalid(f'must be a table like {{ "X-Name" = "value" }}, got {kind_of(value)}')

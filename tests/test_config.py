@@ -206,3 +206,10 @@ def test_target_url_parts_and_rewrites(tmp_path):
     )
     assert config.candidate.set_headers == (("X-Shadow", "1"),)
     assert config.candidate.remove_headers == frozenset({"x-debug"})
+
+
+def test_empty_token_file_is_refused(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("  \n")
+    (found,) = problems(tmp_path, with_targets(f'[admin]\ntoken_file = "{token}"\n'))
+    assert found.endswith(f"admin.token_file: {token} is empty: it must hold the bearer token")
