@@ -7,6 +7,7 @@ typed attribute here, with its default. Every problem found is reported at once,
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,11 @@ class IngressConfig:
     max_request_body_bytes: int = 10 * MIB
     max_header_bytes: int = 64 * 1024
     idle_timeout: float = 75.0  # seconds a keep-alive client connection may stay idle
+    # Ingress (data plane) processes sharing the listener; 0 = "auto", one per core.
+    workers: int = 0
+
+    def worker_count(self) -> int:
+        return self.workers or max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +182,20 @@ class VerdictConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AnalysisConfig:
+    """The analysis plane: processes that diff the exchange stream (``shadowd.analysis``)."""
+
+    workers: int = 0  # 0 = "auto": one per two cores (the ingress takes the rest)
+    # Bytes of exchange records an ingress worker lets wait for the analysis plane; past it
+    # records are shed and counted (reason "diff_backlog"), never queued on the data plane.
+    queue_bytes: int = 16 * MIB
+    snapshot_interval: float = 1.0  # seconds between two statistics snapshots of a worker
+
+    def worker_count(self) -> int:
+        return self.workers or max(1, (os.cpu_count() or 1) // 2)
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "info"
     format: str = "text"  # "text" | "json"
@@ -189,6 +209,7 @@ class Config:
     candidate: TargetConfig
     secondary: TargetConfig | None = None
     ingress: IngressConfig = IngressConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
     mirror: MirrorConfig = MirrorConfig()
     endpoints: EndpointsConfig = EndpointsConfig()
     diff: DiffConfig = DiffConfig()

@@ -18,6 +18,7 @@ from shadowd.config import (
     DEFAULT_IGNORED_HEADERS,
     RULE_ACTIONS,
     AdminConfig,
+    AnalysisConfig,
     CaptureConfig,
     Config,
     ConfigError,
@@ -52,6 +53,7 @@ from shadowd.config_readers import (
     strings,
     token_file,
     weights,
+    worker_count,
 )
 
 # -- the schema: TOML key -> (dataclass field, reader) ---------------------------------------
@@ -62,6 +64,12 @@ INGRESS = {
     "max_request_body_bytes": ("max_request_body_bytes", size),
     "max_header_bytes": ("max_header_bytes", size),
     "idle_timeout": ("idle_timeout", duration),
+    "workers": ("workers", worker_count),
+}
+ANALYSIS = {
+    "workers": ("workers", worker_count),
+    "queue_bytes": ("queue_bytes", size),
+    "snapshot_interval": ("snapshot_interval", duration),
 }
 TARGET = {
     "url": ("url", string),
@@ -146,6 +154,7 @@ LOGGING = {
 }
 SECTIONS: dict[str, dict[str, tuple[str | None, Reader]]] = {
     "ingress": INGRESS,
+    "analysis": ANALYSIS,
     "targets": {},  # nested tables, read by _targets
     "mirror": MIRROR,
     "endpoints": ENDPOINTS,
@@ -325,6 +334,7 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
         candidate=candidate,
         secondary=targets.get("secondary"),
         ingress=ingress,
+        analysis=AnalysisConfig(**sections.get("analysis", {})),
         mirror=MirrorConfig(**sections.get("mirror", {})),
         endpoints=EndpointsConfig(**sections.get("endpoints", {})),
         diff=DiffConfig(**diff),

@@ -52,6 +52,17 @@ def string(value: Any) -> str:
     return value
 
 
+def worker_count(value: Any) -> int:
+    """``"auto"`` (0: sized from the machine's cores) or a count of processes, 1 to 64."""
+    if value == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f'must be "auto" or a whole number from 1 to 64, got {kind_of(value)}')
+    if not 1 <= value <= 64:
+        raise Invalid(f'must be "auto" or a whole number from 1 to 64, got {value}')
+    return value
+
+
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise Invalid(f"must be true or false, got {kind_of(value)}")
