@@ -139,6 +139,15 @@ class EndpointStats:
             else micros
         )
 
+    def add_latency_histogram(self, target: str, encoded: bytes) -> None:
+        """Add another histogram of this target's latencies (``HdrHistogram.encode()``)."""
+        hist = self.latency.get(target)
+        if hist is None:
+            hist = self.latency[target] = new_latency_histogram()
+        hist.decode_and_add(encoded)
+        if hist.get_total_count() >= _COUNT_LIMIT:
+            self.latency[target] = _halved(hist)
+
     def field(self, path: str, limit: int) -> tuple[str, FieldStats]:
         """The stats of a field path (``<other>`` once ``limit`` paths are known)."""
         stats = self.fields.get(path)
@@ -190,6 +199,10 @@ class Aggregator:
         self.totals = Totals()
         self.reset_at = time.time()
         return cleared
+
+    def stats_for(self, endpoint: str) -> EndpointStats:
+        """The statistics of ``endpoint`` (``other`` past the cap), created on first use."""
+        return self.endpoints.get(endpoint) or self._endpoint(endpoint)
 
     def by_id(self, endpoint_id_: str) -> EndpointStats | None:
         return self._by_id.get(endpoint_id_)

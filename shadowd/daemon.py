@@ -1,13 +1,15 @@
-"""The daemon: builds the stages from a config, starts them, and stops them in one sequence.
+"""One process with both planes, for tests and for embedding shadowd in a Python program.
 
-Data flow: ingress → mirror → upstream pools → diff stage → aggregator → report/admin.
-Everything a CLI user can do, a Python caller can do with ``Daemon(config)``.
+``shadowd run`` does not use this: it runs the supervisor (``shadowd.supervisor``), with the
+data plane and the analysis plane in processes of their own. Here the same two planes share
+one event loop, joined by the same record format: the data plane encodes each finished
+exchange as a capture-format record and the diff stage decodes it, exactly as across
+processes. Everything a CLI user can do, a Python caller can do with ``Daemon(config)``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import signal
 import socket
@@ -19,16 +21,14 @@ from aiohttp import web
 from shadowd import sdnotify
 from shadowd.admin import create_admin_app
 from shadowd.aggregate import Aggregator
+from shadowd.analysis.stage import DiffStage
 from shadowd.capture.writer import CaptureWriter
 from shadowd.config import Config, ConfigError, load_config
-from shadowd.diff.stream import DiffStage
-from shadowd.endpoints import EndpointClassifier
 from shadowd.exchange import Exchange
-from shadowd.ingress.server import Ingress
+from shadowd.ingress.plane import DataPlane, restart_only_changes
 from shadowd.metrics import Metrics
-from shadowd.mirror import Mirror
+from shadowd.stream.handoff import record_payload
 from shadowd.tasks import TaskGroup
-from shadowd.upstream.pool import UpstreamPool
 from shadowd.verdict.evidence import VerdictEvidence
 
 log = logging.getLogger("shadowd")
@@ -54,14 +54,10 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, *, ingress_sock: socket.socket | None = None) -> None:
         config = self.config
-        targets = [config.primary, *config.mirror_targets]
-        self.pools = {t.name: UpstreamPool(t, self._tasks) for t in targets}
-        self.endpoints = EndpointClassifier(config.endpoints)
+        self.plane = DataPlane(config, self.metrics, self._tasks, self._deliver)
+        self.mirror = self.plane.mirror
+        self.ingress = self.plane.ingress
         self.diff_stage = DiffStage(config.diff, self.aggregator, self.evidence, self.metrics)
-        self.mirror = Mirror(config, self.pools, self.metrics, self._deliver)
-        self.ingress = Ingress(
-            config, self.pools[config.primary.name], self.mirror, self.endpoints, self.metrics
-        )
         self._tasks.spawn(self.diff_stage.run(), name="diff-stage")
         self.capture: CaptureWriter | None = None
         if config.capture is not None:
@@ -72,14 +68,14 @@ class Daemon:
                 on_dropped=self.metrics.capture_dropped,
             )
             await self.capture.start()
-            self.exchange_listeners.append(self.capture.submit)
+            self.diff_stage.listeners.append(self.capture.submit)
         # Admin first: a readiness probe may ask before traffic is accepted.
         self._admin_runner = web.AppRunner(create_admin_app(self), access_log=None)
         await self._admin_runner.setup()
         admin = config.admin.listen
         self._admin_site = web.TCPSite(self._admin_runner, admin.host, admin.port)
         await self._admin_site.start()
-        await self.ingress.start(ingress_sock)
+        await self.plane.start(ingress_sock)
         self.started = True
         log.info(
             "listening",
@@ -91,6 +87,10 @@ class Daemon:
                 "secondary": config.secondary.url if config.secondary else None,
             },
         )
+
+    @property
+    def pools(self) -> dict[str, Any]:
+        return self.plane.pools
 
     @property
     def ingress_address(self) -> tuple[str, int]:
@@ -109,17 +109,11 @@ class Daemon:
         if not self.started:
             return
         self.started = False
-        await self.ingress.stop_listening()
-        drained = await self.ingress.drain(grace)
-        if not drained:
-            log.warning("drain deadline passed; remaining client connections were closed")
-        self.mirror.set_enabled(False)
-        await self._wait_mirror_idle(min(grace, 5.0))
+        drained = await self.plane.drain(grace)
         await self.diff_stage.wait_idle(min(grace, 5.0))
         if self.capture is not None and not await self.capture.close(timeout=grace):
             log.warning("capture buffer not fully written at shutdown")
-        for pool in self.pools.values():
-            pool.close()
+        self.plane.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         await self._tasks.cancel_all()
@@ -132,17 +126,6 @@ class Daemon:
                 "captured": self.capture.written if self.capture else None,
             },
         )
-
-    async def _wait_mirror_idle(self, timeout: float) -> None:
-        # Copies in flight each have their own deadline (the target timeout); this wait is
-        # bounded by ours as well.
-        try:
-            async with asyncio.timeout(timeout):
-                await self.mirror.wait_idle()
-        except TimeoutError:
-            log.warning(
-                "copies still in flight at shutdown", extra={"in_flight": self.mirror.in_flight}
-            )
 
     async def run_until_signalled(self) -> None:
         """Run until SIGTERM/SIGINT; a second signal stops at once."""
@@ -190,46 +173,11 @@ class Daemon:
     def reconfigure(self, new: Config) -> None:
         """Apply a validated config without dropping connections or statistics. The listen
         addresses and the ingress mode are kept: changing those needs a restart."""
-        old = self.config
-        restart_only = [
-            key
-            for key, before, after in (
-                ("ingress.listen", old.ingress.listen, new.ingress.listen),
-                ("ingress.mode", old.ingress.mode, new.ingress.mode),
-                ("admin.listen", old.admin.listen, new.admin.listen),
-                ("admin.token_file", old.admin.token_file, new.admin.token_file),
-                ("capture", old.capture, new.capture),
-            )
-            if before != after
-        ]
+        new, restart_only = restart_only_changes(self.config, new)
         if restart_only:
             log.warning("these changes need a restart and were not applied: %s", restart_only)
-            new = dataclasses.replace(
-                new,
-                ingress=dataclasses.replace(
-                    new.ingress, listen=old.ingress.listen, mode=old.ingress.mode
-                ),
-                admin=old.admin,
-                capture=old.capture,
-            )
-        targets = [new.primary, *new.mirror_targets]
-        pools = {}
-        for target in targets:
-            pool = self.pools.get(target.name)
-            if pool is None or pool.target != target:
-                pool = UpstreamPool(target, self._tasks)
-            pools[target.name] = pool
-        for name, pool in self.pools.items():
-            if pools.get(name) is not pool:
-                pool.close()  # idle connections now; busy ones after their answer
-        self.pools = pools
-        if new.endpoints != old.endpoints:
-            self.endpoints = EndpointClassifier(new.endpoints)
-            self.ingress.endpoints = self.endpoints
+        self.plane.reconfigure(new)
         self.config = new
-        self.mirror.reconfigure(new, pools)
-        self.ingress.primary_pool = pools[new.primary.name]
-        self.ingress.configure(new)
         self.diff_stage.config = new.diff
         self.aggregator.config = new
         log.info("config reloaded", extra={"source": new.source, "digest": new.digest[:12]})
@@ -244,7 +192,7 @@ class Daemon:
     def _deliver(self, exchange: Exchange) -> None:
         for listener in self.exchange_listeners:
             listener(exchange)
-        self.diff_stage.submit(exchange)
+        self.diff_stage.submit(record_payload(exchange))
 
     # -- AdminControl ----------------------------------------------------------------------
     def mirror_status(self) -> dict[str, Any]:

@@ -16,7 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.metrics_core import Metric
 
 from shadowd import __version__
 from shadowd.config import Config
@@ -24,8 +31,12 @@ from shadowd.diff.model import ExchangeDiff
 from shadowd.endpoints import OTHER
 from shadowd.exchange import ERROR_KINDS, TARGET_NAMES, Exchange
 
+# Nobody reads the per-series creation time, and it doubles the size of every scrape.
+disable_created_metrics()
+
 DROP_REASONS = (
     "queue_full",
+    "analysis_down",  # no analysis worker is connected to this ingress worker
     "request_body_too_large",
     "diff_backlog",
     "client_gone",  # the client left before the primary's answer: nothing to compare with
@@ -71,9 +82,7 @@ class Metrics:
     def __init__(self, config: Config) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self._max_endpoints = config.endpoints.max
-        Gauge("shadowd_build_info", "shadowd version", ["version"], registry=registry).labels(
-            __version__
-        ).set(1)
+        _build_info(registry)
         self._exchanges = Counter(
             "shadowd_exchanges",
             "Answers received per target and endpoint (mirrored exchanges)",
@@ -137,9 +146,7 @@ class Metrics:
             registry=registry,
         )
         self._skipped = {r: self._skipped_metric.labels(r) for r in SKIP_REASONS}
-        self._enabled = Gauge(
-            "shadowd_mirror_enabled", "1 when mirroring is on (the kill switch)", registry=registry
-        )
+        self._enabled = _mirror_enabled(registry)
         self._enabled.set(1 if config.mirror.enabled else 0)
         requests = Counter(
             "shadowd_ingress_requests",
@@ -176,20 +183,7 @@ class Metrics:
         self._diff_failures = Counter(
             "shadowd_diff_failures", "Exchanges the diff stage failed on (a bug)", registry=registry
         )
-        self._verdict = Gauge(
-            "shadowd_verdict",
-            "1 for the verdict last judged (pass, fail or inconclusive), 0 for the others",
-            ["verdict"],
-            registry=registry,
-        )
-        for name in VERDICTS:  # none judged yet: all 0
-            self._verdict.labels(name).set(0)
-        self._criteria = Gauge(
-            "shadowd_verdict_criterion_passing",
-            "1 when a verdict criterion passed at the last judgement, 0 when not",
-            ["criterion", "scope"],
-            registry=registry,
-        )
+        self._verdict, self._criteria = _verdict_series(registry)
         self._endpoints: dict[str, _EndpointSeries] = {}
         self._other_endpoint: _EndpointSeries | None = None
 
@@ -293,14 +287,7 @@ class Metrics:
 
     def observe_verdict(self, verdict: Any) -> None:
         """Publish the last verdict (``shadowd.verdict.judge.Verdict``) as gauges."""
-        for name in VERDICTS:
-            self._verdict.labels(name).set(1 if verdict.verdict == name else 0)
-        self._criteria.clear()  # endpoints come and go between judgements: no stale series
-        for criterion in verdict.criteria:
-            scope = criterion.scope
-            if scope != "overall":
-                scope = self.endpoint_label(scope)
-            self._criteria.labels(criterion.name, scope).set(1 if criterion.status == "pass" else 0)
+        _publish_verdict(self._verdict, self._criteria, verdict, self.endpoint_label)
 
     # -- for the admin API's mirroring status (cold) --------------------------------------
     def mirror_dropped_counts(self) -> dict[str, int]:
@@ -318,3 +305,194 @@ def _counts_by_label(counter: Counter, label: str) -> dict[str, int]:
             if sample.name.endswith("_total"):
                 counts[sample.labels[label]] = int(sample.value)
     return counts
+
+
+# -- series the supervisor owns, and the merge of every worker's series ---------------------
+def _build_info(registry: CollectorRegistry) -> None:
+    Gauge("shadowd_build_info", "shadowd version", ["version"], registry=registry).labels(
+        __version__
+    ).set(1)
+
+
+def _mirror_enabled(registry: CollectorRegistry) -> Gauge:
+    return Gauge(
+        "shadowd_mirror_enabled", "1 when mirroring is on (the kill switch)", registry=registry
+    )
+
+
+def _verdict_series(registry: CollectorRegistry) -> tuple[Gauge, Gauge]:
+    verdict = Gauge(
+        "shadowd_verdict",
+        "1 for the verdict last judged (pass, fail or inconclusive), 0 for the others",
+        ["verdict"],
+        registry=registry,
+    )
+    for name in VERDICTS:  # none judged yet: all 0
+        verdict.labels(name).set(0)
+    criteria = Gauge(
+        "shadowd_verdict_criterion_passing",
+        "1 when a verdict criterion passed at the last judgement, 0 when not",
+        ["criterion", "scope"],
+        registry=registry,
+    )
+    return verdict, criteria
+
+
+def _publish_verdict(
+    verdict_gauge: Gauge, criteria: Gauge, verdict: Any, label: Callable[[str], str]
+) -> None:
+    for name in VERDICTS:
+        verdict_gauge.labels(name).set(1 if verdict.verdict == name else 0)
+    criteria.clear()  # endpoints come and go between judgements: no stale series
+    for criterion in verdict.criteria:
+        scope = criterion.scope
+        if scope != "overall":
+            scope = label(scope)
+        criteria.labels(criterion.name, scope).set(1 if criterion.status == "pass" else 0)
+
+
+# What the supervisor publishes itself; workers' copies of these are not merged.
+SUPERVISOR_FAMILIES = frozenset(
+    {
+        "shadowd_build_info",
+        "shadowd_mirror_enabled",
+        "shadowd_verdict",
+        "shadowd_verdict_criterion_passing",
+    }
+)
+_SUMMABLE_AFTER_EXIT = frozenset({"counter", "histogram"})
+
+# [name, type, documentation, [[sample name, labels, value], ...]]
+Families = list[list[Any]]
+
+
+def export_families(registry: CollectorRegistry) -> Families:
+    """A worker's series as plain data for the supervisor (``MergedSeries``)."""
+    out: Families = []
+    for family in registry.collect():
+        if family.name in SUPERVISOR_FAMILIES:
+            continue
+        out.append(
+            [
+                family.name,
+                family.type,
+                family.documentation,
+                [[s.name, s.labels, s.value] for s in family.samples],
+            ]
+        )
+    return out
+
+
+class MergedSeries:
+    """A Prometheus collector that adds up the series of every worker process.
+
+    Counters and histogram buckets add; gauges (queue depth, connections, in-flight) add too,
+    since each worker reports its own share. A worker that exits leaves its counters and
+    histograms behind (``retire``), so a restart never makes a counter go down."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, Families] = {}
+        self._retired: Families = []
+
+    def update(self, worker: str, families: Families) -> None:
+        self._live[worker] = families
+
+    def retire(self, worker: str) -> None:
+        families = self._live.pop(worker, None)
+        if families:
+            kept = [f for f in families if f[1] in _SUMMABLE_AFTER_EXIT]
+            self._retired = _sum_families([self._retired, kept])
+
+    def value(self, sample_name: str, **labels: str) -> float:
+        """The merged value of one series (0 when absent)."""
+        total = 0.0
+        for families in (*self._live.values(), self._retired):
+            for _, _, _, samples in families:
+                for name, sample_labels, value in samples:
+                    if name == sample_name and all(
+                        sample_labels.get(k) == v for k, v in labels.items()
+                    ):
+                        total += value
+        return total
+
+    def by_label(self, sample_name: str, label: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for families in (*self._live.values(), self._retired):
+            for _, _, _, samples in families:
+                for name, sample_labels, value in samples:
+                    if name == sample_name and label in sample_labels:
+                        key = sample_labels[label]
+                        counts[key] = counts.get(key, 0) + int(value)
+        return counts
+
+    def collect(self) -> Any:
+        for name, typ, doc, samples in _sum_families([*self._live.values(), self._retired]):
+            metric = Metric(name, doc, typ)
+            for sample_name, labels, value in samples:
+                metric.add_sample(sample_name, labels, value)
+            yield metric
+
+
+def _sum_families(sources: list[Families]) -> Families:
+    merged: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
+    for families in sources:
+        for name, typ, doc, samples in families:
+            entry = merged.get(name)
+            if entry is None:
+                entry = merged[name] = (typ, doc, {})
+            values = entry[2]
+            for sample_name, labels, value in samples:
+                key = (sample_name, tuple(sorted(labels.items())))
+                values[key] = values.get(key, 0.0) + value
+    return [
+        [name, typ, doc, [[sn, dict(lb), v] for (sn, lb), v in values.items()]]
+        for name, (typ, doc, values) in merged.items()
+    ]
+
+
+class SupervisorMetrics:
+    """The supervisor's registry: its own series (build, kill switch, verdict, workers) and
+    the merged series of every worker."""
+
+    def __init__(self, config: Config, merged: MergedSeries) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=False)
+        _build_info(registry)
+        self._enabled = _mirror_enabled(registry)
+        self._enabled.set(1 if config.mirror.enabled else 0)
+        self._verdict, self._criteria = _verdict_series(registry)
+        self._restarts = Counter(
+            "shadowd_worker_restarts",
+            "Worker processes that died and were started again, per role",
+            ["role"],
+            registry=registry,
+        )
+        self._alive = Gauge(
+            "shadowd_workers", "Worker processes running now, per role", ["role"], registry=registry
+        )
+        for role in ("ingress", "analysis"):
+            self._restarts.labels(role)
+            self._alive.labels(role).set(0)
+        self.merged = merged
+        registry.register(merged)  # type: ignore[arg-type]
+        self._endpoint_label: Callable[[str], str] = lambda name: name
+
+    def set_mirror_enabled(self, enabled: bool) -> None:
+        self._enabled.set(1 if enabled else 0)
+
+    def worker_restarted(self, role: str) -> None:
+        self._restarts.labels(role).inc()
+
+    def set_workers(self, role: str, alive: int) -> None:
+        self._alive.labels(role).set(alive)
+
+    def label_endpoints_with(self, label: Callable[[str], str]) -> None:
+        self._endpoint_label = label
+
+    def observe_verdict(self, verdict: Any) -> None:
+        _publish_verdict(self._verdict, self._criteria, verdict, self._endpoint_label)
+
+    def mirror_dropped_counts(self) -> dict[str, int]:
+        return self.merged.by_label("shadowd_mirror_dropped_total", "reason")
+
+    def mirror_skipped_counts(self) -> dict[str, int]:
+        return self.merged.by_label("shadowd_mirror_skipped_total", "reason")

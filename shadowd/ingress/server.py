@@ -66,7 +66,16 @@ class Ingress:
     def connections(self) -> int:
         return len(self._connections)
 
-    async def start(self, sock: socket.socket | None = None) -> None:
+    async def start(
+        self,
+        sock: socket.socket | None = None,
+        *,
+        port: int | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        """Listen on ``sock`` (inherited or shared), or bind ``[ingress] listen`` (``port``
+        overrides its port). ``reuse_port``: one of several processes bound to the same
+        address with SO_REUSEPORT, among which the kernel spreads new connections."""
         loop = asyncio.get_running_loop()
         listen = self.config.ingress.listen
         if sock is not None:
@@ -75,9 +84,10 @@ class Ingress:
             self._server = await loop.create_server(
                 self._connection_factory,
                 listen.host,
-                listen.port,
+                listen.port if port is None else port,
                 backlog=4096,
                 reuse_address=True,
+                reuse_port=reuse_port or None,
             )
         self._on_tick()
 

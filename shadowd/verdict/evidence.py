@@ -86,12 +86,19 @@ class VerdictEvidence:
         self.endpoints: dict[str, EndpointEvidence] = {}
         self.overall = EndpointEvidence(reservoir * 4)
 
-    def record(self, exchange: Exchange, diff: ExchangeDiff | None = None) -> None:
-        endpoint = self.endpoints.get(exchange.endpoint)
+    def endpoint_for(self, name: str) -> EndpointEvidence | None:
+        """The evidence of an endpoint, created on first use; None past the endpoint cap."""
+        endpoint = self.endpoints.get(name)
         if endpoint is None:
             if len(self.endpoints) >= self._max_endpoints + 1:  # +1: the "other" endpoint
-                return
-            endpoint = self.endpoints[exchange.endpoint] = EndpointEvidence(self._reservoir)
+                return None
+            endpoint = self.endpoints[name] = EndpointEvidence(self._reservoir)
+        return endpoint
+
+    def record(self, exchange: Exchange, diff: ExchangeDiff | None = None) -> None:
+        endpoint = self.endpoint_for(exchange.endpoint)
+        if endpoint is None:
+            return
         answers = exchange.answers
         for name, answer in answers.items():
             endpoint.errors[name].add(answer)

@@ -1,0 +1,170 @@
+"""Mergeable statistics: what an analysis worker publishes, and how the supervisor adds it up.
+
+An analysis worker fills an ``Aggregator`` and a ``VerdictEvidence`` for one interval, then
+ships them as a *delta* snapshot (plain msgpack-ready data) and starts afresh; the supervisor
+merges every delta into the one cumulative view the admin API serves. Everything merges
+exactly: counters add, HDR histograms add bucket by bucket (``hdrh``'s encode/``decode_and_add``),
+field counts add under the same caps as in one process, samples join a bounded deque. Latency
+pair reservoirs merge into a uniform sample of the union (a hypergeometric split), so N
+workers give the same distribution of evidence as one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from shadowd.aggregate import SERVER_TIMING_METRICS, Aggregator, EndpointStats
+from shadowd.verdict.evidence import EndpointEvidence, ErrorTally, PairReservoir, VerdictEvidence
+
+SNAPSHOT_VERSION = 1
+
+
+# -- statistics -> snapshot ------------------------------------------------------------------
+def snapshot_of(aggregator: Aggregator, evidence: VerdictEvidence) -> dict[str, Any]:
+    return {
+        "v": SNAPSHOT_VERSION,
+        "endpoints": [_endpoint_snapshot(s) for s in aggregator.endpoints.values()],
+        "evidence": {
+            "overall": _evidence_snapshot(evidence.overall),
+            "endpoints": {n: _evidence_snapshot(e) for n, e in evidence.endpoints.items()},
+        },
+    }
+
+
+def _endpoint_snapshot(stats: EndpointStats) -> dict[str, Any]:
+    return {
+        "name": stats.endpoint,
+        "exchanges": stats.exchanges,
+        "divergent": stats.divergent,
+        "noisy": stats.noisy,
+        "overflow": stats.overflow,
+        "by_digest": stats.by_digest,
+        "errors": stats.errors,
+        "statuses": stats.statuses,
+        "latency": {t: h.encode() for t, h in stats.latency.items() if h.get_total_count()},
+        "fields": {
+            path: [f.divergent, f.noise, f.volatile, f.kinds] for path, f in stats.fields.items()
+        },
+        "samples": list(stats.samples),
+        "last_sample_at": stats.last_sample_at,
+        "absorbed": stats.absorbed,
+        "timing": stats.timing,
+    }
+
+
+def _evidence_snapshot(ev: EndpointEvidence) -> dict[str, Any]:
+    primary, candidate = ev.pairs.arrays()
+    return {
+        "seen": ev.pairs.seen,
+        "primary": primary.tobytes(),
+        "candidate": candidate.tobytes(),
+        "errors": {t: [e.answers, e.errors, e.by_kind] for t, e in ev.errors.items()},
+    }
+
+
+# -- snapshot -> cumulative statistics ------------------------------------------------------
+def merge_snapshot(
+    aggregator: Aggregator,
+    evidence: VerdictEvidence,
+    snapshot: dict[str, Any],
+    rng: np.random.Generator,
+) -> None:
+    """Add one delta snapshot to cumulative statistics (caps applied as in one process)."""
+    limit = aggregator.config.diff.max_fields_per_endpoint
+    totals = aggregator.totals
+    for snap in snapshot["endpoints"]:
+        stats = aggregator.stats_for(snap["name"])
+        stats.exchanges += snap["exchanges"]
+        stats.divergent += snap["divergent"]
+        stats.noisy += snap["noisy"]
+        stats.overflow += snap["overflow"]
+        stats.by_digest += snap["by_digest"]
+        totals.exchanges += snap["exchanges"]
+        totals.divergent += snap["divergent"]
+        totals.noisy += snap["noisy"]
+        for target, count in snap["errors"].items():
+            stats.errors[target] = stats.errors.get(target, 0) + count
+            totals.errors[target] = totals.errors.get(target, 0) + count
+        for target, classes in snap["statuses"].items():
+            mine = stats.statuses.setdefault(target, {})
+            for status_class, count in classes.items():
+                mine[status_class] = mine.get(status_class, 0) + count
+        for target, encoded in snap["latency"].items():
+            stats.add_latency_histogram(target, encoded)
+        for path, (divergent, noise, volatile, kinds) in snap["fields"].items():
+            _, fld = stats.field(path, limit)
+            fld.divergent += divergent
+            fld.noise += noise
+            fld.volatile += volatile
+            for kind, count in kinds.items():
+                fld.kinds[kind] = fld.kinds.get(kind, 0) + count
+        for sample in snap["samples"]:
+            stats.samples.append(sample)
+        stats.last_sample_at = max(stats.last_sample_at, snap["last_sample_at"])
+        for rule, count in snap["absorbed"].items():
+            stats.absorbed[rule] = stats.absorbed.get(rule, 0) + count
+        for metric, by_target in snap["timing"].items():
+            if metric not in stats.timing and len(stats.timing) >= SERVER_TIMING_METRICS:
+                continue
+            mine_t = stats.timing.setdefault(metric, {})
+            for target, (total, count) in by_target.items():
+                cell = mine_t.setdefault(target, [0.0, 0])
+                cell[0] += total
+                cell[1] += count
+    ev = snapshot["evidence"]
+    _merge_evidence(evidence.overall, ev["overall"], rng)
+    for name, snap in ev["endpoints"].items():
+        endpoint = evidence.endpoint_for(name)
+        if endpoint is not None:
+            _merge_evidence(endpoint, snap, rng)
+
+
+def _merge_evidence(ev: EndpointEvidence, snap: dict[str, Any], rng: np.random.Generator) -> None:
+    for target, (answers, errors, by_kind) in snap["errors"].items():
+        tally = ev.errors.setdefault(target, ErrorTally())
+        tally.answers += answers
+        tally.errors += errors
+        for kind, count in by_kind.items():
+            tally.by_kind[kind] = tally.by_kind.get(kind, 0) + count
+    merge_reservoir(
+        ev.pairs,
+        snap["seen"],
+        np.frombuffer(snap["primary"], dtype=np.float64),
+        np.frombuffer(snap["candidate"], dtype=np.float64),
+        rng,
+    )
+
+
+def merge_reservoir(
+    reservoir: PairReservoir,
+    seen: int,
+    primary: np.ndarray,
+    candidate: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """Make ``reservoir`` a uniform sample of its pairs and another reservoir's (``seen``
+    pairs, of which ``primary``/``candidate`` are a uniform sample). With both samples
+    uniform, drawing how many come from each side from the hypergeometric law and then that
+    many at random from each keeps the union's sample uniform."""
+    if not seen:
+        return
+    capacity = reservoir.capacity
+    mine = min(reservoir.seen, capacity)
+    total = reservoir.seen + seen
+    if total <= capacity:
+        n = len(primary)
+        reservoir.primary[mine : mine + n] = primary
+        reservoir.candidate[mine : mine + n] = candidate
+        reservoir.seen = total
+        return
+    from_other = int(rng.hypergeometric(seen, reservoir.seen, capacity))
+    keep_mine = capacity - from_other
+    mine_idx = rng.choice(mine, size=keep_mine, replace=False) if keep_mine else []
+    other_idx = rng.choice(len(primary), size=from_other, replace=False)
+    new_primary = np.concatenate([reservoir.primary[:mine][mine_idx], primary[other_idx]])
+    new_candidate = np.concatenate([reservoir.candidate[:mine][mine_idx], candidate[other_idx]])
+    reservoir.primary[:capacity] = new_primary
+    reservoir.candidate[:capacity] = new_candidate
+    reservoir.seen = total
