@@ -21,8 +21,8 @@ DEFAULT_ADMIN_URL = "http://127.0.0.1:8471"
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shadowd.daemon import Daemon
     from shadowd.logs import setup_logging
+    from shadowd.supervisor import Supervisor
 
     try:
         config = load_config(args.config)
@@ -33,9 +33,9 @@ def _run(args: argparse.Namespace) -> int:
     _install_uvloop()
 
     async def main() -> None:
-        daemon = Daemon(config)
-        await daemon.start()
-        await daemon.run_until_signalled()
+        supervisor = Supervisor(config)
+        await supervisor.start()
+        await supervisor.run_until_signalled()
 
     try:
         asyncio.run(main())

@@ -219,19 +219,20 @@ class Daemon:
         """Ready when the primary is reachable: a candidate that is down must never take
         production traffic out of a load balancer. Every target's state is reported."""
         names = [t.name for t in (self.config.primary, *self.config.mirror_targets)]
-        results = await asyncio.gather(*(self._probe(self.pools[n].target) for n in names))
+        results = await asyncio.gather(*(probe_target(self.pools[n].target) for n in names))
         targets = {
             name: {"reachable": error is None, "error": error}
             for name, error in zip(names, results, strict=True)
         }
         return {"ready": self.started and targets["primary"]["reachable"], "targets": targets}
 
-    @staticmethod
-    async def _probe(target: Any) -> str | None:
-        try:
-            async with asyncio.timeout(min(1.0, target.connect_timeout)):
-                _, writer = await asyncio.open_connection(target.host, target.port)
-        except (OSError, TimeoutError) as exc:
-            return f"{type(exc).__name__}: {exc}".rstrip(": ")
-        writer.close()
-        return None
+
+async def probe_target(target: Any) -> str | None:
+    """Whether a TCP connection to a target opens within a second: None, or why not."""
+    try:
+        async with asyncio.timeout(min(1.0, target.connect_timeout)):
+            _, writer = await asyncio.open_connection(target.host, target.port)
+    except (OSError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}".rstrip(": ")
+    writer.close()
+    return None

@@ -52,6 +52,7 @@ class DiffStage:
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_failure_log = 0.0
+        self.received = 0  # records submitted (kept or dropped)
         self.diffed = 0
         self.undecodable = 0
         # Called with every decoded exchange before it is diffed (capture, tests): each must
@@ -65,6 +66,7 @@ class DiffStage:
 
     def submit(self, record: bytes) -> None:
         """One record's msgpack payload (``shadowd.capture.format``)."""
+        self.received += 1
         backlog = self._backlog
         if len(backlog) >= self._limit:
             self._metrics.mirror_dropped("diff_backlog")

@@ -190,6 +190,10 @@ class RecordReceiver:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: _ReceiverProtocol(self), self.path)
 
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
     def pause(self) -> None:
         if not self.paused:
             self.paused = True

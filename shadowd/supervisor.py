@@ -1,0 +1,552 @@
+"""The supervisor: what ``shadowd run`` is. It starts the two planes as processes, merges what
+they publish into one view, and serves that view.
+
+    clients ─► ingress worker × N  (relay, copy, hand off records; SO_REUSEPORT)
+                    │ bounded Unix-socket hand-off, shed when full
+               analysis worker × M (decode, diff, statistics; delta snapshots)
+                    │ control channel
+               supervisor          (merge, admin API, /metrics, verdict, signals, restarts)
+
+Nothing here runs on a loop that relays production: the report, the verdict and the metrics
+are built from merged snapshots in this process. A worker that dies is logged, counted
+(``shadowd_worker_restarts_total``) and started again; readiness says so meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import pickle
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from shadowd import sdnotify
+from shadowd.admin import create_admin_app
+from shadowd.aggregate import Aggregator
+from shadowd.analysis.snapshot import merge_snapshot
+from shadowd.config import Config, ConfigError, load_config
+from shadowd.control import Channel, ChannelClosed
+from shadowd.endpoints import OTHER
+from shadowd.ingress.plane import restart_only_changes
+from shadowd.metrics import MergedSeries, Metrics, SupervisorMetrics, export_families
+from shadowd.verdict.evidence import VerdictEvidence
+from shadowd.worker import control_socket
+
+log = logging.getLogger("shadowd")
+
+INGRESS, ANALYSIS = "ingress", "analysis"
+START_TIMEOUT = 30.0  # seconds for a worker to say it is ready
+RESTART_BACKOFF = (0.1, 5.0)  # first and longest pause before starting a dead worker again
+STABLE_AFTER = 10.0  # a worker alive this long has its backoff reset
+
+
+class WorkerProcess:
+    """The supervisor's handle on one worker process."""
+
+    def __init__(self, role: str, index: int) -> None:
+        self.role = role
+        self.index = index
+        self.key = f"{role}-{index}"
+        self.process: asyncio.subprocess.Process | None = None
+        self.channel: Channel | None = None
+        self.ready = asyncio.Event()
+        self.exited = asyncio.Event()
+        self.status: dict[str, Any] = {}
+        self.replied_seq = 0
+        self.replied = asyncio.Event()
+        self.started_at = 0.0
+        self.restarts = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def send(self, message: dict[str, Any]) -> bool:
+        if self.channel is None:
+            return False
+        try:
+            self.channel.send(message)
+        except ChannelClosed:
+            return False
+        return True
+
+
+class Supervisor:
+    """``shadowd run``: ``start()`` returns once every worker is ready and the admin API
+    listens; ``run_until_signalled()`` then serves until SIGTERM/SIGINT."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.aggregator = Aggregator(config)
+        self.evidence = VerdictEvidence(config.endpoints.max)
+        self.merged = MergedSeries()
+        # Every series a worker exports, at 0, before any worker has reported.
+        self.merged.update("baseline", export_families(Metrics(config).registry))
+        self.metrics = SupervisorMetrics(config, self.merged)
+        self.metrics.label_endpoints_with(self._endpoint_label)
+        self.generation = 0  # bumped by each reset; older deltas are discarded
+        self.mirror_enabled = config.mirror.enabled
+        self.started = False
+        self._stopping = False
+        self._rng = np.random.default_rng(0x5AD0)
+        self._seq = 0
+        self._workers: dict[str, WorkerProcess] = {}
+        self._monitors: set[asyncio.Task[None]] = set()
+        self._runtime_dir = ""
+        self._control_server: asyncio.AbstractServer | None = None
+        self._reserved: socket.socket | None = None
+        self._shared_fd: int | None = None
+        self._port = 0
+        self._address: tuple[str, int] = ("", 0)
+        self._admin_runner: web.AppRunner | None = None
+        self._admin_site: web.TCPSite | None = None
+        self._stopped = asyncio.Event()
+        self.merged_at = 0.0  # when the last statistics delta was merged
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self, *, ingress_sock: socket.socket | None = None) -> None:
+        config = self.config
+        self._runtime_dir = tempfile.mkdtemp(prefix="shadowd-")  # 0700: our sockets only
+        try:
+            self._control_server = await asyncio.start_unix_server(
+                self._on_control, control_socket(self._runtime_dir), limit=1 << 30
+            )
+            self._bind_ingress(ingress_sock)
+            analysis = [WorkerProcess(ANALYSIS, i) for i in range(config.analysis.worker_count())]
+            ingress = [WorkerProcess(INGRESS, i) for i in range(config.ingress.worker_count())]
+            # Analysis first: its sockets must exist before the ingress connects to them.
+            await self._start_all(analysis)
+            await self._start_all(ingress)
+            # Admin before traffic is announced: a readiness probe may ask at once.
+            self._admin_runner = web.AppRunner(create_admin_app(self), access_log=None)
+            await self._admin_runner.setup()
+            admin = config.admin.listen
+            self._admin_site = web.TCPSite(self._admin_runner, admin.host, admin.port)
+            await self._admin_site.start()
+        except BaseException:
+            await self._kill_all()
+            self._cleanup_runtime()
+            raise
+        self.started = True
+        log.info(
+            "listening",
+            extra={
+                "ingress": "{}:{}".format(*self.ingress_address),
+                "admin": "{}:{}".format(*self.admin_address),
+                "ingress_workers": len(ingress),
+                "analysis_workers": len(analysis),
+                "primary": config.primary.url,
+                "candidate": config.candidate.url,
+                "secondary": config.secondary.url if config.secondary else None,
+            },
+        )
+
+    def _bind_ingress(self, inherited: socket.socket | None) -> None:
+        """Reserve the ingress address. Workers bind it themselves with SO_REUSEPORT (the
+        kernel then spreads connections evenly); this socket never listens, so it receives
+        none, but it holds the port (port 0 picks one) across worker restarts. An inherited
+        listener (systemd socket activation) is shared by every worker instead."""
+        if inherited is not None:
+            self._shared_fd = inherited.fileno()
+            self._address = inherited.getsockname()[:2]
+            self._port = self._address[1]
+            return
+        listen = self.config.ingress.listen
+        info = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(info[4])
+        self._reserved = sock
+        self._address = sock.getsockname()[:2]
+        self._port = self._address[1]
+
+    @property
+    def ingress_address(self) -> tuple[str, int]:
+        return self._address
+
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        assert self._admin_site is not None and self._admin_site._server is not None
+        sock = self._admin_site._server.sockets[0]  # type: ignore[union-attr]
+        host, port = sock.getsockname()[:2]
+        return host, port
+
+    async def _start_all(self, workers: list[WorkerProcess]) -> None:
+        for worker in workers:
+            self._workers[worker.key] = worker
+            await self._spawn(worker)
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                for worker in workers:
+                    await self._until_ready_or_exit(worker)
+        except TimeoutError:
+            raise RuntimeError(f"{workers[0].role} workers did not start in time") from None
+
+    async def _until_ready_or_exit(self, worker: WorkerProcess) -> None:
+        ready = asyncio.ensure_future(worker.ready.wait())
+        exited = asyncio.ensure_future(worker.exited.wait())
+        await asyncio.wait((ready, exited), return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        exited.cancel()
+        if not worker.ready.is_set():
+            raise OSError(
+                f"{worker.role} worker {worker.index} exited at start "
+                f"(code {worker.process.returncode if worker.process else '?'}); see its log"
+            )
+
+    async def _spawn(self, worker: WorkerProcess) -> None:
+        worker.ready.clear()
+        worker.exited.clear()
+        worker.status = {}
+        worker.channel = None
+        args = [
+            sys.executable,
+            "-m",
+            "shadowd.worker",
+            worker.role,
+            str(worker.index),
+            self._runtime_dir,
+            "--port",
+            str(self._port),
+        ]
+        pass_fds: tuple[int, ...] = ()
+        if worker.role == INGRESS and self._shared_fd is not None:
+            args += ["--fd", str(self._shared_fd)]
+            pass_fds = (self._shared_fd,)
+        process = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.PIPE, pass_fds=pass_fds
+        )
+        assert process.stdin is not None
+        process.stdin.write(pickle.dumps(self._config_for_workers()))
+        await process.stdin.drain()
+        process.stdin.close()
+        worker.process = process
+        worker.started_at = time.monotonic()
+        task = asyncio.get_running_loop().create_task(
+            self._monitor(worker, process), name=f"monitor-{worker.key}"
+        )
+        self._monitors.add(task)
+        task.add_done_callback(self._monitors.discard)
+        self._count_alive()
+
+    def _config_for_workers(self) -> Config:
+        """The config as workers must apply it now: with the kill switch's current state."""
+        config = self.config
+        if config.mirror.enabled != self.mirror_enabled:
+            config = dataclasses.replace(
+                config, mirror=dataclasses.replace(config.mirror, enabled=self.mirror_enabled)
+            )
+        return config
+
+    async def _monitor(self, worker: WorkerProcess, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        worker.exited.set()
+        worker.channel = None
+        self.merged.retire(worker.key)
+        self._count_alive()
+        if self._stopping or not self.started:
+            return
+        worker.restarts += 1
+        self.metrics.worker_restarted(worker.role)
+        lived = time.monotonic() - worker.started_at
+        low, high = RESTART_BACKOFF
+        delay = low if lived > STABLE_AFTER else min(high, low * 2 ** min(worker.restarts, 6))
+        log.error(
+            "%s worker %d exited; starting it again",
+            worker.role,
+            worker.index,
+            extra={"code": code, "pid": process.pid, "restart_in_s": delay},
+        )
+        await asyncio.sleep(delay)
+        if not self._stopping:
+            await self._spawn(worker)
+
+    def _count_alive(self) -> None:
+        for role in (INGRESS, ANALYSIS):
+            self.metrics.set_workers(
+                role, sum(1 for w in self._workers.values() if w.role == role and w.alive)
+            )
+
+    # -- the control channel ---------------------------------------------------------------
+    async def _on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        channel = Channel(reader, writer)
+        worker: WorkerProcess | None = None
+        try:
+            hello = await channel.receive()
+            worker = self._workers.get(f"{hello.get('role')}-{hello.get('index')}")
+            if hello["t"] != "hello" or worker is None:
+                log.error("control: unexpected first message %r", hello.get("t"))
+                return
+            worker.channel = channel
+            while True:
+                self._on_message(worker, await channel.receive())
+        except ChannelClosed:
+            pass
+        except Exception:  # a bug here must not take the supervisor down
+            log.exception("control channel of %s failed", worker.key if worker else "?")
+        finally:
+            if worker is not None and worker.channel is channel:
+                worker.channel = None
+            channel.close()
+
+    def _on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind == "ready":
+            worker.ready.set()
+            self._count_alive()
+        elif kind == "report":
+            self.merged.update(worker.key, message["metrics"])
+            worker.status = message["status"]
+            delta = message.get("delta")
+            if delta is not None and message.get("gen") == self.generation:
+                merge_snapshot(self.aggregator, self.evidence, delta, self._rng)
+                self.merged_at = time.time()
+            seq = message.get("seq")
+            if seq is not None and seq > worker.replied_seq:
+                worker.replied_seq = seq
+                worker.replied.set()
+
+    def _live(self, role: str | None = None) -> list[WorkerProcess]:
+        return [
+            w
+            for w in self._workers.values()
+            if (role is None or w.role == role) and w.channel is not None and w.alive
+        ]
+
+    def _broadcast(self, message: dict[str, Any], role: str | None = None) -> None:
+        for worker in self._live(role):
+            worker.send(message)
+
+    async def _round(
+        self,
+        kind: str = "report_now",
+        timeout: float = 5.0,
+        role: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Send every live worker (of ``role``) ``kind`` and wait until each has answered
+        with a report."""
+        self._seq += 1
+        seq = self._seq
+        waiting = []
+        for worker in self._live(role):
+            worker.replied.clear()
+            if worker.send({"t": kind, "seq": seq, **fields}):
+                waiting.append(worker)
+        try:
+            async with asyncio.timeout(timeout):
+                for worker in waiting:
+                    while worker.replied_seq < seq and worker.alive:
+                        worker.replied.clear()
+                        await worker.replied.wait()
+        except TimeoutError:
+            log.warning("workers did not answer %s in %.1fs", kind, timeout)
+
+    async def settle(self, timeout: float = 10.0) -> bool:
+        """Until every copy sent so far has come back, been handed off, diffed and merged
+        (for the demo, tests and shutdown). False when ``timeout`` passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            await self._round(timeout=max(0.1, deadline - loop.time()))
+            ingress = [w.status for w in self._workers.values() if w.role == INGRESS]
+            analysis = [w.status for w in self._workers.values() if w.role == ANALYSIS]
+            copies = sum(s.get("queue_depth", 0) + s.get("in_flight", 0) for s in ingress)
+            handed = sum(s.get("handed_off", 0) for s in ingress)
+            received = sum(s.get("received", 0) for s in analysis)
+            backlog = sum(s.get("backlog", 0) for s in analysis)
+            if copies == 0 and backlog == 0 and received >= handed:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    # -- stopping --------------------------------------------------------------------------
+    async def stop(self, grace: float = 10.0) -> None:
+        """Drain the ingress workers (clients finish, copies come back), let the analysis
+        workers work off and publish what they received, then close everything."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.started = False
+        await self._round("drain", timeout=grace + 6.0, role=INGRESS, grace=grace)
+        await self._wait_exit(INGRESS, 5.0)
+        await self._round("drain", timeout=grace + 6.0, role=ANALYSIS, grace=min(grace, 5.0))
+        await self._wait_exit(ANALYSIS, 5.0)
+        await self._kill_all()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        if self._control_server is not None:
+            self._control_server.close()
+        if self._reserved is not None:
+            self._reserved.close()
+        for task in list(self._monitors):
+            task.cancel()
+        self._cleanup_runtime()
+        self._stopped.set()
+        log.info(
+            "stopped",
+            extra={"exchanges": self.aggregator.totals.exchanges},
+        )
+
+    async def _wait_exit(self, role: str, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                for worker in self._workers.values():
+                    if worker.role == role and worker.process is not None:
+                        await worker.process.wait()
+        except TimeoutError:
+            log.warning("%s workers did not exit in %.1fs: killed", role, timeout)
+
+    async def _kill_all(self) -> None:
+        for worker in self._workers.values():
+            if worker.alive and worker.process is not None:
+                worker.process.kill()
+        for worker in self._workers.values():
+            if worker.process is not None:
+                await worker.process.wait()
+
+    def _cleanup_runtime(self) -> None:
+        if self._runtime_dir:
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    async def run_until_signalled(self) -> None:
+        """Run until SIGTERM/SIGINT; a second signal stops at once."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                log.warning("second signal: stopping now")
+                for worker in self._workers.values():
+                    if worker.alive and worker.process is not None:
+                        worker.process.kill()
+                raise SystemExit(1)
+            log.info("stopping", extra={"signal": signal.Signals(signum).name})
+            stop_requested.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_from_file)
+        sdnotify.notify(f"READY=1\nSTATUS={self._status_line()}")
+        interval = sdnotify.watchdog_interval()
+        watchdog = loop.create_task(self._watchdog(interval)) if interval else None
+        try:
+            await stop_requested.wait()
+            sdnotify.notify("STOPPING=1\nSTATUS=draining connections")
+            await self.stop()
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+
+    def _status_line(self) -> str:
+        ingress = len(self._live(INGRESS))
+        analysis = len(self._live(ANALYSIS))
+        return (
+            f"proxying on {self.config.ingress.listen} with {ingress} ingress and "
+            f"{analysis} analysis workers"
+        )
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # -- reload ----------------------------------------------------------------------------
+    def reload_from_file(self) -> bool:
+        """SIGHUP: re-read the config file. It is validated here, once, before any worker
+        sees it: an invalid file changes nothing anywhere (all or nothing)."""
+        sdnotify.notify("RELOADING=1")
+        try:
+            new = load_config(self.config.source)
+        except (ConfigError, OSError) as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            sdnotify.notify("READY=1\nSTATUS=reload refused: config invalid")
+            return False
+        self.reconfigure(new)
+        sdnotify.notify(f"READY=1\nSTATUS=reloaded {self.config.source}")
+        return True
+
+    def reconfigure(self, new: Config) -> None:
+        new, restart_only = restart_only_changes(self.config, new)
+        if restart_only:
+            log.warning("these changes need a restart and were not applied: %s", restart_only)
+        self.config = new
+        self.aggregator.config = new
+        self._broadcast({"t": "config", "config": pickle.dumps(self._config_for_workers())})
+        log.info("config reloaded", extra={"source": new.source, "digest": new.digest[:12]})
+
+    # -- AdminControl ----------------------------------------------------------------------
+    def mirror_status(self) -> dict[str, Any]:
+        ingress = [w.status for w in self._workers.values() if w.role == INGRESS]
+        analysis = [w.status for w in self._workers.values() if w.role == ANALYSIS]
+        return {
+            "enabled": self.mirror_enabled,
+            "queue_depth": sum(s.get("queue_depth", 0) for s in ingress),
+            "in_flight": sum(s.get("in_flight", 0) for s in ingress),
+            "diff_backlog": sum(s.get("backlog", 0) for s in analysis),
+            "dropped": self.metrics.mirror_dropped_counts(),
+            "skipped": self.metrics.mirror_skipped_counts(),
+            "workers": self.workers_status(),
+        }
+
+    def workers_status(self) -> dict[str, Any]:
+        return {
+            role: {
+                "running": sum(1 for w in self._workers.values() if w.role == role and w.alive),
+                "configured": sum(1 for w in self._workers.values() if w.role == role),
+                "restarts": sum(w.restarts for w in self._workers.values() if w.role == role),
+            }
+            for role in (INGRESS, ANALYSIS)
+        }
+
+    def set_mirroring(self, enabled: bool) -> None:
+        self.mirror_enabled = enabled
+        self.metrics.set_mirror_enabled(enabled)
+        self._broadcast({"t": "mirror", "enabled": enabled}, role=INGRESS)
+        log.info("mirroring %s", "enabled" if enabled else "disabled")
+
+    def reset(self) -> dict[str, Any]:
+        """Clear the report and the verdict's evidence in every process. Deltas published
+        before the reset arrive with the old generation and are discarded."""
+        self.generation += 1
+        self._broadcast({"t": "reset", "gen": self.generation}, role=ANALYSIS)
+        self.evidence.reset()
+        return self.aggregator.reset()
+
+    async def readiness(self) -> dict[str, Any]:
+        """Ready when every worker runs and the primary is reachable: a candidate that is
+        down must never take production traffic out of a load balancer."""
+        from shadowd.daemon import probe_target
+
+        names = [t.name for t in (self.config.primary, *self.config.mirror_targets)]
+        targets_cfg = {t.name: t for t in (self.config.primary, *self.config.mirror_targets)}
+        results = await asyncio.gather(*(probe_target(targets_cfg[n]) for n in names))
+        targets = {
+            name: {"reachable": error is None, "error": error}
+            for name, error in zip(names, results, strict=True)
+        }
+        workers = self.workers_status()
+        all_running = all(w["running"] == w["configured"] for w in workers.values())
+        return {
+            "ready": self.started and all_running and targets["primary"]["reachable"],
+            "targets": targets,
+            "workers": workers,
+        }
+
+    def _endpoint_label(self, endpoint: str) -> str:
+        return endpoint if endpoint in self.aggregator.endpoints else OTHER

@@ -1,0 +1,79 @@
+"""Entry point of a worker process: ``python -m shadowd.worker ROLE INDEX RUNTIME_DIR``.
+
+Started by the supervisor only. The validated config arrives pickled on standard input (the
+supervisor validated it once; a worker never re-reads the file), the control channel and the
+hand-off sockets live in the supervisor's private runtime directory (mode 0700).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+
+from shadowd.config import Config
+from shadowd.control import Channel
+from shadowd.logs import setup_logging
+
+log = logging.getLogger("shadowd.worker")
+
+
+def control_socket(runtime_dir: str) -> str:
+    return os.path.join(runtime_dir, "control.sock")
+
+
+async def _main(args: argparse.Namespace, config: Config) -> None:
+    channel = await Channel.connect(control_socket(args.runtime_dir))
+    channel.send({"t": "hello", "role": args.role, "index": args.index, "pid": os.getpid()})
+    if args.role == "ingress":
+        from shadowd.analysis.worker import analysis_socket
+        from shadowd.ingress.worker import IngressWorker
+
+        analysis_index = args.index % config.analysis.worker_count()
+        worker = IngressWorker(
+            config, args.index, analysis_socket(args.runtime_dir, analysis_index)
+        )
+        sock = socket.socket(fileno=args.fd) if args.fd is not None else None
+        await worker.run(channel, sock, args.port)
+    else:
+        from shadowd.analysis.worker import AnalysisWorker
+
+        await AnalysisWorker(config, args.index, args.runtime_dir).run(channel)
+    channel.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shadowd.worker", description=__doc__)
+    parser.add_argument("role", choices=("ingress", "analysis"))
+    parser.add_argument("index", type=int)
+    parser.add_argument("runtime_dir")
+    parser.add_argument("--port", type=int, default=0, help="the ingress port to bind")
+    parser.add_argument("--fd", type=int, default=None, help="an inherited listening socket")
+    args = parser.parse_args(argv)
+    config: Config = pickle.loads(sys.stdin.buffer.read())
+    setup_logging(config.logging.level, config.logging.format)
+    # The supervisor decides when workers stop: a Ctrl-C or a terminal hang-up reaches the
+    # whole process group, and must not kill the data plane before it is drained.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        pass
+    try:
+        asyncio.run(_main(args, config))
+    except OSError as exc:
+        log.error("%s worker %d cannot start: %s", args.role, args.index, exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
