@@ -11,10 +11,10 @@ import socket
 import sys
 
 from shadowd.config import AdminConfig, Config, IngressConfig, Listen, target_from_url
-from shadowd.daemon import Daemon
 from shadowd.demo.services import CANDIDATE, PRIMARY, SECONDARY, SampleServices
 from shadowd.demo.traffic import drive
 from shadowd.report import build_report, render_table
+from shadowd.supervisor import Supervisor
 from shadowd.verdict.judge import judge
 
 
@@ -53,7 +53,7 @@ async def tour(duration: float | None, requests: int, out=sys.stdout) -> int:
     services = SampleServices()
     urls = await services.start()
     config = demo_config(urls, _free_or_any(8470), _free_or_any(8471))
-    daemon = Daemon(config)
+    daemon = Supervisor(config)
     await daemon.start()
     try:
         ingress = "http://{}:{}".format(*daemon.ingress_address)
@@ -61,15 +61,20 @@ async def tour(duration: float | None, requests: int, out=sys.stdout) -> int:
         print("shadowd demo: sample services with planted differences", file=out)
         for role in (PRIMARY, SECONDARY, CANDIDATE):
             print(f"  {role:<10} {urls[role]}", file=out)
-        print(f"  shadowd    {ingress} (proxy)   admin {admin}\n", file=out, flush=True)
+        print(f"  shadowd    {ingress} (proxy)   admin {admin}", file=out)
+        print(
+            f"             {config.ingress.worker_count()} ingress worker(s) relay and copy, "
+            f"{config.analysis.worker_count()} analysis worker(s) diff\n",
+            file=out,
+            flush=True,
+        )
         result = await drive(ingress, requests)
         print(
             f"  {result.sent} requests in {result.seconds:.1f}s, answers by status "
             f"{dict(sorted(result.statuses.items()))}, client failures {result.failures}\n",
             file=out,
         )
-        await daemon.diff_stage.wait_idle(10.0)
-        await _wait_for_copies(daemon)
+        await daemon.settle(timeout=15.0)
         report = build_report(daemon.aggregator, daemon.mirror_status())
         print(render_table(report), file=out)
         verdict = judge(report, daemon.evidence, daemon.config)
@@ -96,14 +101,6 @@ async def tour(duration: float | None, requests: int, out=sys.stdout) -> int:
         await daemon.stop(grace=2.0)
         await services.stop()
     return 0
-
-
-async def _wait_for_copies(daemon: Daemon, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while (daemon.mirror.in_flight or daemon.diff_stage.backlog) and loop.time() < deadline:
-        await daemon.diff_stage.wait_idle(0.05)
-        await asyncio.sleep(0.01)
 
 
 async def _until_interrupted() -> None:
