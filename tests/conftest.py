@@ -12,6 +12,7 @@ from aiohttp import web
 
 from shadowd.config import (
     AdminConfig,
+    AnalysisConfig,
     Config,
     DiffConfig,
     IngressConfig,
@@ -116,6 +117,7 @@ def build_config(
     secondary: str | None = None,
     *,
     ingress: dict[str, Any] | None = None,
+    analysis: dict[str, Any] | None = None,
     mirror: dict[str, Any] | None = None,
     diff: dict[str, Any] | None = None,
     primary_options: dict[str, Any] | None = None,
@@ -132,6 +134,7 @@ def build_config(
         ingress=dataclasses.replace(
             IngressConfig(listen=Listen("127.0.0.1", 0)), **(ingress or {})
         ),
+        analysis=dataclasses.replace(AnalysisConfig(), **(analysis or {})),
         mirror=dataclasses.replace(MirrorConfig(), **(mirror or {})),
         diff=dataclasses.replace(DiffConfig(), **(diff or {})),
         admin=AdminConfig(listen=Listen("127.0.0.1", 0), **(admin or {})),

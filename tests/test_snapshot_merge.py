@@ -1,0 +1,135 @@
+"""Statistics are mergeable: the report of a workload is the same whether one analysis worker
+saw every exchange or three saw a share each and the supervisor merged their snapshots."""
+
+from __future__ import annotations
+
+import random
+
+import msgpack
+import numpy as np
+import orjson
+
+from conftest import build_config
+from shadowd.aggregate import Aggregator
+from shadowd.analysis.snapshot import merge_reservoir, merge_snapshot, snapshot_of
+from shadowd.diff.engine import diff_exchange
+from shadowd.exchange import Answer, Exchange, Request
+from shadowd.report import build_report
+from shadowd.verdict.evidence import PairReservoir, VerdictEvidence
+
+CONFIG = build_config("http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3")
+ENDPOINTS = ["GET /users/{id}", "GET /orders/{id}", "GET /health"]
+
+
+def _answer(target: str, body: dict, status: int, latency: float) -> Answer:
+    raw = orjson.dumps(body)
+    return Answer(
+        target=target,
+        status=status,
+        headers=[(b"content-type", b"application/json")],
+        body=raw,
+        body_size=len(raw),
+        latency=latency,
+    )
+
+
+def workload(seed: int, count: int) -> list[Exchange]:
+    """Exchanges with noise (request ids), real changes, errors and spread latencies."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        endpoint = ENDPOINTS[i % len(ENDPOINTS)]
+        base = {"id": i, "name": "n", "items": [1, 2, 3]}
+        exchange = Exchange(
+            id=i,
+            request=Request("GET", f"/x/{i}", [(b"host", b"h")], b"", received_at=1e9 + i),
+            endpoint=endpoint,
+        )
+        exchange.answers["primary"] = _answer(
+            "primary", {**base, "rid": rng.random()}, 200, rng.uniform(0.001, 0.05)
+        )
+        exchange.answers["secondary"] = _answer(
+            "secondary", {**base, "rid": rng.random()}, 200, rng.uniform(0.001, 0.05)
+        )
+        candidate = {**base, "rid": rng.random()}
+        if rng.random() < 0.3:
+            candidate["name"] = 7  # a type change
+        if rng.random() < 0.1:
+            candidate["extra"] = True
+        status = 500 if rng.random() < 0.05 else 200
+        exchange.answers["candidate"] = _answer(
+            "candidate", candidate, status, rng.uniform(0.001, 0.08)
+        )
+        out.append(exchange)
+    return out
+
+
+def _comparable(report: dict) -> dict:
+    report = {k: v for k, v in report.items() if k not in ("generated_at", "started_at", "window")}
+    for endpoint in report["endpoints"]:
+        endpoint.pop("samples", None)
+    return report
+
+
+def _roundtrip(snapshot: dict) -> dict:
+    """What crosses the control channel."""
+    return msgpack.unpackb(msgpack.packb(snapshot, use_bin_type=True), strict_map_key=False)
+
+
+def test_three_workers_merged_give_the_same_report_as_one():
+    exchanges = workload(seed=1, count=900)
+    single = Aggregator(CONFIG)
+    single_evidence = VerdictEvidence(CONFIG.endpoints.max)
+    for exchange in exchanges:
+        diff = diff_exchange(exchange, CONFIG.diff)
+        single.add(exchange, diff)
+        single_evidence.record(exchange, diff)
+
+    merged = Aggregator(CONFIG)
+    merged_evidence = VerdictEvidence(CONFIG.endpoints.max)
+    rng = np.random.default_rng(0)
+    shares = [exchanges[i::3] for i in range(3)]
+    # Each worker publishes several deltas (a snapshot every interval), in any order.
+    for round_ in range(3):
+        for share in shares:
+            aggregator = Aggregator(CONFIG)
+            evidence = VerdictEvidence(CONFIG.endpoints.max)
+            for exchange in share[round_::3]:
+                diff = diff_exchange(exchange, CONFIG.diff)
+                aggregator.add(exchange, diff)
+                evidence.record(exchange, diff)
+            merge_snapshot(
+                merged, merged_evidence, _roundtrip(snapshot_of(aggregator, evidence)), rng
+            )
+
+    assert _comparable(build_report(merged)) == _comparable(build_report(single))
+    for name, ev in single_evidence.endpoints.items():
+        other = merged_evidence.endpoints[name]
+        assert other.pairs.seen == ev.pairs.seen
+        for target, tally in ev.errors.items():
+            assert (other.errors[target].answers, other.errors[target].errors) == (
+                tally.answers,
+                tally.errors,
+            )
+        # Under capacity, the reservoirs hold the same pairs (in another order).
+        assert sorted(other.pairs.arrays()[0]) == sorted(ev.pairs.arrays()[0])
+
+
+def test_merged_reservoir_is_a_uniform_sample_of_the_union():
+    rng = np.random.default_rng(7)
+    hits = np.zeros(2)
+    for _ in range(300):
+        left = PairReservoir(100)
+        for value in range(1000):  # values < 1000 come from the left side
+            left.add(float(value), 0.0)
+        right = PairReservoir(100)
+        for value in range(1000, 4000):
+            right.add(float(value), 0.0)
+        primary, candidate = right.arrays()
+        merge_reservoir(left, right.seen, primary, candidate, rng)
+        assert left.seen == 4000
+        kept = left.arrays()[0]
+        assert len(kept) == 100
+        hits += [np.sum(kept < 1000), np.sum(kept >= 1000)]
+    share_left = hits[0] / hits.sum()
+    assert abs(share_left - 0.25) < 0.02  # 1,000 of 4,000 pairs came from the left

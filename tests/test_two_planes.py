@@ -1,0 +1,232 @@
+"""The two planes as real processes: ingress workers relay and hand off, analysis workers diff,
+the supervisor merges. Workers are real subprocesses; targets are real loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from conftest import Backend, build_config
+from shadowd.supervisor import Supervisor
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def _json_answer(request: web.Request) -> web.Response:
+    return web.json_response({"id": request.match_info["id"], "status": "ok"})
+
+
+async def _candidate_answer(request: web.Request) -> web.Response:
+    return web.json_response({"id": request.match_info["id"], "status": "ok", "new": 1})
+
+
+@pytest.fixture
+async def targets(make_backend: Callable[[], Backend]) -> dict[str, Backend]:
+    primary, candidate = make_backend(), make_backend()
+    primary.route("GET", "/items/{id}", _json_answer)
+    candidate.route("GET", "/items/{id}", _candidate_answer)
+    await primary.start()
+    await candidate.start()
+    return {"primary": primary, "candidate": candidate}
+
+
+@pytest.fixture
+async def start_supervisor() -> AsyncIterator[Callable[..., Awaitable[Supervisor]]]:
+    started: list[Supervisor] = []
+
+    async def start(*args: Any, **kwargs: Any) -> Supervisor:
+        kwargs.setdefault("analysis", {}).setdefault("snapshot_interval", 0.1)
+        supervisor = Supervisor(build_config(*args, **kwargs))
+        await supervisor.start()
+        started.append(supervisor)
+        return supervisor
+
+    yield start
+    for supervisor in started:
+        await supervisor.stop(grace=2.0)
+
+
+def _url(supervisor: Supervisor) -> str:
+    return "http://{}:{}".format(*supervisor.ingress_address)
+
+
+async def _get_many(url: str, count: int, connections: int) -> list[int]:
+    """``count`` GETs over ``connections`` separate keep-alive connections."""
+    statuses: list[int] = []
+
+    async def client(offset: int) -> None:
+        connector = aiohttp.TCPConnector(limit=1, force_close=False)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for i in range(offset, count, connections):
+                async with session.get(f"{url}/items/{i}") as answer:
+                    await answer.read()
+                    statuses.append(answer.status)
+
+    await asyncio.gather(*(client(c) for c in range(connections)))
+    return statuses
+
+
+def _ingress_pids(supervisor: Supervisor) -> list[int]:
+    return [
+        w.process.pid
+        for w in supervisor._workers.values()
+        if w.role == "ingress" and w.alive and w.process is not None
+    ]
+
+
+def _analysis_pid(supervisor: Supervisor) -> int:
+    (pid,) = [
+        w.process.pid
+        for w in supervisor._workers.values()
+        if w.role == "analysis" and w.alive and w.process is not None
+    ]
+    return pid
+
+
+async def test_two_ingress_workers_serve_and_their_statistics_merge_exactly(
+    targets, start_supervisor
+):
+    supervisor = await start_supervisor(
+        targets["primary"].url, targets["candidate"].url, ingress={"workers": 2}
+    )
+    statuses = await _get_many(_url(supervisor), 300, connections=16)
+    assert statuses == [200] * 300
+    assert await supervisor.settle(timeout=15.0)
+    totals = supervisor.aggregator.totals
+    assert totals.exchanges == 300
+    assert totals.divergent == 300  # the candidate adds $.new to every answer
+    (stats,) = supervisor.aggregator.endpoints.values()
+    assert stats.fields["$.new"].divergent == 300
+    merged = supervisor.merged
+    assert merged.value("shadowd_ingress_requests_total", code_class="2xx") == 300
+    assert merged.value("shadowd_exchanges_total", target="candidate") == 300
+    # both processes took a share of the 16 connections (SO_REUSEPORT spreads them)
+    shares = [
+        w.status.get("handed_off", 0) for w in supervisor._workers.values() if w.role == "ingress"
+    ]
+    assert len(shares) == 2 and all(share > 0 for share in shares), shares
+
+
+async def test_a_killed_ingress_worker_is_restarted_counted_and_the_others_keep_serving(
+    targets, start_supervisor
+):
+    supervisor = await start_supervisor(
+        targets["primary"].url, targets["candidate"].url, ingress={"workers": 2}
+    )
+    victim = _ingress_pids(supervisor)[0]
+    os.kill(victim, signal.SIGKILL)
+    # New connections are served while the victim is down and after it is back.
+    statuses = await _get_many(_url(supervisor), 60, connections=6)
+    assert statuses == [200] * 60
+    async with asyncio.timeout(20):
+        while True:
+            workers = supervisor.workers_status()["ingress"]
+            if workers["running"] == 2 and workers["restarts"] == 1:
+                pids = _ingress_pids(supervisor)
+                if victim not in pids and len(pids) == 2:
+                    break
+            await asyncio.sleep(0.05)
+    assert (
+        supervisor.metrics.registry.get_sample_value(
+            "shadowd_worker_restarts_total", {"role": "ingress"}
+        )
+        == 1
+    )
+    async with asyncio.timeout(20):
+        while not (await supervisor.readiness())["ready"]:
+            await asyncio.sleep(0.05)
+    statuses = await _get_many(_url(supervisor), 40, connections=8)
+    assert statuses == [200] * 40
+
+
+async def test_copies_are_shed_and_counted_while_the_analysis_is_stopped(targets, start_supervisor):
+    supervisor = await start_supervisor(
+        targets["primary"].url,
+        targets["candidate"].url,
+        ingress={"workers": 1},
+        analysis={"queue_bytes": 4096},
+    )
+    analysis = _analysis_pid(supervisor)
+    os.kill(analysis, signal.SIGSTOP)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        statuses = await _get_many(_url(supervisor), 1500, connections=8)
+        elapsed = loop.time() - started
+        assert statuses == [200] * 1500
+        assert elapsed < 30  # nobody waited for the stopped analysis
+        await supervisor.settle(timeout=0.5)  # collects the ingress counters; cannot settle
+        shed = supervisor.merged.value("shadowd_mirror_dropped_total", reason="diff_backlog")
+        assert shed > 0
+    finally:
+        os.kill(analysis, signal.SIGCONT)
+    assert await supervisor.settle(timeout=15.0)
+    diffed = supervisor.aggregator.totals.exchanges
+    # every request was either diffed or shed and counted: nothing vanished silently
+    assert diffed + shed == 1500
+    assert supervisor.mirror_status()["dropped"]["diff_backlog"] == shed
+
+
+async def test_kill_switch_and_reload_reach_every_ingress_worker(
+    targets, start_supervisor, make_backend
+):
+    supervisor = await start_supervisor(
+        targets["primary"].url, targets["candidate"].url, ingress={"workers": 2}
+    )
+    supervisor.set_mirroring(False)
+    await supervisor.settle(timeout=5.0)
+    seen_before = len(targets["candidate"].seen)
+    assert await _get_many(_url(supervisor), 40, connections=8) == [200] * 40
+    await supervisor.settle(timeout=5.0)
+    assert len(targets["candidate"].seen) == seen_before
+    assert supervisor.merged.value("shadowd_mirror_skipped_total", reason="disabled") == 40
+
+    supervisor.set_mirroring(True)
+    replacement = make_backend()
+    replacement.route("GET", "/items/{id}", _json_answer)
+    await replacement.start()
+    import dataclasses
+
+    from shadowd.config import target_from_url
+
+    supervisor.reconfigure(
+        dataclasses.replace(
+            supervisor.config, candidate=target_from_url("candidate", replacement.url)
+        )
+    )
+    await supervisor.settle(timeout=5.0)
+    assert await _get_many(_url(supervisor), 40, connections=8) == [200] * 40
+    await replacement.wait_for_requests(40, timeout=10.0)
+    assert len(targets["candidate"].seen) == seen_before
+
+
+async def test_stop_drains_an_in_flight_request_on_any_worker(make_backend, start_supervisor):
+    primary, candidate = make_backend(), make_backend()
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"slow": True})
+
+    primary.route("GET", "/slow", slow)
+    candidate.route("GET", "/slow", slow)
+    await primary.start()
+    await candidate.start()
+    supervisor = await start_supervisor(primary.url, candidate.url, ingress={"workers": 2})
+    async with aiohttp.ClientSession() as session:
+        pending = asyncio.ensure_future(session.get(f"{_url(supervisor)}/slow"))
+        await primary.wait_for_requests(1)
+        stopping = asyncio.ensure_future(supervisor.stop(grace=10.0))
+        await asyncio.sleep(0)  # the stop has begun: listeners close, the request goes on
+        release.set()
+        answer = await pending
+        assert answer.status == 200
+        assert await answer.json() == {"slow": True}
+        await stopping
