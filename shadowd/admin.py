@@ -22,10 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shadowd.aggregate import Aggregator
 from shadowd.config import Config, ConfigError
-from shadowd.metrics import Metrics
 from shadowd.report import build_report, endpoint_samples
 from shadowd.verdict.evidence import VerdictEvidence
-from shadowd.verdict.judge import PASS, judge
+from shadowd.verdict.judge import PASS, Verdict, judge
 
 log = logging.getLogger("shadowd.admin")
 
@@ -55,7 +54,7 @@ class AdminControl(Protocol):
 
     config: Config
     aggregator: Aggregator
-    metrics: Metrics
+    metrics: Any  # Metrics or SupervisorMetrics: ``registry`` and ``observe_verdict``
     evidence: VerdictEvidence
 
     def mirror_status(self) -> dict[str, Any]:
@@ -72,6 +71,19 @@ class AdminControl(Protocol):
     async def readiness(self) -> dict[str, Any]:
         """``{"ready": bool, "targets": {name: {"reachable": bool, "error": str | None}}}``"""
         ...
+
+    async def current_verdict(self) -> Verdict:
+        """The verdict on the statistics as they stand (``judge_now`` judges on demand)."""
+        ...
+
+
+async def judge_now(control: AdminControl) -> Verdict:
+    """Judge the statistics now, off the event loop (the statistics take milliseconds per
+    endpoint), and publish the result as gauges."""
+    report = build_report(control.aggregator, control.mirror_status())
+    judged = await asyncio.to_thread(judge, report, control.evidence, control.config)
+    control.metrics.observe_verdict(judged)
+    return judged
 
 
 def json_response(
@@ -192,10 +204,7 @@ def create_admin_app(control: AdminControl) -> web.Application:
         return json_response(control.mirror_status())
 
     async def verdict(request: web.Request) -> web.Response:
-        report = build_report(control.aggregator, control.mirror_status())
-        # The statistics take milliseconds per endpoint: off the event loop that proxies.
-        judged = await asyncio.to_thread(judge, report, control.evidence, control.config)
-        control.metrics.observe_verdict(judged)
+        judged = await control.current_verdict()
         # Argo Rollouts reads any 2xx body and decides with its conditions; Flagger's webhook
         # wants a refusal as a non-2xx that it will not retry: 412, never 5xx.
         gate = request.query.get("gate") in ("1", "true", "yes")

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from shadowd import sdnotify
-from shadowd.admin import create_admin_app
+from shadowd.admin import create_admin_app, judge_now
 from shadowd.aggregate import Aggregator
 from shadowd.analysis.stage import DiffStage
 from shadowd.capture.writer import CaptureWriter
@@ -210,6 +210,9 @@ class Daemon:
         Prometheus counters are not reset: counters never go down."""
         self.evidence.reset()
         return self.aggregator.reset()
+
+    async def current_verdict(self) -> Any:
+        return await judge_now(self)
 
     def set_mirroring(self, enabled: bool) -> None:
         self.mirror.set_enabled(enabled)

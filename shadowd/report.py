@@ -11,10 +11,11 @@ import textwrap
 import time
 from typing import Any
 
-from shadowd.aggregate import Aggregator, EndpointStats
+from shadowd.aggregate import Aggregator, EndpointStats, latency_summary
 from shadowd.noise import DIVERGENT, decide_field
 
 QUANTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
+_PERCENTILES = tuple(q for _, q in QUANTILES)
 
 
 def _ratio(part: int, whole: int) -> float:
@@ -29,10 +30,11 @@ def _latency(stats: EndpointStats) -> dict[str, dict[str, float | int]]:
         if not hist.get_total_count():
             continue
         entry: dict[str, float | int] = {"count": sum(stats.statuses.get(target, {}).values())}
+        summary = latency_summary(hist, _PERCENTILES)
         for name, q in QUANTILES:
-            entry[name] = hist.get_value_at_percentile(q) / 1e6
-        entry["max"] = hist.get_max_value() / 1e6
-        entry["mean"] = hist.get_mean_value() / 1e6
+            entry[name] = summary[f"p{q:g}"] / 1e6
+        entry["max"] = summary["max"] / 1e6
+        entry["mean"] = summary["mean"] / 1e6
         out[target] = entry
     return out
 

@@ -38,7 +38,10 @@ from shadowd.control import Channel, ChannelClosed
 from shadowd.endpoints import OTHER
 from shadowd.ingress.plane import restart_only_changes
 from shadowd.metrics import MergedSeries, Metrics, SupervisorMetrics, export_families
+from shadowd.report import build_report
 from shadowd.verdict.evidence import VerdictEvidence
+from shadowd.verdict.judge import Verdict
+from shadowd.verdict.schedule import ScheduledVerdict
 from shadowd.worker import control_socket
 
 log = logging.getLogger("shadowd")
@@ -111,6 +114,12 @@ class Supervisor:
         self._admin_site: web.TCPSite | None = None
         self._stopped = asyncio.Event()
         self.merged_at = 0.0  # when the last statistics delta was merged
+        self._merges = 0  # statistics deltas merged since the start
+        self.verdicts = ScheduledVerdict(
+            self._verdict_inputs,
+            lambda: (self.generation, self._merges),
+            self.metrics.observe_verdict,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, *, ingress_sock: socket.socket | None = None) -> None:
@@ -132,6 +141,7 @@ class Supervisor:
             admin = config.admin.listen
             self._admin_site = web.TCPSite(self._admin_runner, admin.host, admin.port)
             await self._admin_site.start()
+            self.verdicts.start()
         except BaseException:
             await self._kill_all()
             self._cleanup_runtime()
@@ -311,6 +321,7 @@ class Supervisor:
             if delta is not None and message.get("gen") == self.generation:
                 merge_snapshot(self.aggregator, self.evidence, delta, self._rng)
                 self.merged_at = time.time()
+                self._merges += 1
             seq = message.get("seq")
             if seq is not None and seq > worker.replied_seq:
                 worker.replied_seq = seq
@@ -383,6 +394,7 @@ class Supervisor:
         await self._round("drain", timeout=grace + 6.0, role=ANALYSIS, grace=min(grace, 5.0))
         await self._wait_exit(ANALYSIS, 5.0)
         await self._kill_all()
+        await self.verdicts.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if self._control_server is not None:
@@ -547,6 +559,12 @@ class Supervisor:
             "targets": targets,
             "workers": workers,
         }
+
+    async def current_verdict(self) -> Verdict:
+        return await self.verdicts.current()
+
+    def _verdict_inputs(self) -> tuple[dict[str, Any], VerdictEvidence, Config]:
+        return build_report(self.aggregator, self.mirror_status()), self.evidence, self.config
 
     def _endpoint_label(self, endpoint: str) -> str:
         return endpoint if endpoint in self.aggregator.endpoints else OTHER

@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from test_aggregate import d, make_config, make_diff, make_exchange
 
-from shadowd.admin import create_admin_app
+from shadowd.admin import create_admin_app, judge_now
 from shadowd.aggregate import Aggregator
 from shadowd.config import AdminConfig, Config, ConfigError
 from shadowd.metrics import Metrics
@@ -58,6 +58,9 @@ class FakeDaemon:
     def reset(self) -> dict[str, Any]:
         self.evidence.reset()
         return self.aggregator.reset()
+
+    async def current_verdict(self) -> Any:
+        return await judge_now(self)
 
     async def readiness(self) -> dict[str, Any]:
         error = None if self.ready else "ConnectionRefusedError: [Errno 111]"

@@ -8,8 +8,8 @@ import random
 import msgpack
 import numpy as np
 import orjson
-
 from conftest import build_config
+
 from shadowd.aggregate import Aggregator
 from shadowd.analysis.snapshot import merge_reservoir, merge_snapshot, snapshot_of
 from shadowd.diff.engine import diff_exchange

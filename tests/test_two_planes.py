@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-
 from conftest import Backend, build_config
+
 from shadowd.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(90)

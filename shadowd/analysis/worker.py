@@ -9,6 +9,7 @@ stops reading, and the ingress workers shed (see ``shadowd.stream.handoff``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -156,10 +157,8 @@ class AnalysisWorker:
         }
         if aggregator.endpoints:
             message["delta"] = snapshot_of(aggregator, evidence)
-        try:
+        with contextlib.suppress(ChannelClosed):
             channel.send(message)
-        except ChannelClosed:
-            pass
 
     async def _report_every(self, channel: Channel, interval: float) -> None:
         while True:

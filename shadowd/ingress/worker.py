@@ -6,6 +6,7 @@ SO_REUSEPORT (or sharing an inherited listener), so the kernel spreads clients a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -88,7 +89,7 @@ class IngressWorker:
         status["analysis_connected"] = self.sender.connected
         if extra:
             status.update(extra)
-        try:
+        with contextlib.suppress(ChannelClosed):
             channel.send(
                 {
                     "t": "report",
@@ -97,8 +98,6 @@ class IngressWorker:
                     "status": status,
                 }
             )
-        except ChannelClosed:
-            pass
 
     async def _report_every(self, channel: Channel) -> None:
         while True:
