@@ -1,9 +1,9 @@
 """The supervisor: what ``shadowd run`` is. It starts the two planes as processes, merges what
 they publish into one view, and serves that view.
 
-    clients ─► ingress worker × N  (relay, copy, hand off records; SO_REUSEPORT)
+    clients ─► ingress worker x N  (relay, copy, hand off records; SO_REUSEPORT)
                     │ bounded Unix-socket hand-off, shed when full
-               analysis worker × M (decode, diff, statistics; delta snapshots)
+               analysis worker x M (decode, diff, statistics; delta snapshots)
                     │ control channel
                supervisor          (merge, admin API, /metrics, verdict, signals, restarts)
 
