@@ -233,3 +233,49 @@ async def test_stop_drains_an_in_flight_request_on_any_worker(make_backend, star
         assert answer.status == 200
         assert await answer.json() == {"slow": True}
         await stopping
+
+
+async def test_tap_mode_with_two_workers_answers_at_once_and_diffs_every_copy(
+    targets, start_supervisor
+):
+    supervisor = await start_supervisor(
+        targets["primary"].url,
+        targets["candidate"].url,
+        ingress={"workers": 2, "mode": "tap"},
+    )
+    statuses = await _get_many(_url(supervisor), 80, connections=8)
+    assert statuses == [204] * 80
+    assert await supervisor.settle(timeout=15.0)
+    assert supervisor.aggregator.totals.exchanges == 80
+    assert supervisor.aggregator.totals.divergent == 80
+    await targets["primary"].wait_for_requests(80)
+
+
+async def test_the_analysis_worker_records_the_capture_of_every_ingress_worker(targets, tmp_path):
+    import dataclasses
+
+    from shadowd.capture.reader import CaptureReader
+    from shadowd.config import CaptureConfig
+
+    path = tmp_path / "live.shadow"
+    config = dataclasses.replace(
+        build_config(
+            targets["primary"].url,
+            targets["candidate"].url,
+            ingress={"workers": 2},
+            analysis={"snapshot_interval": 0.1},
+        ),
+        capture=CaptureConfig(path=path),
+    )
+    supervisor = Supervisor(config)
+    await supervisor.start()
+    try:
+        assert await _get_many(_url(supervisor), 120, connections=8) == [200] * 120
+        assert await supervisor.settle(timeout=15.0)
+    finally:
+        await supervisor.stop(grace=2.0)
+    reader = CaptureReader(path)
+    records = list(reader.records())
+    assert len(records) == 120
+    assert sorted(int(r["rq"]["t"].rsplit("/", 1)[1]) for r in records) == list(range(120))
+    assert oct(path.stat().st_mode & 0o777) == "0o600"

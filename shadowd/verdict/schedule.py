@@ -32,7 +32,10 @@ STALE_AFTER = 30.0  # an answer older than this waits for a fresh judgement
 
 
 def _lowest_priority() -> None:
-    os.nice(19)
+    try:
+        os.nice(19)
+    except OSError:  # refused (a seccomp filter): judge at the default priority
+        log.info("the verdict's process could not lower its CPU priority")
 
 
 def _judge_frozen(report: dict[str, Any], evidence: bytes, config: Config) -> Verdict:
