@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import pickle
 import shutil
 import signal
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+import shadowd
 from shadowd import sdnotify
 from shadowd.admin import create_admin_app
 from shadowd.aggregate import Aggregator
@@ -50,6 +52,14 @@ INGRESS, ANALYSIS = "ingress", "analysis"
 START_TIMEOUT = 30.0  # seconds for a worker to say it is ready
 RESTART_BACKOFF = (0.1, 5.0)  # first and longest pause before starting a dead worker again
 STABLE_AFTER = 10.0  # a worker alive this long has its backoff reset
+
+
+def _worker_environment() -> dict[str, str]:
+    """Workers import the very package this supervisor runs from, installed or not."""
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(shadowd.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
 
 
 class WorkerProcess:
@@ -221,6 +231,7 @@ class Supervisor:
         worker.channel = None
         args = [
             sys.executable,
+            "-P",  # no working directory on sys.path: a ./shadowd there must not be imported
             "-m",
             "shadowd.worker",
             worker.role,
@@ -234,7 +245,7 @@ class Supervisor:
             args += ["--fd", str(self._shared_fd)]
             pass_fds = (self._shared_fd,)
         process = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, pass_fds=pass_fds
+            *args, stdin=asyncio.subprocess.PIPE, pass_fds=pass_fds, env=_worker_environment()
         )
         assert process.stdin is not None
         process.stdin.write(pickle.dumps(self._config_for_workers()))
