@@ -120,6 +120,27 @@ def latency_summary(hist: HdrHistogram, percentiles: tuple[float, ...]) -> dict[
     return out
 
 
+_LATENCY_BATCH = 256
+
+
+def record_many(hist: HdrHistogram, micros: list[int]) -> None:
+    """``hist.record_value`` for each value (clamped to the histogram's range), vectorised:
+    the same bucket arithmetic as hdrh's ``_counts_index_for``."""
+    values = np.clip(np.asarray(micros, dtype=np.int64), LATENCY_MIN_US, LATENCY_MAX_US)
+    # bit length of (value | sub_bucket_mask): exact through frexp for values below 2**53
+    bits = np.frexp((values | hist.sub_bucket_mask).astype(np.float64))[1].astype(np.int64)
+    bucket = bits - hist.unit_magnitude - (hist.sub_bucket_half_count_magnitude + 1)
+    sub_bucket = values >> (bucket + hist.unit_magnitude)
+    index = ((bucket + 1) << hist.sub_bucket_half_count_magnitude) + (
+        sub_bucket - hist.sub_bucket_half_count
+    )
+    counts = np.ctypeslib.as_array(hist.counts)[: hist.counts_len]
+    np.add.at(counts, index, 1)
+    hist.total_count += len(values)
+    hist.min_value = min(hist.min_value, int(values.min()))
+    hist.max_value = max(hist.max_value, int(values.max()))
+
+
 def _halved(hist: HdrHistogram) -> HdrHistogram:
     """The same distribution with every count halved: the quantiles keep their shape."""
     half = new_latency_histogram()
@@ -154,7 +175,8 @@ class EndpointStats:
         self.overflow = 0  # differences not listed because of the diff engine's per-pair cap
         self.errors: dict[str, int] = {}  # target -> answers that failed (``Answer.error``)
         self.statuses: dict[str, dict[str, int]] = {}  # target -> "2xx" -> answers
-        self.latency: dict[str, HdrHistogram] = {}  # target -> µs, answers that did not fail
+        self._latency: dict[str, HdrHistogram] = {}  # target -> µs, answers that did not fail
+        self._pending: dict[str, list[int]] = {}  # target -> µs not yet in its histogram
         self.fields: dict[str, FieldStats] = {}
         self.samples: deque[dict[str, Any]] = deque(maxlen=samples)
         self.last_sample_at = 0.0  # received_at of the newest sample's request
@@ -163,29 +185,45 @@ class EndpointStats:
         # Server-Timing metric -> target -> [sum of dur ms, count]
         self.timing: dict[str, dict[str, list[float]]] = {}
 
+    @property
+    def latency(self) -> dict[str, HdrHistogram]:
+        """Target -> latency histogram (µs), with every recorded latency in it."""
+        for target in self._pending:
+            self._flush(target)
+        return self._latency
+
     def record_latency(self, target: str, seconds: float) -> None:
-        hist = self.latency.get(target)
+        # Recorded in batches: hdrh's record_value is Python, ~6.5 µs a value; a batch of
+        # 256 goes in with numpy at ~0.1 µs a value (measured), and latency is recorded
+        # for every target of every exchange.
+        pending = self._pending.get(target)
+        if pending is None:
+            pending = self._pending[target] = []
+        pending.append(int(seconds * 1_000_000))
+        if len(pending) >= _LATENCY_BATCH:
+            self._flush(target)
+
+    def _flush(self, target: str) -> None:
+        pending = self._pending.get(target)
+        if not pending:
+            return
+        hist = self._latency.get(target)
         if hist is None:
-            hist = self.latency[target] = new_latency_histogram()
-        elif hist.get_total_count() >= _COUNT_LIMIT:
-            hist = self.latency[target] = _halved(hist)
-        micros = int(seconds * 1_000_000)
-        hist.record_value(
-            LATENCY_MIN_US
-            if micros < LATENCY_MIN_US
-            else LATENCY_MAX_US
-            if micros > LATENCY_MAX_US
-            else micros
-        )
+            hist = self._latency[target] = new_latency_histogram()
+        elif hist.get_total_count() + len(pending) > _COUNT_LIMIT:
+            hist = self._latency[target] = _halved(hist)
+        record_many(hist, pending)
+        pending.clear()
 
     def add_latency_histogram(self, target: str, encoded: bytes) -> None:
         """Add another histogram of this target's latencies (``HdrHistogram.encode()``)."""
-        hist = self.latency.get(target)
+        self._flush(target)
+        hist = self._latency.get(target)
         if hist is None:
-            hist = self.latency[target] = new_latency_histogram()
+            hist = self._latency[target] = new_latency_histogram()
         hist.decode_and_add(encoded)
         if hist.get_total_count() >= _COUNT_LIMIT:
-            self.latency[target] = _halved(hist)
+            self._latency[target] = _halved(hist)
 
     def field(self, path: str, limit: int) -> tuple[str, FieldStats]:
         """The stats of a field path (``<other>`` once ``limit`` paths are known)."""
