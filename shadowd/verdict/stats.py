@@ -15,7 +15,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+
+
+def _scipy_stats():  # type: ignore[no-untyped-def]
+    # Imported when first judging: SciPy costs ~60 MB and ~0.5 s to import, and only the
+    # process that judges needs it (not the supervisor's admin loop, nor any worker).
+    from scipy import stats
+
+    return stats
 
 _BOOTSTRAP_ROUNDS = 1000
 _BOOTSTRAP_MAX_PAIRS = 1000  # resamples of at most this many pairs: ~10 ms per endpoint
@@ -72,7 +79,7 @@ def paired_latency(
     if np.all(log_ratio == 0):
         wilcoxon_p = 1.0
     else:
-        wilcoxon_p = float(stats.wilcoxon(log_ratio, alternative="greater").pvalue)
+        wilcoxon_p = float(_scipy_stats().wilcoxon(log_ratio, alternative="greater").pvalue)
     return PairedLatency(
         pairs=n,
         median_ratio=float(np.exp(np.median(log_ratio))),
@@ -89,7 +96,7 @@ def unpaired_latency(primary: np.ndarray, candidate: np.ndarray) -> UnpairedLate
     """Kayenta-style comparison of two latency samples; None with fewer than 10 each."""
     if len(primary) < 10 or len(candidate) < 10:
         return None
-    result = stats.mannwhitneyu(candidate, primary, alternative="greater")
+    result = _scipy_stats().mannwhitneyu(candidate, primary, alternative="greater")
     # Hodges-Lehmann: median of all pairwise differences, on a bounded subsample.
     rng = np.random.default_rng(_SEED)
     a = candidate if len(candidate) <= 1000 else rng.choice(candidate, 1000, replace=False)
@@ -118,5 +125,5 @@ def proportion_increase(
         p_value = 1.0 if p1 <= p0 else 0.0
     else:
         z = (p1 - p0) / math.sqrt(variance)
-        p_value = float(stats.norm.sf(z))
+        p_value = float(_scipy_stats().norm.sf(z))
     return Proportions(candidate_rate=p1, baseline_rate=p0, increase=p1 - p0, p_value=p_value)
