@@ -279,3 +279,39 @@ async def test_the_analysis_worker_records_the_capture_of_every_ingress_worker(t
     assert len(records) == 120
     assert sorted(int(r["rq"]["t"].rsplit("/", 1)[1]) for r in records) == list(range(120))
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_a_killed_analysis_worker_is_restarted_and_the_stream_resumes(
+    targets, start_supervisor
+):
+    supervisor = await start_supervisor(
+        targets["primary"].url, targets["candidate"].url, ingress={"workers": 2}
+    )
+    assert await _get_many(_url(supervisor), 40, connections=4) == [200] * 40
+    assert await supervisor.settle(timeout=15.0)
+    assert supervisor.aggregator.totals.exchanges == 40
+    os.kill(_analysis_pid(supervisor), signal.SIGKILL)
+    for _ in range(400):  # until the restarted worker is back and every sender reconnected
+        status = supervisor.workers_status()["analysis"]
+        await supervisor.settle(timeout=0.2)
+        connected = [
+            w.status.get("analysis_connected")
+            for w in supervisor._workers.values()
+            if w.role == "ingress"
+        ]
+        if status["running"] == 1 and status["restarts"] == 1 and all(connected):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the analysis worker did not come back")
+    # production never noticed; copies made while it was down were counted, not queued
+    assert await _get_many(_url(supervisor), 60, connections=6) == [200] * 60
+    assert await supervisor.settle(timeout=15.0)
+    shed = supervisor.merged.value("shadowd_mirror_dropped_total", reason="analysis_down")
+    assert supervisor.aggregator.totals.exchanges + shed == 100
+    assert (
+        supervisor.metrics.registry.get_sample_value(
+            "shadowd_worker_restarts_total", {"role": "analysis"}
+        )
+        == 1
+    )

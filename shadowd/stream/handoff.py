@@ -66,7 +66,9 @@ class RecordSender:
         self._closing = False
         self._connecting: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
-        self.handed_off = 0  # records written to the socket (for settling and tests)
+        # Records written on the current connection (for settling and tests). A new
+        # connection means a new analysis worker, whose own count starts at 0 too.
+        self.handed_off = 0
 
     def start(self) -> None:
         self._connecting = asyncio.get_running_loop().create_task(
@@ -143,6 +145,7 @@ class RecordSender:
             # before asyncio reports pressure (we never pause on it; we shed).
             transport.set_write_buffer_limits(high=max(self._limit, 64 * 1024))
             self._transport = transport  # type: ignore[assignment]
+            self.handed_off = 0
             return
 
 
