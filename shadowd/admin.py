@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shadowd.aggregate import Aggregator
 from shadowd.config import Config, ConfigError
-from shadowd.report import build_report, endpoint_samples
+from shadowd.report import endpoint_samples
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import PASS, Verdict, judge
 
@@ -72,6 +72,10 @@ class AdminControl(Protocol):
         """``{"ready": bool, "targets": {name: {"reachable": bool, "error": str | None}}}``"""
         ...
 
+    def report(self) -> dict[str, Any]:
+        """The report as ``GET /api/v1/report`` serves it (``shadowd.report.build_report``)."""
+        ...
+
     async def current_verdict(self) -> Verdict:
         """The verdict on the statistics as they stand (``judge_now`` judges on demand)."""
         ...
@@ -80,7 +84,7 @@ class AdminControl(Protocol):
 async def judge_now(control: AdminControl) -> Verdict:
     """Judge the statistics now, off the event loop (the statistics take milliseconds per
     endpoint), and publish the result as gauges."""
-    report = build_report(control.aggregator, control.mirror_status())
+    report = control.report()
     judged = await asyncio.to_thread(judge, report, control.evidence, control.config)
     control.metrics.observe_verdict(judged)
     return judged
@@ -176,7 +180,7 @@ def create_admin_app(control: AdminControl) -> web.Application:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def report(request: web.Request) -> web.Response:
-        return json_response(build_report(control.aggregator, control.mirror_status()))
+        return json_response(control.report())
 
     async def samples(request: web.Request) -> web.Response:
         endpoint_id = request.match_info["id"]

@@ -27,6 +27,7 @@ from shadowd.config import Config, ConfigError, load_config
 from shadowd.exchange import Exchange
 from shadowd.ingress.plane import DataPlane, restart_only_changes
 from shadowd.metrics import Metrics
+from shadowd.report import build_report
 from shadowd.stream.handoff import record_payload
 from shadowd.tasks import TaskGroup
 from shadowd.verdict.evidence import VerdictEvidence
@@ -210,6 +211,9 @@ class Daemon:
         Prometheus counters are not reset: counters never go down."""
         self.evidence.reset()
         return self.aggregator.reset()
+
+    def report(self) -> dict[str, Any]:
+        return build_report(self.aggregator, self.mirror_status())
 
     async def current_verdict(self) -> Any:
         return await judge_now(self)

@@ -125,6 +125,8 @@ class Supervisor:
         self._stopped = asyncio.Event()
         self.merged_at = 0.0  # when the last statistics delta was merged
         self._merges = 0  # statistics deltas merged since the start
+        self._report_cache: dict[str, Any] | None = None
+        self._report_version: tuple[int, int, int] | None = None
         self.verdicts = ScheduledVerdict(
             self._verdict_inputs,
             lambda: (self.generation, self._merges),
@@ -151,7 +153,7 @@ class Supervisor:
             admin = config.admin.listen
             self._admin_site = web.TCPSite(self._admin_runner, admin.host, admin.port)
             await self._admin_site.start()
-            self.verdicts.start()
+            self.verdicts.start()  # and a first judgement now: later calls never wait
         except BaseException:
             await self._kill_all()
             self._cleanup_runtime()
@@ -574,8 +576,27 @@ class Supervisor:
     async def current_verdict(self) -> Verdict:
         return await self.verdicts.current()
 
+    def report(self) -> dict[str, Any]:
+        """The report, rebuilt only when the statistics changed (a merge, a reset, a reload):
+        between two snapshots every caller gets the same document, with the mirroring
+        status and the time of this answer fresh."""
+        version = (self.generation, self._merges, id(self.config))
+        if self._report_cache is None or self._report_version != version:
+            self._report_cache = build_report(self.aggregator, self.mirror_status())
+            self._report_version = version
+            return self._report_cache
+        report = dict(self._report_cache)
+        report["mirroring"] = self.mirror_status()
+        now = time.time()
+        report["generated_at"] = now
+        report["window"] = {
+            "since": self.aggregator.reset_at,
+            "seconds": max(0.0, now - self.aggregator.reset_at),
+        }
+        return report
+
     def _verdict_inputs(self) -> tuple[dict[str, Any], VerdictEvidence, Config]:
-        return build_report(self.aggregator, self.mirror_status()), self.evidence, self.config
+        return self.report(), self.evidence, self.config
 
     def _endpoint_label(self, endpoint: str) -> str:
         return endpoint if endpoint in self.aggregator.endpoints else OTHER

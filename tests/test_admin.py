@@ -18,6 +18,7 @@ from shadowd.admin import create_admin_app, judge_now
 from shadowd.aggregate import Aggregator
 from shadowd.config import AdminConfig, Config, ConfigError
 from shadowd.metrics import Metrics
+from shadowd.report import build_report
 from shadowd.verdict.evidence import VerdictEvidence
 
 TOKEN = "let-me-in"
@@ -58,6 +59,9 @@ class FakeDaemon:
     def reset(self) -> dict[str, Any]:
         self.evidence.reset()
         return self.aggregator.reset()
+
+    def report(self) -> dict[str, Any]:
+        return build_report(self.aggregator, self.mirror_status())
 
     async def current_verdict(self) -> Any:
         return await judge_now(self)

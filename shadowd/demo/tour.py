@@ -13,7 +13,7 @@ import sys
 from shadowd.config import AdminConfig, Config, IngressConfig, Listen, target_from_url
 from shadowd.demo.services import CANDIDATE, PRIMARY, SECONDARY, SampleServices
 from shadowd.demo.traffic import drive
-from shadowd.report import build_report, render_table
+from shadowd.report import render_table
 from shadowd.supervisor import Supervisor
 from shadowd.verdict.judge import judge
 
@@ -75,7 +75,7 @@ async def tour(duration: float | None, requests: int, out=sys.stdout) -> int:
             file=out,
         )
         await daemon.settle(timeout=15.0)
-        report = build_report(daemon.aggregator, daemon.mirror_status())
+        report = daemon.report()
         print(render_table(report), file=out)
         verdict = judge(report, daemon.evidence, daemon.config)
         daemon.metrics.observe_verdict(verdict)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -69,10 +70,14 @@ class ScheduledVerdict:
             initializer=_lowest_priority,
         )
         self._timer = asyncio.get_running_loop().create_task(self._every(), name="verdict-timer")
+        self._judge_soon()
 
     async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for task in (self._timer, self._running):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -24,6 +24,7 @@ def _scipy_stats():  # type: ignore[no-untyped-def]
 
     return stats
 
+
 _BOOTSTRAP_ROUNDS = 1000
 _BOOTSTRAP_MAX_PAIRS = 1000  # resamples of at most this many pairs: ~10 ms per endpoint
 _SEED = 20261124  # fixed: the same evidence always gives the same interval
