@@ -137,6 +137,9 @@ class Supervisor:
     async def start(self, *, ingress_sock: socket.socket | None = None) -> None:
         config = self.config
         self._runtime_dir = tempfile.mkdtemp(prefix="shadowd-")  # 0700: our sockets only
+        if len(self._runtime_dir) > 80:  # a Unix socket path must fit in 108 bytes
+            os.rmdir(self._runtime_dir)
+            self._runtime_dir = tempfile.mkdtemp(prefix="shadowd-", dir="/tmp")
         try:
             self._control_server = await asyncio.start_unix_server(
                 self._on_control, control_socket(self._runtime_dir), limit=1 << 30
@@ -156,6 +159,14 @@ class Supervisor:
             self.verdicts.start()  # and a first judgement now: later calls never wait
         except BaseException:
             await self._kill_all()
+            await self.verdicts.close()
+            if self._admin_runner is not None:
+                await self._admin_runner.cleanup()
+            if self._control_server is not None:
+                self._control_server.close()
+                await self._control_server.wait_closed()
+            if self._reserved is not None:
+                self._reserved.close()
             self._cleanup_runtime()
             raise
         self.started = True
@@ -184,6 +195,12 @@ class Supervisor:
             return
         listen = self.config.ingress.listen
         info = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)[0]
+        if listen.port:
+            # SO_REUSEPORT would let us join another process's group on this port (another
+            # shadowd, say) and split its traffic silently: a plain bind first must succeed.
+            with socket.socket(info[0], socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(info[4])
         sock = socket.socket(info[0], socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

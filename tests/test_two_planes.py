@@ -315,3 +315,27 @@ async def test_a_killed_analysis_worker_is_restarted_and_the_stream_resumes(
         )
         == 1
     )
+
+
+async def test_a_port_another_process_listens_on_is_refused_not_shared(targets):
+    import socket as socket_module
+
+    holder = socket_module.socket()
+    holder.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        from shadowd.config import Listen
+
+        supervisor = Supervisor(
+            build_config(
+                targets["primary"].url,
+                targets["candidate"].url,
+                ingress={"listen": Listen("127.0.0.1", port)},
+            )
+        )
+        with pytest.raises(OSError):
+            await supervisor.start()
+    finally:
+        holder.close()
