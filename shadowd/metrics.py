@@ -20,12 +20,12 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
 )
 from prometheus_client.metrics_core import Metric
 
 from shadowd import __version__
+from shadowd.analysis.series import ExchangeSeries
 from shadowd.config import Config
 from shadowd.diff.model import ExchangeDiff
 from shadowd.endpoints import OTHER
@@ -57,23 +57,7 @@ REJECT_REASONS = (
 CAPTURE_DROP_REASONS = ("buffer_full", "write_error", OTHER)
 UPSTREAM_ERROR_KINDS = (*ERROR_KINDS, OTHER)
 CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", OTHER)
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 VERDICTS = ("pass", "fail", "inconclusive")
-
-
-class _EndpointSeries:
-    """The children of one endpoint label value, bound on first use."""
-
-    __slots__ = ("divergences", "divergent", "exchanges", "label", "latency", "noisy")
-
-    def __init__(self, metrics: Metrics, label: str) -> None:
-        self.label = label
-        # Bound now so that a ratio query has a 0 numerator rather than no series at all.
-        self.divergent = metrics._divergent.labels(label)
-        self.noisy = metrics._noisy.labels(label)
-        self.exchanges: dict[str, Any] = {}  # target -> child
-        self.latency: dict[str, Any] = {}  # target -> child
-        self.divergences: dict[str, Any] = {}  # kind -> child
 
 
 class Metrics:
@@ -83,38 +67,9 @@ class Metrics:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self._max_endpoints = config.endpoints.max
         _build_info(registry)
-        self._exchanges = Counter(
-            "shadowd_exchanges",
-            "Answers received per target and endpoint (mirrored exchanges)",
-            ["target", "endpoint"],
-            registry=registry,
-        )
-        self._divergences = Counter(
-            "shadowd_divergences",
-            "Exchanges where the candidate differs from the primary, per kind "
-            "(each kind counted once per exchange)",
-            ["endpoint", "kind"],
-            registry=registry,
-        )
-        self._divergent = Counter(
-            "shadowd_divergent_exchanges",
-            "Exchanges with any candidate difference",
-            ["endpoint"],
-            registry=registry,
-        )
-        self._noisy = Counter(
-            "shadowd_noisy_exchanges",
-            "Exchanges where the secondary differs from the primary",
-            ["endpoint"],
-            registry=registry,
-        )
-        self._latency = Histogram(
-            "shadowd_upstream_latency_seconds",
-            "Time to a target's complete answer (answers that failed are left out)",
-            ["target", "endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
+        # Per exchange (the analysis plane): plain counts, see shadowd.analysis.series.
+        self.exchange_series = ExchangeSeries(config.endpoints.max)
+        registry.register(self.exchange_series)  # type: ignore[arg-type]
         self._errors_metric = Counter(
             "shadowd_upstream_errors",
             "Requests to a target that got no complete answer, per kind",
@@ -184,8 +139,6 @@ class Metrics:
             "shadowd_diff_failures", "Exchanges the diff stage failed on (a bug)", registry=registry
         )
         self._verdict, self._criteria = _verdict_series(registry)
-        self._endpoints: dict[str, _EndpointSeries] = {}
-        self._other_endpoint: _EndpointSeries | None = None
 
     # -- the data plane ------------------------------------------------------------------
     def mirror_dropped(self, reason: str) -> None:
@@ -248,42 +201,11 @@ class Metrics:
     def observe_exchange(self, exchange: Exchange, diff: ExchangeDiff) -> None:
         """Exchanges and latency per target, divergent/noisy exchanges, and each divergence
         kind once per exchange."""
-        series = self._endpoints.get(exchange.endpoint) or self._series(exchange.endpoint)
-        for target, answer in exchange.answers.items():
-            child = series.exchanges.get(target)
-            if child is None:
-                child = series.exchanges[target] = self._exchanges.labels(target, series.label)
-            child.inc()
-            if answer.error is None:
-                child = series.latency.get(target)
-                if child is None:
-                    child = series.latency[target] = self._latency.labels(target, series.label)
-                child.observe(answer.latency)
-        if diff.candidate:
-            series.divergent.inc()
-            kinds = series.divergences
-            for kind in {d.kind for d in diff.candidate}:
-                child = kinds.get(kind)
-                if child is None:
-                    child = kinds[kind] = self._divergences.labels(series.label, kind.value)
-                child.inc()
-        if diff.secondary:
-            series.noisy.inc()
-
-    def _series(self, endpoint: str) -> _EndpointSeries:
-        """An endpoint seen for the first time: its own series, or ``other`` past the cap.
-        Overflowing names are not remembered, so this dict stays bounded too."""
-        if len(self._endpoints) < self._max_endpoints:
-            series = self._endpoints[endpoint] = _EndpointSeries(self, endpoint)
-            return series
-        if self._other_endpoint is None:
-            self._other_endpoint = self._endpoints.get(OTHER) or _EndpointSeries(self, OTHER)
-        return self._other_endpoint
+        self.exchange_series.observe(exchange, diff)
 
     def endpoint_label(self, endpoint: str) -> str:
         """The label value an endpoint's series carry (``other`` past the cap)."""
-        series = self._endpoints.get(endpoint) or self._series(endpoint)
-        return series.label
+        return self.exchange_series.label(endpoint)
 
     def observe_verdict(self, verdict: Any) -> None:
         """Publish the last verdict (``shadowd.verdict.judge.Verdict``) as gauges."""
