@@ -15,20 +15,23 @@ import orjson
 
 from shadowd import __version__
 from shadowd.config import ConfigError, load_config
+from shadowd.config_loader import check_environment
 from shadowd.errors import AdminUnreachable
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8471"
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shadowd.daemon import Daemon
-    from shadowd.logs import setup_logging
-
     try:
         config = load_config(args.config)
+        check_environment(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    # Imported once the config holds: a refusal costs no more than check-config does.
+    from shadowd.daemon import Daemon
+    from shadowd.logs import setup_logging
+
     setup_logging(config.logging.level, config.logging.format)
     _install_uvloop()
 
@@ -51,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
+        check_environment(config)  # the checks ``run`` makes, so the two agree
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
