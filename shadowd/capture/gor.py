@@ -11,15 +11,19 @@ address, the secondary and candidate answers, and anything GoReplay did not reco
 
 from __future__ import annotations
 
-import gzip
+import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from shadowd.capture.reader import CaptureStats
 from shadowd.endpoints import auto_template
+from shadowd.errors import CaptureError, CaptureFormatError
 from shadowd.exchange import PRIMARY, Answer, Exchange, Headers, Request
 
 SEPARATOR = "\n🐵🙈🙉\n".encode()
+_STATUS = re.compile(rb"^[1-9][0-9]{2}$")
+_PIECE = 64 * 1024
 
 
 def _split_message(raw: bytes) -> tuple[bytes, Headers, bytes]:
@@ -65,16 +69,22 @@ def _records(data: bytes) -> Iterator[tuple[list[bytes], bytes]]:
 
 
 def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Exchange]:
+    """Every complete request of a GoReplay file, paired with its original response.
+    Raises ``CaptureError`` when the file cannot be read or is not gzip (``.gz``)."""
     stats = stats if stats is not None else CaptureStats()
     path = Path(path)
-    raw = path.read_bytes()
-    if path.name.endswith(".gz"):
-        raw = gzip.decompress(raw)
+    raw, torn = _read(path)
     stats.header = {"format": "goreplay", "file": path.name}
+    complete, _, tail = raw.rpartition(SEPARATOR)
+    if tail.strip():
+        # Every record ends with the separator: what follows the last one was cut short.
+        stats.torn_tail = True
+    elif torn:
+        stats.torn_tail = True
     pending: dict[bytes, Exchange] = {}
-    order: list[bytes] = []
+    order: list[Exchange] = []
     sequence = 0
-    for fields, message in _records(raw):
+    for fields, message in _records(complete):
         if len(fields) not in (3, 4) or fields[0] not in (b"1", b"2", b"3"):
             stats.corrupt += 1
             continue
@@ -82,13 +92,13 @@ def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Ex
         try:
             stamp = int(fields[2]) / 1e9
             latency = int(fields[3]) / 1e9 if len(fields) == 4 else 0.0
-        except ValueError:
+        except (ValueError, OverflowError):
             stats.corrupt += 1
             continue
         first, headers, body = _split_message(message)
         if kind == b"1":
             parts = first.split(b" ")
-            if len(parts) < 2:
+            if len(parts) < 2 or not parts[0] or not parts[1]:
                 stats.corrupt += 1
                 continue
             method, target = parts[0].decode("latin-1"), parts[1].decode("latin-1")
@@ -96,14 +106,15 @@ def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Ex
             request = Request(
                 method=method, target=target, headers=headers, body=body, received_at=stamp
             )
-            pending[ident] = Exchange(
+            exchange = Exchange(
                 id=sequence, request=request, endpoint=f"{method} {auto_template(request.path)}"
             )
-            order.append(ident)
+            pending[ident] = exchange  # a reused id pairs the response with the latest request
+            order.append(exchange)
         elif kind == b"2":
             exchange = pending.get(ident)
             parts = first.split(b" ", 2)
-            if exchange is None or len(parts) < 2 or not parts[1].isdigit():
+            if exchange is None or len(parts) < 2 or not _STATUS.match(parts[1]):
                 stats.corrupt += 1
                 continue
             exchange.answers[PRIMARY] = Answer(
@@ -118,6 +129,37 @@ def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Ex
             stats.header["replayed_responses_skipped"] = (
                 stats.header.get("replayed_responses_skipped", 0) + 1
             )
-    for ident in order:
+    for exchange in order:
         stats.records += 1
-        yield pending[ident]
+        yield exchange
+
+
+def _read(path: Path) -> tuple[bytes, bool]:
+    """The file's bytes, decompressed for ``.gz``; True when a gzip stream was cut short
+    (everything before the cut is kept)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+    if not path.name.endswith(".gz"):
+        return raw, False
+    if raw[:2] != b"\x1f\x8b":
+        raise CaptureFormatError(f"{path}: not a gzip file (a .gor.gz must be gzip-compressed)")
+    out = bytearray()
+    rest = raw
+    while rest[:2] == b"\x1f\x8b":  # gzip allows several members one after another
+        inflater = zlib.decompressobj(wbits=31)
+        # Fed in pieces, so damage loses only what follows it, not the whole member.
+        for start in range(0, len(rest), _PIECE):
+            try:
+                out += inflater.decompress(rest[start : start + _PIECE])
+            except zlib.error as exc:
+                if not out:
+                    raise CaptureFormatError(f"{path}: damaged gzip data ({exc})") from exc
+                return bytes(out), True
+            if inflater.eof:
+                break
+        if not inflater.eof:
+            return bytes(out), True
+        rest = inflater.unused_data
+    return bytes(out), False
