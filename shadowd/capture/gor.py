@@ -24,6 +24,7 @@ from shadowd.exchange import PRIMARY, Answer, Exchange, Headers, Request
 SEPARATOR = "\n🐵🙈🙉\n".encode()
 _STATUS = re.compile(rb"^[1-9][0-9]{2}$")
 _PIECE = 64 * 1024
+_MONKEYS = tuple((m.encode(), 1 + 4 * i) for i, m in enumerate("🐵🙈🙉"))
 
 
 def _split_message(raw: bytes) -> tuple[bytes, Headers, bytes]:
@@ -59,13 +60,57 @@ def _dechunk(body: bytes) -> bytes:
     return bytes(out)
 
 
-def _records(data: bytes) -> Iterator[tuple[list[bytes], bytes]]:
-    for chunk in data.split(SEPARATOR):
-        chunk = chunk.lstrip(b"\n")
+def _separators(data: bytes) -> list[int]:
+    """Where each record's separator starts: exact ones, and ones with a single damaged byte.
+    GoReplay files carry no lengths or checksums, so a damaged separator would otherwise
+    merge two records into one and lose both."""
+    exact = []
+    position = data.find(SEPARATOR)
+    while position >= 0:
+        exact.append(position)
+        position = data.find(SEPARATOR, position + len(SEPARATOR))
+    found = []
+    start = 0
+    for end in [*exact, len(data)]:
+        found += _damaged_separators(data, start, end)
+        if end < len(data):
+            found.append(end)
+        start = end + len(SEPARATOR)
+    return found
+
+
+def _damaged_separators(data: bytes, start: int, end: int) -> list[int]:
+    # One damaged byte leaves at least two of the three 4-byte monkeys intact, so a search
+    # for each monkey, then a byte-by-byte comparison of the window, finds every such one.
+    hits: set[int] = set()
+    for monkey, offset in _MONKEYS:
+        position = data.find(monkey, start, end)
+        while position >= 0:
+            window = position - offset
+            if start <= window and window + len(SEPARATOR) <= end:
+                piece = data[window : window + len(SEPARATOR)]
+                if sum(a != b for a, b in zip(piece, SEPARATOR, strict=True)) == 1:
+                    hits.add(window)
+            position = data.find(monkey, position + 1, end)
+    out: list[int] = []
+    for window in sorted(hits):
+        if not out or window >= out[-1] + len(SEPARATOR):
+            out.append(window)
+    return out
+
+
+def _records(data: bytes) -> tuple[list[tuple[list[bytes], bytes]], bytes]:
+    """(meta fields, HTTP message) of each record, and what follows the last separator."""
+    out = []
+    start = 0
+    for position in _separators(data):
+        chunk = data[start:position].lstrip(b"\n")
+        start = position + len(SEPARATOR)
         if not chunk.strip():
             continue
         meta, _, message = chunk.partition(b"\n")
-        yield meta.split(), message
+        out.append((meta.split(), message))
+    return out, data[start:]
 
 
 def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Exchange]:
@@ -75,16 +120,13 @@ def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Ex
     path = Path(path)
     raw, torn = _read(path)
     stats.header = {"format": "goreplay", "file": path.name}
-    complete, _, tail = raw.rpartition(SEPARATOR)
-    if tail.strip():
-        # Every record ends with the separator: what follows the last one was cut short.
-        stats.torn_tail = True
-    elif torn:
-        stats.torn_tail = True
+    records, tail = _records(raw)
+    # Every record ends with the separator: what follows the last one was cut short.
+    stats.torn_tail = torn or bool(tail.strip())
     pending: dict[bytes, Exchange] = {}
     order: list[Exchange] = []
     sequence = 0
-    for fields, message in _records(complete):
+    for fields, message in records:
         if len(fields) not in (3, 4) or fields[0] not in (b"1", b"2", b"3"):
             stats.corrupt += 1
             continue
