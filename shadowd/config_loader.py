@@ -375,7 +375,8 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
 def _is_loopback(host: str) -> bool:
     address = _ip(host)
     if address is None:
-        return host.lower() == "localhost" or host.lower().endswith(".localhost")
+        name = host.lower().rstrip(".")
+        return name == "localhost" or name.endswith(".localhost")
     return address.is_loopback
 
 
@@ -394,6 +395,19 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+def _overlap(one: str, other: str) -> bool:
+    """Two listen hosts would claim the same address on one port."""
+    a, b = _ip(one), _ip(other)
+    if one.lower() == other.lower() or (a is not None and a == b):
+        return True
+    if (a is not None and a.is_unspecified) or (b is not None and b.is_unspecified):
+        return True
+    # "localhost" binds every loopback address it resolves to, 127.0.0.1 among them.
+    return (a is None and _is_loopback(one) and _is_loopback(other)) or (
+        b is None and _is_loopback(other) and _is_loopback(one)
+    )
+
+
 def _this_host(host: str) -> bool:
     """Connecting to it reaches this machine: loopback, or the unspecified address (which
     Linux and macOS route to the local host)."""
@@ -407,7 +421,9 @@ def _cross_checks(
     targets: dict[str, TargetConfig | None],
     problems: _Problems,
 ) -> None:
-    if ingress.listen == admin.listen and ingress.listen.port != 0:
+    if ingress.listen.port == admin.listen.port != 0 and _overlap(
+        ingress.listen.host, admin.listen.host
+    ):
         problems.add("admin.listen", f"is the same address as ingress.listen ({ingress.listen})")
     if not _is_loopback(admin.listen.host) and admin.token_file is None:
         problems.add(

@@ -167,6 +167,7 @@ CASES: list[tuple[str, str, str]] = [
     ("loop-127-other", config(candidate="http://127.5.6.7:8470"), "targets.candidate.url"),
     ("loop-ipv6-any", config(candidate="http://[::]:8470"), "targets.candidate.url"),
     ("loop-ipv6-loopback", config(candidate="http://[::1]:8470"), "targets.candidate.url"),
+    ("loop-localhost-dot", config(candidate="http://localhost.:8470"), "targets.candidate.url"),
     ("loop-mapped", config(candidate="http://[::ffff:127.0.0.1]:8470"), "targets.candidate.url"),
     ("loop-decimal", config(primary="http://2130706433:8470"), "targets.primary.url"),
     ("loop-listen-any", config('[ingress]\nlisten = "0.0.0.0:9001"'), "targets.primary.url"),
@@ -199,6 +200,12 @@ CASES: list[tuple[str, str, str]] = [
     ("listen-not-local", config('[ingress]\nlisten = "192.0.2.1:8470"'), "ingress.listen"),
     ("listen-port-range", config('[ingress]\nlisten = "127.0.0.1:70000"'), "ingress.listen"),
     ("admin-same-as-ingress", config('[admin]\nlisten = "127.0.0.1:8470"'), "admin.listen"),
+    ("admin-overlaps-ingress", config('[admin]\nlisten = "localhost:8470"'), "admin.listen"),
+    (
+        "admin-on-every-address",
+        config('[admin]\nlisten = "0.0.0.0:8470"\ntoken_file = "{tmp}/token"'),
+        "admin.listen",
+    ),
     ("admin-unresolvable", config('[admin]\nlisten = "nosuch.invalid:8471"'), "admin.listen"),
     # -- everything else a runtime parser would trip on ------------------------------------
     (
@@ -248,6 +255,7 @@ def test_the_table_is_big_enough():
 def materialise(tmp_path: Path, text: str) -> Path:
     (tmp_path / "plain.txt").write_text("not a capture, not a certificate\n")
     (tmp_path / "empty").write_text("")
+    (tmp_path / "token").write_text("s3cret\n")
     path = tmp_path / "shadowd.toml"
     path.write_text(text.replace("{tmp}", str(tmp_path)))
     return path

@@ -57,17 +57,21 @@ class CaptureReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.stats = CaptureStats()
+        self._budget = RESYNC_ALLOWANCE  # bytes the resync may still checksum
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Each intact, well-formed record (as a map), in file order; ``self.stats`` counts
         the rest."""
         try:
             handle = self.path.open("rb")
-            size = os.fstat(handle.fileno()).st_size
         except OSError as exc:
             raise CaptureError(f"{self.path}: cannot open: {exc.strerror or exc}") from exc
         with handle:
-            start = handle.read(len(MAGIC) + len(SYNC))
+            try:
+                size = os.fstat(handle.fileno()).st_size
+                start = handle.read(len(MAGIC) + len(SYNC))
+            except OSError as exc:
+                raise CaptureError(f"{self.path}: cannot read: {exc.strerror or exc}") from exc
             if not _looks_like_capture(start):
                 raise CaptureFormatError(f"{self.path}: not a shadowd capture file")
             if start[: len(MAGIC)] != MAGIC:
@@ -75,7 +79,11 @@ class CaptureReader:
             if size == len(MAGIC):
                 self.stats.torn_tail = True
                 return
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            try:
+                data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError) as exc:  # not a regular file, or emptied meanwhile
+                raise CaptureError(f"{self.path}: cannot map: {exc}") from exc
+            with data:
                 self._budget = RESYNC_ALLOWANCE
                 yield from self._frames(data, min(size, len(data)))
 
