@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -354,3 +355,16 @@ def test_check_config_still_accepts_what_is_fine(tmp_path, capsys, text):
     assert main(["check-config", str(path)]) == 0, capsys.readouterr().err
     # The probes leave nothing behind: no capture file, no folder created.
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_capture_folder_without_write_permission_is_refused(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    path = materialise(tmp_path, config(f'[capture]\npath = "{locked}/c.shadow"'))
+    try:
+        assert main(["check-config", str(path)]) == 1
+    finally:
+        locked.chmod(0o700)
+    line = assert_one_problem(path, capsys.readouterr().err, "capture.path")
+    assert "Permission denied" in line

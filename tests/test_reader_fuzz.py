@@ -256,6 +256,14 @@ def test_records_with_wrong_types_are_skipped_and_counted(tmp_path, capsys):
     assert f"{len(BAD_RECORDS) + 2} corrupt records skipped" in out.out
 
 
+def test_a_header_with_odd_values_still_inspects_as_json(tmp_path, capsys):
+    header = {"v": 1, "creator": b"bytes", 7: "int key", "meta": {"x": float("nan")}, "ok": "yes"}
+    path = tmp_path / "odd.shadow"
+    path.write_bytes(MAGIC + frame(msgpack.packb(header, use_bin_type=True)) + DATA[HEADER_END:])
+    assert main(["inspect", "--json", str(path)]) == 0
+    assert '"ok": "yes"' in capsys.readouterr().out
+
+
 def test_replay_skips_recorded_requests_that_would_split_on_the_wire(tmp_path):
     exchanges = [
         exchange(0),

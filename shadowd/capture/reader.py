@@ -145,7 +145,10 @@ class CaptureReader:
                                 f"{self.path}: the file header has no valid version ({version!r})"
                             )
                         migrate_record(version, {})  # refuses versions newer than ours
-                        stats.header = doc
+                        # Shown by inspect and written as JSON: only what JSON can hold.
+                        stats.header = {
+                            k: v for k, v in doc.items() if isinstance(k, str) and _plain(v)
+                        }
                         continue
                     # The header frame was damaged and skipped: read on as the current version
                     # rather than lose every record behind it.
@@ -203,6 +206,19 @@ def _looks_like_capture(start: bytes) -> bool:
     if len(start) < len(MAGIC) + len(SYNC) or start[len(MAGIC) :] != SYNC:
         return False
     return sum(a != b for a, b in zip(start, MAGIC, strict=False)) <= 2
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """A value JSON can hold as it is: str, finite number, bool, nil, lists, str-keyed maps."""
+    if depth > 8:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(item, depth + 1) for item in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, str | int | bool)
 
 
 def _finite(value: Any) -> bool:
