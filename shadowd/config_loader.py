@@ -44,6 +44,7 @@ from shadowd.config_readers import (
     boolean,
     duration,
     existing_file,
+    file_path,
     header_name,
     header_table,
     host_header,
@@ -123,7 +124,7 @@ RULE = {
     "replacement": ("replacement", string),
 }
 CAPTURE = {
-    "path": ("path", lambda v: Path(string(v)).expanduser()),
+    "path": ("path", file_path),
     "max_bytes": ("max_bytes", size),
     "max_age": ("max_age", duration),
     "keep_files": ("keep_files", integer(1, 100_000)),
@@ -503,6 +504,13 @@ def _listen_problem(host: str) -> str | None:
 
 def _capture_problem(path: Path) -> str | None:
     """Why the writer could not create or append to ``path`` (it creates missing folders)."""
+    try:
+        return _capture_problem_at(path)
+    except OSError as exc:  # a name too long, a folder above it that cannot be searched...
+        return f"cannot use {path}: {exc.strerror or exc}"
+
+
+def _capture_problem_at(path: Path) -> str | None:
     if path.is_dir():
         return f"{path} is a directory: give a file path such as {path / 'live.shadow'}"
     if path.exists() or path.is_symlink():

@@ -252,10 +252,25 @@ def host_header(value: Any) -> str:
     return text
 
 
+def file_path(value: Any) -> Path:
+    text = string(value)
+    if "\0" in text:
+        raise Invalid(f"must not contain a NUL character: {text!r}")
+    if not text:
+        raise Invalid("must not be empty")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "~name" for a user this machine does not have
+        raise Invalid(f"cannot expand {text.split('/')[0]!r}: no such user") from None
+
+
 def existing_file(value: Any) -> Path:
-    path = Path(string(value)).expanduser()
-    if not path.is_file():
-        raise Invalid(f"no such file: {path}")
+    path = file_path(value)
+    try:
+        if not path.is_file():
+            raise Invalid(f"no such file: {path}")
+    except OSError as exc:  # a name too long, a permission on a folder above it...
+        raise Invalid(f"cannot use {path}: {exc.strerror or exc}") from None
     if not os.access(path, os.R_OK):
         raise Invalid(f"cannot read {path}")
     return path

@@ -173,6 +173,10 @@ CASES: list[tuple[str, str, str]] = [
     ("loop-decimal", config(primary="http://2130706433:8470"), "targets.primary.url"),
     ("loop-listen-any", config('[ingress]\nlisten = "0.0.0.0:9001"'), "targets.primary.url"),
     # -- capture files ----------------------------------------------------------------------
+    ("capture-unknown-user", config('[capture]\npath = "~nosuchuser/c.shadow"'), "capture.path"),
+    ("capture-nul", config('[capture]\npath = "{tmp}/a\\u0000b"'), "capture.path"),
+    ("capture-empty-path", config('[capture]\npath = ""'), "capture.path"),
+    ("token-unknown-user", config('[admin]\ntoken_file = "~nosuchuser/t"'), "admin.token_file"),
     ("capture-directory", config('[capture]\npath = "{tmp}"'), "capture.path"),
     ("capture-uncreatable", config('[capture]\npath = "/proc/nope/c.shadow"'), "capture.path"),
     (
@@ -368,3 +372,59 @@ def test_a_capture_folder_without_write_permission_is_refused(tmp_path, capsys):
         locked.chmod(0o700)
     line = assert_one_problem(path, capsys.readouterr().err, "capture.path")
     assert "Permission denied" in line
+
+
+def test_random_values_for_every_key_raise_nothing_but_config_errors(tmp_path):
+    """Seeded: every schema key gets values of every TOML type, odd strings and numbers."""
+    import datetime
+    import random
+
+    from shadowd.config import ConfigError
+    from shadowd.config_loader import RULE, SECTIONS, TARGET, check_environment, parse_config
+
+    rng = random.Random(20261129)
+    odd_strings = ["", "x", "\r\n", "\0", "~nosuchuser/x", "$.a b", "(", "http://[::1", "10MiB"]
+    odd_strings += ["9" * 400, str(tmp_path), "[::1]:0", "GET /a/{id}", "é€", "-1", "1e999"]
+
+    def value(depth: int = 0):
+        choices = [
+            lambda: rng.choice(odd_strings),
+            lambda: rng.choice([0, -1, 2**63 - 1, -(2**63), 1, 65536]),
+            lambda: rng.choice([float("nan"), float("inf"), -0.0, 1e308, 0.5]),
+            lambda: rng.choice([True, False]),
+            lambda: rng.choice([datetime.datetime(2026, 1, 1), datetime.time(1, 2)]),
+        ]
+        if depth < 2:
+            choices.append(lambda: [value(depth + 1) for _ in range(rng.randrange(3))])
+            choices.append(
+                lambda: {
+                    rng.choice(["a", "Host", "X-A", "GET /x", "Content-Length", ""]): value(
+                        depth + 1
+                    )
+                    for _ in range(rng.randrange(3))
+                }
+            )
+        return rng.choice(choices)()
+
+    for _ in range(3000):
+        doc: dict = {
+            "targets": {
+                "primary": {"url": "http://127.0.0.1:9001"},
+                "candidate": {"url": "http://127.0.0.1:9003"},
+            }
+        }
+        for _ in range(rng.randrange(1, 4)):
+            section = rng.choice([*SECTIONS, "rules"])
+            if section == "targets":
+                name = rng.choice(["primary", "candidate", "secondary"])
+                table = doc["targets"].setdefault(name, {"url": "http://127.0.0.1:9002"})
+                table[rng.choice(list(TARGET))] = value()
+            elif section == "rules":
+                keys = rng.sample(list(RULE), rng.randrange(1, 6))
+                doc.setdefault("diff", {})["rules"] = [{k: value() for k in keys}]
+            else:
+                doc.setdefault(section, {})[rng.choice(list(SECTIONS[section]))] = value()
+        try:
+            check_environment(parse_config(doc, "f.toml"))
+        except ConfigError as exc:
+            assert all(p.startswith("f.toml: ") for p in exc.problems), doc
