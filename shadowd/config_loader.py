@@ -503,7 +503,8 @@ def _listen_problem(host: str) -> str | None:
 
 
 def _capture_problem(path: Path) -> str | None:
-    """Why the writer could not create or append to ``path`` (it creates missing folders)."""
+    """Why the writer could not create, append to or rotate ``path`` (it creates missing
+    folders)."""
     try:
         return _capture_problem_at(path)
     except OSError as exc:  # a name too long, a folder above it that cannot be searched...
@@ -525,7 +526,9 @@ def _capture_problem_at(path: Path) -> str | None:
             start = existing.read(len(MAGIC))
         if start and start != MAGIC[: len(start)]:
             return f"{path} exists and is not a shadowd capture file: move it or pick another path"
-        return None
+        if path.stat().st_uid != os.geteuid() != 0:
+            return f"{path} belongs to another user: shadowd could not make it private (0600)"
+    # Rotation renames the file and starts a new one beside it: the folder must take files.
     folder = path.parent
     while not folder.exists():
         if folder == folder.parent:

@@ -235,11 +235,12 @@ def header_value(value: Any) -> str:
     """A value written into a request header line as is: a CR or LF would end the line and
     let the rest be read as another header or another request (header injection)."""
     text = string(value)
-    for char in text:
+    # The value itself is not echoed: it is often a credential.
+    for position, char in enumerate(text):
         if (char < " " and char != "\t") or char == "\x7f":
-            raise Invalid(f"must not contain control characters (found {char!r}): {text!r}")
+            raise Invalid(f"must not contain control characters ({char!r} at {position})")
         if ord(char) > 0xFF:
-            raise Invalid(f"must be Latin-1 text, as HTTP/1.1 headers are (found {char!r})")
+            raise Invalid(f"must be Latin-1 text, as HTTP/1.1 headers are ({char!r} at {position})")
     return text
 
 
