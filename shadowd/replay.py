@@ -143,10 +143,8 @@ def request_problem(exchange: Exchange) -> str | None:
     """Why a recorded request cannot be sent again as it is, or None. A capture is data, not
     trusted input: a CR or LF in a target or header would split the request on the wire."""
     request = exchange.request
-    if (
-        not _TOKEN.match(request.method.encode("latin-1", "replace"))
-        or not request.method.isascii()
-    ):
+    method = request.method
+    if not method.isascii() or not _TOKEN.match(method.encode("ascii")):
         return "method"
     target = request.target
     if not (target.startswith("/") or target == "*") or _BAD_TARGET.search(target):
