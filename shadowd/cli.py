@@ -15,20 +15,23 @@ import orjson
 
 from shadowd import __version__
 from shadowd.config import ConfigError, load_config
+from shadowd.config_loader import check_environment
 from shadowd.errors import AdminUnreachable
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8471"
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shadowd.logs import setup_logging
-    from shadowd.supervisor import Supervisor
-
     try:
         config = load_config(args.config)
+        check_environment(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    # Imported once the config holds: a refusal costs no more than check-config does.
+    from shadowd.logs import setup_logging
+    from shadowd.supervisor import Supervisor
+
     setup_logging(config.logging.level, config.logging.format)
     _install_uvloop()
 
@@ -51,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
+        check_environment(config)  # the checks ``run`` makes, so the two agree
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -114,23 +118,24 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         targets = parse_targets(args.target)
         headers = _header_rewrites(args.header or [], targets)
+        options = ReplayOptions(
+            targets=targets,
+            speed=args.speed,
+            rate=args.rate,
+            concurrency=args.concurrency,
+            loop=args.loop,
+            duration=args.duration,
+            endpoint=args.endpoint,
+            methods=frozenset(m.upper() for m in args.method or ()),
+            path=args.path,
+            headers=headers,
+            timeout=args.timeout,
+            connections=args.connections,
+        )
+        options.validate()
     except ValueError as exc:
         print(f"shadowd replay: {exc}", file=sys.stderr)
         return 2
-    options = ReplayOptions(
-        targets=targets,
-        speed=args.speed,
-        rate=args.rate,
-        concurrency=args.concurrency,
-        loop=args.loop,
-        duration=args.duration,
-        endpoint=args.endpoint,
-        methods=frozenset(m.upper() for m in args.method or ()),
-        path=args.path,
-        headers=headers,
-        timeout=args.timeout,
-        connections=args.connections,
-    )
     _install_uvloop()
     try:
         summary = asyncio.run(replay(Path(args.capture), options))
@@ -139,7 +144,13 @@ def _replay(args: argparse.Namespace) -> int:
         return 1
     print(render_summary(summary))
     if args.json:
-        Path(args.json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        try:
+            Path(args.json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            print(
+                f"shadowd replay: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr
+            )
+            return 1
     return 130 if summary["interrupted"] else 0
 
 
@@ -168,8 +179,8 @@ VERDICT_EXIT = {"pass": 0, "fail": 1, "inconclusive": 2}
 
 def _verdict(args: argparse.Namespace) -> int:
     """Exit 0 pass, 1 fail, 2 inconclusive, 3 could not judge."""
-    token = _token(args)
     try:
+        token = _token(args)
         verdict = admin_get(args.url, "/api/v1/verdict", token)
         report = admin_get(args.url, "/api/v1/report", token) if args.markdown else None
     except AdminUnreachable as exc:
@@ -193,7 +204,14 @@ def _verdict(args: argparse.Namespace) -> int:
                     )
                 except AdminUnreachable:
                     continue
-        Path(args.markdown).write_text(render_markdown(verdict, report, samples))
+        try:
+            Path(args.markdown).write_text(render_markdown(verdict, report, samples))
+        except OSError as exc:
+            print(
+                f"shadowd verdict: cannot write {args.markdown}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 3
         print(f"promotion report written to {args.markdown}", file=sys.stderr)
     return VERDICT_EXIT.get(verdict.get("verdict"), 3)
 
@@ -223,7 +241,12 @@ def admin_get(url: str, path: str, token: str | None) -> Any:
 
 def _token(args: argparse.Namespace) -> str | None:
     if getattr(args, "token_file", None):
-        return Path(args.token_file).read_text().strip()
+        try:
+            return Path(args.token_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            # Nothing can be asked without it: the same outcome as an unreachable daemon.
+            reason = getattr(exc, "strerror", None) or exc
+            raise AdminUnreachable(f"cannot read --token-file {args.token_file}: {reason}") from exc
     return os.environ.get("SHADOWD_TOKEN") or None
 
 
@@ -342,3 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `shadowd inspect ... | head`: the reader has what it wanted
+        # Python would report the pipe again when flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

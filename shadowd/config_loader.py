@@ -8,12 +8,20 @@ passes silently.
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
+import ipaddress
+import os
+import re
+import socket
+import ssl
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from shadowd.capture.format import MAGIC
 from shadowd.config import (
     DEFAULT_IGNORED_HEADERS,
     RULE_ACTIONS,
@@ -37,8 +45,10 @@ from shadowd.config_readers import (
     boolean,
     duration,
     existing_file,
+    file_path,
     header_name,
     header_table,
+    host_header,
     integer,
     json_path,
     kind_of,
@@ -46,7 +56,9 @@ from shadowd.config_readers import (
     method,
     number,
     one_of,
+    redact_path,
     regex,
+    removable_header,
     route_template,
     size,
     string,
@@ -76,9 +88,9 @@ TARGET = {
     "timeout": ("timeout", duration),
     "connect_timeout": ("connect_timeout", duration),
     "max_connections": ("max_connections", integer(1)),
-    "host_header": ("host_header", string),
+    "host_header": ("host_header", host_header),
     "set_headers": ("set_headers", header_table),
-    "remove_headers": ("remove_headers", lambda v: frozenset(strings(header_name)(v))),
+    "remove_headers": ("remove_headers", lambda v: frozenset(strings(removable_header)(v))),
     "tls_verify": ("tls_verify", boolean),
     "ca_file": ("ca_file", existing_file),
 }
@@ -120,13 +132,13 @@ RULE = {
     "replacement": ("replacement", string),
 }
 CAPTURE = {
-    "path": ("path", lambda v: Path(string(v)).expanduser()),
+    "path": ("path", file_path),
     "max_bytes": ("max_bytes", size),
     "max_age": ("max_age", duration),
     "keep_files": ("keep_files", integer(1, 100_000)),
     "buffer_records": ("buffer_records", integer(1)),
     "redact_headers": ("redact_headers", lambda v: frozenset(strings(header_name)(v))),
-    "redact_body_fields": ("redact_body_fields", strings(json_path)),
+    "redact_body_fields": ("redact_body_fields", strings(redact_path)),
     "redact_query_params": ("redact_query_params", lambda v: frozenset(strings()(v))),
 }
 ADMIN = {
@@ -211,7 +223,10 @@ def _rules(data: Any, problems: _Problems) -> tuple[DiffRule, ...]:
     names: set[str] = set()
     for i, raw in enumerate(data, start=1):
         prefix = f"diff.rules[{i}]"
+        known = len(problems.items)
         values = _read_table(raw, prefix, RULE, problems)
+        if len(problems.items) > known:
+            continue  # the rule's own checks would only echo a value already refused
         missing = [k for k in ("name", "why", "action") if k not in values]
         for key in missing:
             if isinstance(raw, dict) and key not in raw:
@@ -234,6 +249,12 @@ def _rules(data: Any, problems: _Problems) -> tuple[DiffRule, ...]:
         if action == "normalize" and "pattern" not in values:
             problems.add(f"{prefix}.pattern", "is required for a normalize rule")
             continue
+        if action == "normalize":
+            try:  # the diff applies it with re.sub, which reads the replacement eagerly
+                re.sub(values["pattern"], values.get("replacement", ""), "")
+            except re.error as exc:
+                problems.add(f"{prefix}.replacement", f"is not valid for the pattern ({exc})")
+                continue
         if values["name"] in names:
             problems.add(f"{prefix}.name", f"{values['name']!r} is used by another rule")
             continue
@@ -250,7 +271,18 @@ def _target(name: str, data: Any, problems: _Problems) -> TargetConfig | None:
         if isinstance(data, dict) and "url" not in data:
             problems.add(f"{prefix}.url", "is required")
         return None
-    parts = urlsplit(url)
+    # urlsplit silently drops tabs and newlines: refuse them before it sees the URL.
+    if any(c <= " " or c >= "\x7f" for c in url):
+        problems.add(
+            f"{prefix}.url",
+            f"must be ASCII without spaces or control characters (percent-encode): {url!r}",
+        )
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL" for "http://[::1"
+        problems.add(f"{prefix}.url", f"is not a valid URL ({exc}): {url!r}")
+        return None
     try:
         port = parts.port
     except ValueError:
@@ -264,6 +296,11 @@ def _target(name: str, data: Any, problems: _Problems) -> TargetConfig | None:
             f"{prefix}.url",
             "must not carry a query, a fragment or credentials (use set_headers for credentials)",
         )
+        return None
+    if "host_header" in values and any(
+        n.lower() == "host" for n, _ in values.get("set_headers", ())
+    ):
+        problems.add(f"{prefix}.host_header", "give host_header or set_headers Host, not both")
         return None
     if name == "primary":
         values.setdefault("timeout", 30.0)
@@ -347,7 +384,46 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
 
 
 def _is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+    address = _ip(host)
+    if address is None:
+        name = host.lower().rstrip(".")
+        return name == "localhost" or name.endswith(".localhost")
+    return address.is_loopback
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a literal host stands for, also in the legacy IPv4 spellings the
+    resolver accepts ("127.1", "2130706433", "0x7f.1"); None for a name."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, ValueError):
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _overlap(one: str, other: str) -> bool:
+    """Two listen hosts would claim the same address on one port."""
+    a, b = _ip(one), _ip(other)
+    if one.lower() == other.lower() or (a is not None and a == b):
+        return True
+    if (a is not None and a.is_unspecified) or (b is not None and b.is_unspecified):
+        return True
+    # "localhost" binds every loopback address it resolves to, 127.0.0.1 among them.
+    return (a is None and _is_loopback(one) and _is_loopback(other)) or (
+        b is None and _is_loopback(other) and _is_loopback(one)
+    )
+
+
+def _this_host(host: str) -> bool:
+    """Connecting to it reaches this machine: loopback, or the unspecified address (which
+    Linux and macOS route to the local host)."""
+    address = _ip(host)
+    return _is_loopback(host) or (address is not None and address.is_unspecified)
 
 
 def _cross_checks(
@@ -356,7 +432,9 @@ def _cross_checks(
     targets: dict[str, TargetConfig | None],
     problems: _Problems,
 ) -> None:
-    if ingress.listen == admin.listen and ingress.listen.port != 0:
+    if ingress.listen.port == admin.listen.port != 0 and _overlap(
+        ingress.listen.host, admin.listen.host
+    ):
         problems.add("admin.listen", f"is the same address as ingress.listen ({ingress.listen})")
     if not _is_loopback(admin.listen.host) and admin.token_file is None:
         problems.add(
@@ -366,17 +444,118 @@ def _cross_checks(
     for name, target in targets.items():
         if target is None:
             continue
+        listen_host = ingress.listen.host
+        listen_ip, target_ip = _ip(listen_host), _ip(target.host)
         same_port = target.port == ingress.listen.port
         same_host = (
-            target.host == ingress.listen.host
-            or (_is_loopback(target.host) and _is_loopback(ingress.listen.host))
-            or ingress.listen.host in ("0.0.0.0", "::")
+            target.host.lower() == listen_host.lower()
+            or (target_ip is not None and target_ip == listen_ip)
+            or (_this_host(target.host) and _this_host(listen_host))
+            # listening on every address: any host name may resolve to one of them
+            or (listen_ip is not None and listen_ip.is_unspecified)
         )
         if same_port and same_host:
             problems.add(
                 f"targets.{name}.url",
                 f"points at shadowd's own ingress ({ingress.listen}): requests would loop",
             )
+
+
+def check_environment(config: Config) -> None:
+    """What ``run`` needs from this machine besides a valid file: listen hosts that resolve to
+    local addresses, a capture path it can create and append to, CA files that load. Run by
+    both ``check-config`` and ``run`` (before anything listens), so they agree. Nothing is
+    left behind: probes bind to port 0 and write only temporary files. Raises ``ConfigError``.
+    """
+    problems = _Problems(config.source)
+    for key, where in (
+        ("ingress.listen", config.ingress.listen),
+        ("admin.listen", config.admin.listen),
+    ):
+        problem = _listen_problem(where.host)
+        if problem:
+            problems.add(key, problem)
+    if config.capture is not None:
+        problem = _capture_problem(config.capture.path)
+        if problem:
+            problems.add("capture.path", problem)
+    for target in (config.primary, *config.mirror_targets):
+        if target.scheme == "https" and target.ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=str(target.ca_file))
+            except (ssl.SSLError, OSError) as exc:
+                problems.add(
+                    f"targets.{target.name}.ca_file",
+                    f"cannot be loaded as PEM CA certificates ({exc})",
+                )
+    if problems.items:
+        raise ConfigError(problems.items)
+
+
+def _listen_problem(host: str) -> str | None:
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        return f"cannot resolve host {host!r} ({getattr(exc, 'strerror', None) or exc})"
+    for family, kind, proto, _, address in infos:
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:
+            continue  # a family this host lacks (no IPv6): the listener skips it as well
+        with probe:
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    return f"{host!r} ({address[0]}) is not an address of this machine"
+                return f"cannot listen on {host!r} ({address[0]}): {exc.strerror or exc}"
+    return None
+
+
+def _capture_problem(path: Path) -> str | None:
+    """Why the writer could not create, append to or rotate ``path`` (it creates missing
+    folders)."""
+    try:
+        return _capture_problem_at(path)
+    except OSError as exc:  # a name too long, a folder above it that cannot be searched...
+        return f"cannot use {path}: {exc.strerror or exc}"
+
+
+def _capture_problem_at(path: Path) -> str | None:
+    if path.is_dir():
+        return f"{path} is a directory: give a file path such as {path / 'live.shadow'}"
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            return f"{path} is not a regular file"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as exc:
+            return f"cannot append to {path}: {exc.strerror or exc}"
+        os.close(fd)
+        with path.open("rb") as existing:
+            start = existing.read(len(MAGIC))
+        if start and start != MAGIC[: len(start)]:
+            return f"{path} exists and is not a shadowd capture file: move it or pick another path"
+        if path.stat().st_uid != os.geteuid() != 0:
+            return f"{path} belongs to another user: shadowd could not make it private (0600)"
+    # Rotation renames the file and starts a new one beside it: the folder must take files.
+    folder = path.parent
+    while not folder.exists():
+        if folder == folder.parent:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"cannot create {path}: {folder} is not a directory"
+    try:
+        if folder == path.parent:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=folder))
+    except OSError as exc:
+        what = "a file" if folder == path.parent else "folders"
+        return f"cannot create {path}: cannot create {what} in {folder} ({exc.strerror or exc})"
+    return None
 
 
 def load_config(path: str | Path) -> Config:
@@ -395,4 +574,4 @@ def load_config(path: str | Path) -> Config:
     return parse_config(data, source, hashlib.sha256(raw).hexdigest())
 
 
-__all__ = ["load_config", "parse_config"]
+__all__ = ["check_environment", "load_config", "parse_config"]

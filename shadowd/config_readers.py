@@ -6,6 +6,7 @@ message that does not name the key (the loader adds it).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -43,6 +44,18 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0}
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+FRAMING_HEADERS = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+    }
+)
 
 
 # -- readers ---------------------------------------------------------------------------------
@@ -85,6 +98,7 @@ def number(
     def read(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise Invalid(f"must be a number, got {kind_of(value)}")
+        _check_finite(value)
         if above is not None and value <= above:
             raise Invalid(f"must be more than {above:g}, got {value:g}")
         _check_range(value, low, high)
@@ -101,7 +115,9 @@ def size(value: Any) -> int:
         unit = (m.group(2) or "").lower()
         if unit not in _SIZE_UNITS:
             raise Invalid(f"unknown size unit in {value!r} (use B, KiB, MiB, GiB, kB, MB, GB)")
-        amount = int(float(m.group(1)) * _SIZE_UNITS[unit])
+        scaled = float(m.group(1)) * _SIZE_UNITS[unit]
+        _check_finite(scaled, value)
+        amount = int(scaled)
     else:
         raise Invalid(f'must be a size in bytes or a string like "10MiB", got {value!r}')
     if amount <= 0:
@@ -117,6 +133,7 @@ def duration(value: Any) -> float:
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
     else:
         raise Invalid(f'must be seconds or a string like "500ms", "2s", "5m", got {value!r}')
+    _check_finite(seconds, value)
     if seconds <= 0:
         raise Invalid(f"must be more than 0, got {value!r}")
     return seconds
@@ -181,6 +198,13 @@ def header_name(value: Any) -> str:
     return text.lower()
 
 
+def removable_header(value: Any) -> str:
+    name = header_name(value)
+    if name == "host":
+        raise Invalid("Host cannot be removed (HTTP/1.1 requires it): set host_header instead")
+    return name
+
+
 def route_template(value: Any) -> str:
     text = string(value).strip()
     verb, _, route = text.rpartition(" ")
@@ -203,10 +227,62 @@ def json_path(value: Any) -> str:
     return text
 
 
+def redact_path(value: Any) -> str:
+    """A ``redact_body_fields`` path, read by the parser the capture writer uses, so a path
+    accepted here can never fail when the first record is written."""
+    from shadowd.capture.redact import parse_path
+
+    text = json_path(value)
+    try:
+        parse_path(text)
+    except ValueError as exc:
+        raise Invalid(
+            f'{exc} (use $.name, $.a.b, $.items[*].x, $.list[0], $["any name"])'
+        ) from None
+    return text
+
+
+def header_value(value: Any) -> str:
+    """A value written into a request header line as is: a CR or LF would end the line and
+    let the rest be read as another header or another request (header injection)."""
+    text = string(value)
+    # The value itself is not echoed: it is often a credential.
+    for position, char in enumerate(text):
+        if (char < " " and char != "\t") or char == "\x7f":
+            raise Invalid(f"must not contain control characters ({char!r} at {position})")
+        if ord(char) > 0xFF:
+            raise Invalid(f"must be Latin-1 text, as HTTP/1.1 headers are ({char!r} at {position})")
+    return text
+
+
+def host_header(value: Any) -> str:
+    text = header_value(value)
+    if not text or any(c in text for c in " \t/?#@"):
+        raise Invalid(
+            f'must be a host name with an optional port ("api.example.com:8080"), got {text!r}'
+        )
+    return text
+
+
+def file_path(value: Any) -> Path:
+    text = string(value)
+    if "\0" in text:
+        raise Invalid(f"must not contain a NUL character: {text!r}")
+    if not text:
+        raise Invalid("must not be empty")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "~name" for a user this machine does not have
+        raise Invalid(f"cannot expand {text.split('/')[0]!r}: no such user") from None
+
+
 def existing_file(value: Any) -> Path:
-    path = Path(string(value)).expanduser()
-    if not path.is_file():
-        raise Invalid(f"no such file: {path}")
+    path = file_path(value)
+    try:
+        if not path.is_file():
+            raise Invalid(f"no such file: {path}")
+    except OSError as exc:  # a name too long, a permission on a folder above it...
+        raise Invalid(f"cannot use {path}: {exc.strerror or exc}") from None
     if not os.access(path, os.R_OK):
         raise Invalid(f"cannot read {path}")
     return path
@@ -228,12 +304,21 @@ def header_table(value: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
         raise Invalid(f'must be a table like {{ "X-Name" = "value" }}, got {kind_of(value)}')
     out = []
+    seen: set[str] = set()
     for name, item in value.items():
         if not _TOKEN.match(name):
             raise Invalid(f"{name!r} is not a valid header name")
-        if not isinstance(item, str) or "\r" in item or "\n" in item:
-            raise Invalid(f"value of {name!r} must be a one-line string")
-        out.append((name, item))
+        if name.lower() in FRAMING_HEADERS:
+            # shadowd frames each request itself: a second Content-Length or a
+            # Transfer-Encoding would make the target read the body differently (smuggling).
+            raise Invalid(f"{name!r} cannot be set: shadowd writes the message framing itself")
+        if name.lower() in seen:
+            raise Invalid(f"{name!r} is given twice (header names are case-insensitive)")
+        seen.add(name.lower())
+        try:
+            out.append((name, header_value(item)))
+        except Invalid as exc:
+            raise Invalid(f"value of {name!r} {exc}") from None
     return tuple(out)
 
 
@@ -244,6 +329,13 @@ def weights(value: Any) -> tuple[tuple[str, float], ...]:
     for name, item in value.items():
         out.append((name, number(0.0)(item)))
     return tuple(out)
+
+
+def _check_finite(number: float, shown: Any = None) -> None:
+    # TOML has nan and inf; a NaN threshold compares false with everything, so it would
+    # silently pass what it was meant to stop.
+    if not math.isfinite(number):
+        raise Invalid(f"must be a finite number, got {shown if shown is not None else number!r}")
 
 
 def _check_range(value: float, low: float | None, high: float | None) -> None:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from hdrh.histogram import HdrHistogram
 
@@ -59,6 +61,32 @@ class ReplayOptions:
     connections: int = 256
     body_limit: int = 1024 * 1024
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first option that cannot work."""
+        for name in ("speed", "rate", "duration", "timeout"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"--{name} must be a number above 0, got {value!r}")
+        for name in ("concurrency", "loop", "connections"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be at least 1, got {value!r}")
+        for name in ("endpoint", "path"):
+            value = getattr(self, name)
+            try:
+                re.compile(value or "")
+            except re.error as exc:
+                raise ValueError(
+                    f"--{name} {value!r} is not a regular expression ({exc})"
+                ) from None
+        for target, headers in self.headers.items():
+            if target not in self.targets:
+                raise ValueError(f"--header for {target!r}, which is not a --target")
+            for name, value in headers:
+                problem = header_problem(name, value)
+                if problem:
+                    raise ValueError(f"--header {target}:{name}: {problem}")
+
 
 class Latency:
     """Corrected (from the intended send time) and uncorrected latency of one target."""
@@ -87,6 +115,50 @@ def quantiles(hist: HdrHistogram) -> dict[str, float]:
     return out
 
 
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+# shadowd writes the framing of every request it sends; a rewrite must not add another.
+_FRAMING = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade"}
+)
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Why a ``--header`` rewrite cannot be written into a request, or None."""
+    try:
+        raw_name, raw_value = name.encode("latin-1"), value.encode("latin-1")
+    except UnicodeEncodeError:
+        return "HTTP/1.1 headers are Latin-1 text"
+    if not _TOKEN.match(raw_name):
+        return f"{name!r} is not a valid header name"
+    if name.lower() in _FRAMING:
+        return f"{name!r} cannot be set: shadowd writes the message framing itself"
+    if _BAD_VALUE.search(raw_value):
+        return "the value must not contain CR, LF or other control characters"
+    return None
+
+
+def request_problem(exchange: Exchange) -> str | None:
+    """Why a recorded request cannot be sent again as it is, or None. A capture is data, not
+    trusted input: a CR or LF in a target or header would split the request on the wire."""
+    request = exchange.request
+    method = request.method
+    if not method.isascii() or not _TOKEN.match(method.encode("ascii")):
+        return "method"
+    target = request.target
+    if not (target.startswith("/") or target == "*") or _BAD_TARGET.search(target):
+        return "target"
+    try:
+        target.encode("latin-1")
+    except UnicodeEncodeError:
+        return "target"
+    for name, value in request.headers:
+        if not _TOKEN.match(name) or _BAD_VALUE.search(value):
+            return "header"
+    return None
+
+
 def parse_targets(specs: list[str]) -> dict[str, str]:
     targets = {}
     for spec in specs:
@@ -97,6 +169,18 @@ def parse_targets(specs: list[str]) -> dict[str, str]:
             )
         if not re.match(r"^https?://", url):
             raise ValueError(f"--target {spec!r}: the URL must start with http:// or https://")
+        if any(c <= " " or c >= "\x7f" for c in url):
+            raise ValueError(f"--target {spec!r}: the URL must be ASCII without spaces")
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as exc:
+            raise ValueError(f"--target {spec!r}: not a valid URL ({exc})") from None
+        if not parts.hostname or parts.query or parts.fragment or parts.username:
+            raise ValueError(
+                f"--target {spec!r}: expected http(s)://host[:port][/prefix], "
+                "without a query, a fragment or credentials"
+            )
         targets[name] = url
     if CANDIDATE not in targets and PRIMARY not in targets:
         raise ValueError("give at least --target candidate=URL (or primary=URL)")
@@ -126,6 +210,7 @@ class Replay:
         self.sent = 0
         self.completed = 0
         self.skipped_no_reference = 0
+        self.skipped_malformed: dict[str, int] = {}  # by what was wrong: method/target/header
         self.started = 0.0
         self.finished = 0.0
         self.interrupted = False
@@ -140,6 +225,10 @@ class Replay:
         exchanges, self.damage = open_exchanges(self.capture)
         out = []
         for ex in exchanges:
+            problem = request_problem(ex)
+            if problem is not None:
+                self.skipped_malformed[problem] = self.skipped_malformed.get(problem, 0) + 1
+                continue
             if opts.methods and ex.request.method not in opts.methods:
                 continue
             if endpoint and not endpoint.search(ex.endpoint):
@@ -294,6 +383,7 @@ class Replay:
             "achieved_rate": self.completed / elapsed,
             "interrupted": self.interrupted,
             "skipped_without_recorded_answer": self.skipped_no_reference,
+            "skipped_malformed": self.skipped_malformed,
             "capture_damage": dataclasses.asdict(self.damage),
             "errors": self.errors,
             "latency": {
@@ -312,6 +402,7 @@ async def replay(capture: Path, options: ReplayOptions) -> dict[str, Any]:
     """Run a replay until done or Ctrl-C (which stops sending and still summarises)."""
     import signal
 
+    options.validate()
     runner = Replay(capture, options)
     task = asyncio.ensure_future(runner.run())
     loop = asyncio.get_running_loop()
@@ -342,6 +433,16 @@ def render_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"  {summary['skipped_without_recorded_answer']} requests skipped: no "
             "recorded primary answer to compare with (give --target primary=URL)"
+        )
+    if summary.get("skipped_malformed"):
+        what = ", ".join(f"{n} with a bad {k}" for k, n in summary["skipped_malformed"].items())
+        lines.append(f"  requests skipped, not sendable as recorded: {what}")
+    damage = summary.get("capture_damage") or {}
+    if damage.get("corrupt") or damage.get("torn_tail") or damage.get("header_damaged"):
+        lines.append(
+            f"  capture damage: {damage.get('corrupt', 0)} corrupt records skipped"
+            + (", torn tail" if damage.get("torn_tail") else "")
+            + (", damaged header" if damage.get("header_damaged") else "")
         )
     lines.append("")
     header = f"{'target':<11}{'latency':<13}" + "".join(

@@ -11,15 +11,20 @@ address, the secondary and candidate answers, and anything GoReplay did not reco
 
 from __future__ import annotations
 
-import gzip
+import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from shadowd.capture.reader import CaptureStats
 from shadowd.endpoints import auto_template
+from shadowd.errors import CaptureError, CaptureFormatError
 from shadowd.exchange import PRIMARY, Answer, Exchange, Headers, Request
 
 SEPARATOR = "\n🐵🙈🙉\n".encode()
+_STATUS = re.compile(rb"^[1-9][0-9]{2}$")
+_PIECE = 64 * 1024
+_MONKEYS = tuple((m.encode(), 1 + 4 * i) for i, m in enumerate("🐵🙈🙉"))
 
 
 def _split_message(raw: bytes) -> tuple[bytes, Headers, bytes]:
@@ -55,26 +60,73 @@ def _dechunk(body: bytes) -> bytes:
     return bytes(out)
 
 
-def _records(data: bytes) -> Iterator[tuple[list[bytes], bytes]]:
-    for chunk in data.split(SEPARATOR):
-        chunk = chunk.lstrip(b"\n")
+def _separators(data: bytes) -> list[int]:
+    """Where each record's separator starts: exact ones, and ones with a single damaged byte.
+    GoReplay files carry no lengths or checksums, so a damaged separator would otherwise
+    merge two records into one and lose both."""
+    exact = []
+    position = data.find(SEPARATOR)
+    while position >= 0:
+        exact.append(position)
+        position = data.find(SEPARATOR, position + len(SEPARATOR))
+    found = []
+    start = 0
+    for end in [*exact, len(data)]:
+        found += _damaged_separators(data, start, end)
+        if end < len(data):
+            found.append(end)
+        start = end + len(SEPARATOR)
+    return found
+
+
+def _damaged_separators(data: bytes, start: int, end: int) -> list[int]:
+    # One damaged byte leaves at least two of the three 4-byte monkeys intact, so a search
+    # for each monkey, then a byte-by-byte comparison of the window, finds every such one.
+    hits: set[int] = set()
+    for monkey, offset in _MONKEYS:
+        position = data.find(monkey, start, end)
+        while position >= 0:
+            window = position - offset
+            if start <= window and window + len(SEPARATOR) <= end:
+                piece = data[window : window + len(SEPARATOR)]
+                if sum(a != b for a, b in zip(piece, SEPARATOR, strict=True)) == 1:
+                    hits.add(window)
+            position = data.find(monkey, position + 1, end)
+    out: list[int] = []
+    for window in sorted(hits):
+        if not out or window >= out[-1] + len(SEPARATOR):
+            out.append(window)
+    return out
+
+
+def _records(data: bytes) -> tuple[list[tuple[list[bytes], bytes]], bytes]:
+    """(meta fields, HTTP message) of each record, and what follows the last separator."""
+    out = []
+    start = 0
+    for position in _separators(data):
+        chunk = data[start:position].lstrip(b"\n")
+        start = position + len(SEPARATOR)
         if not chunk.strip():
             continue
         meta, _, message = chunk.partition(b"\n")
-        yield meta.split(), message
+        out.append((meta.split(), message))
+    return out, data[start:]
 
 
 def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Exchange]:
+    """Every complete request of a GoReplay file, paired with its original response.
+    Raises ``CaptureError`` when the file cannot be read or is not gzip (``.gz``)."""
     stats = stats if stats is not None else CaptureStats()
     path = Path(path)
-    raw = path.read_bytes()
-    if path.name.endswith(".gz"):
-        raw = gzip.decompress(raw)
+    raw, torn = _read(path)
     stats.header = {"format": "goreplay", "file": path.name}
+    records, tail = _records(raw)
+    # Every record ends with the separator: what follows the last one was cut short.
+    stats.torn_tail = torn or bool(tail.strip())
     pending: dict[bytes, Exchange] = {}
-    order: list[bytes] = []
+    order: list[Exchange] = []
     sequence = 0
-    for fields, message in _records(raw):
+    for fields, message in records:
         if len(fields) not in (3, 4) or fields[0] not in (b"1", b"2", b"3"):
             stats.corrupt += 1
             continue
@@ -82,13 +134,13 @@ def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Ex
         try:
             stamp = int(fields[2]) / 1e9
             latency = int(fields[3]) / 1e9 if len(fields) == 4 else 0.0
-        except ValueError:
+        except (ValueError, OverflowError):
             stats.corrupt += 1
             continue
         first, headers, body = _split_message(message)
         if kind == b"1":
             parts = first.split(b" ")
-            if len(parts) < 2:
+            if len(parts) < 2 or not parts[0] or not parts[1]:
                 stats.corrupt += 1
                 continue
             method, target = parts[0].decode("latin-1"), parts[1].decode("latin-1")
@@ -96,14 +148,15 @@ def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Ex
             request = Request(
                 method=method, target=target, headers=headers, body=body, received_at=stamp
             )
-            pending[ident] = Exchange(
+            exchange = Exchange(
                 id=sequence, request=request, endpoint=f"{method} {auto_template(request.path)}"
             )
-            order.append(ident)
+            pending[ident] = exchange  # a reused id pairs the response with the latest request
+            order.append(exchange)
         elif kind == b"2":
             exchange = pending.get(ident)
             parts = first.split(b" ", 2)
-            if exchange is None or len(parts) < 2 or not parts[1].isdigit():
+            if exchange is None or len(parts) < 2 or not _STATUS.match(parts[1]):
                 stats.corrupt += 1
                 continue
             exchange.answers[PRIMARY] = Answer(
@@ -118,6 +171,37 @@ def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Ex
             stats.header["replayed_responses_skipped"] = (
                 stats.header.get("replayed_responses_skipped", 0) + 1
             )
-    for ident in order:
+    for exchange in order:
         stats.records += 1
-        yield pending[ident]
+        yield exchange
+
+
+def _read(path: Path) -> tuple[bytes, bool]:
+    """The file's bytes, decompressed for ``.gz``; True when a gzip stream was cut short
+    (everything before the cut is kept)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+    if not path.name.endswith(".gz"):
+        return raw, False
+    if raw[:2] != b"\x1f\x8b":
+        raise CaptureFormatError(f"{path}: not a gzip file (a .gor.gz must be gzip-compressed)")
+    out = bytearray()
+    rest = raw
+    while rest[:2] == b"\x1f\x8b":  # gzip allows several members one after another
+        inflater = zlib.decompressobj(wbits=31)
+        # Fed in pieces, so damage loses only what follows it, not the whole member.
+        for start in range(0, len(rest), _PIECE):
+            try:
+                out += inflater.decompress(rest[start : start + _PIECE])
+            except zlib.error as exc:
+                if not out:
+                    raise CaptureFormatError(f"{path}: damaged gzip data ({exc})") from exc
+                return bytes(out), True
+            if inflater.eof:
+                break
+        if not inflater.eof:
+            return bytes(out), True
+        rest = inflater.unused_data
+    return bytes(out), False

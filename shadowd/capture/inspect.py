@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from shadowd.capture.format import MAGIC
+from shadowd.capture.format import MAGIC, VERSION
 from shadowd.capture.gor import read_gor
 from shadowd.capture.reader import CaptureReader, CaptureStats
 from shadowd.exchange import Exchange
@@ -83,6 +83,7 @@ def inspect_capture(path: str | Path) -> dict[str, Any]:
             "corrupt": stats.corrupt,
             "corrupt_bytes": stats.corrupt_bytes,
             "torn_tail": stats.torn_tail,
+            "header_damaged": stats.header_damaged,
         },
         "time_span": {
             "first": first,
@@ -111,7 +112,10 @@ def render_inspect(summary: dict[str, Any]) -> str:
         + (f", format v{header.get('v')} by {header.get('creator')}" if header else ""),
         f"  time span: {_when(span['first'])} .. {_when(span['last'])} ({span['seconds']:.1f} s)",
         f"  damaged: {damaged['corrupt']} corrupt records ({damaged['corrupt_bytes']} bytes), "
-        f"torn tail: {'yes' if damaged['torn_tail'] else 'no'}",
+        f"torn tail: {'yes' if damaged['torn_tail'] else 'no'}"
+        + (
+            f", header damaged (read as format v{VERSION})" if damaged.get("header_damaged") else ""
+        ),
         f"  methods: {', '.join(f'{m} {n}' for m, n in summary['methods'].items()) or '-'}",
         f"  request body bytes: {summary['request_body_bytes'] or '-'}",
         f"  primary body bytes: {summary['primary_body_bytes'] or '-'}",
