@@ -113,32 +113,55 @@ def _records(data: bytes) -> tuple[list[tuple[list[bytes], bytes]], bytes]:
     return out, data[start:]
 
 
+# A response's third field is its own start time (Unix ns) in every GoReplay version that
+# writes one; values this small are not times since 1970 but durations (very old writers put
+# the round trip there).
+_PLAUSIBLE_NS = 10**15
+
+
 def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Exchange]:
     """Every complete request of a GoReplay file, paired with its original response.
-    Raises ``CaptureError`` when the file cannot be read or is not gzip (``.gz``)."""
+    Raises ``CaptureError`` when the file cannot be read or is not gzip (``.gz``).
+
+    Read the way GoReplay's own reader reads: records are ordered by their timestamps (an
+    answer may be written before its request), an id pairs a request with the next answer
+    of that id (ids repeat across a long capture), and the primary's latency is the round
+    trip, the answer's start minus the request's start. The fourth header field is *not*
+    the round trip: since GoReplay 1.2 it is that message's own duration."""
     stats = stats if stats is not None else CaptureStats()
     path = Path(path)
     raw, torn = _read(path)
-    stats.header = {"format": "goreplay", "file": path.name}
     records, tail = _records(raw)
     # Every record ends with the separator: what follows the last one was cut short.
     stats.torn_tail = torn or bool(tail.strip())
-    pending: dict[bytes, Exchange] = {}
-    order: list[Exchange] = []
-    sequence = 0
-    for fields, message in records:
+    parsed: list[tuple[int, int, int, bytes, bytes]] = []  # (ns, kind, position, id, message)
+    widths: set[int] = set()
+    for position, (fields, message) in enumerate(records):
         if len(fields) not in (3, 4) or fields[0] not in (b"1", b"2", b"3"):
             stats.corrupt += 1
             continue
-        kind, ident = fields[0], fields[1]
         try:
-            stamp = int(fields[2]) / 1e9
-            latency = int(fields[3]) / 1e9 if len(fields) == 4 else 0.0
+            stamp = int(fields[2])
+            if len(fields) == 4:
+                int(fields[3])
         except (ValueError, OverflowError):
             stats.corrupt += 1
             continue
+        widths.add(len(fields))
+        parsed.append((stamp, int(fields[0]), position, fields[1], message))
+    stats.header = {
+        "format": "goreplay",
+        "version": _version(widths),
+        "file": path.name,
+    }
+    # GoReplay's reader sorts by timestamp; at equal times a request comes before answers.
+    parsed.sort(key=lambda r: (r[0], r[1], r[2]))
+    pending: dict[bytes, tuple[Exchange, int]] = {}  # id -> (request, its start ns)
+    order: list[Exchange] = []
+    sequence = 0
+    for stamp, kind, _, ident, message in parsed:
         first, headers, body = _split_message(message)
-        if kind == b"1":
+        if kind == 1:
             parts = first.split(b" ")
             if len(parts) < 2 or not parts[0] or not parts[1]:
                 stats.corrupt += 1
@@ -146,26 +169,27 @@ def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Ex
             method, target = parts[0].decode("latin-1"), parts[1].decode("latin-1")
             sequence += 1
             request = Request(
-                method=method, target=target, headers=headers, body=body, received_at=stamp
+                method=method, target=target, headers=headers, body=body, received_at=stamp / 1e9
             )
             exchange = Exchange(
                 id=sequence, request=request, endpoint=f"{method} {auto_template(request.path)}"
             )
-            pending[ident] = exchange  # a reused id pairs the response with the latest request
+            pending[ident] = (exchange, stamp)  # a reused id: the next answer, latest request
             order.append(exchange)
-        elif kind == b"2":
-            exchange = pending.get(ident)
+        elif kind == 2:
+            paired = pending.pop(ident, None)
             parts = first.split(b" ", 2)
-            if exchange is None or len(parts) < 2 or not _STATUS.match(parts[1]):
+            if paired is None or len(parts) < 2 or not _STATUS.match(parts[1]):
                 stats.corrupt += 1
                 continue
+            exchange, request_ns = paired
             exchange.answers[PRIMARY] = Answer(
                 target=PRIMARY,
                 status=int(parts[1]),
                 headers=headers,
                 body=body,
                 body_size=len(body),
-                latency=latency,
+                latency=_round_trip(request_ns, stamp),
             )
         else:
             stats.header["replayed_responses_skipped"] = (
@@ -174,6 +198,23 @@ def read_gor(path: str | Path, stats: CaptureStats | None = None) -> Iterator[Ex
     for exchange in order:
         stats.records += 1
         yield exchange
+
+
+def _round_trip(request_ns: int, answer_ns: int) -> float:
+    if answer_ns < _PLAUSIBLE_NS:  # a duration, from a very old writer
+        return answer_ns / 1e9
+    return max(0, answer_ns - request_ns) / 1e9  # in integers: ns survive the subtraction
+
+
+def _version(widths: set[int]) -> str:
+    """Which GoReplay wrote the file, as far as its payload headers tell."""
+    if widths == {3}:
+        return "v0 (3-field payload headers: type id timestamp)"
+    if widths == {4}:
+        return "v1 (4-field payload headers: type id timestamp duration)"
+    if widths:
+        return "mixed (3- and 4-field payload headers)"
+    return "unknown (no readable payload header)"
 
 
 def _read(path: Path) -> tuple[bytes, bool]:

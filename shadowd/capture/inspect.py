@@ -109,7 +109,13 @@ def render_inspect(summary: dict[str, Any]) -> str:
     header = summary["header"]
     lines = [
         f"{summary['file']}: {summary['records']} records"
-        + (f", format v{header.get('v')} by {header.get('creator')}" if header else ""),
+        + (
+            f", GoReplay file, {header.get('version')}"
+            if header.get("format") == "goreplay"
+            else f", format v{header.get('v')} by {header.get('creator')}"
+            if header
+            else ""
+        ),
         f"  time span: {_when(span['first'])} .. {_when(span['last'])} ({span['seconds']:.1f} s)",
         f"  damaged: {damaged['corrupt']} corrupt records ({damaged['corrupt_bytes']} bytes), "
         f"torn tail: {'yes' if damaged['torn_tail'] else 'no'}"
