@@ -62,7 +62,9 @@ class AdminControl(Protocol):
         "skipped": {reason: n}}``"""
         ...
 
-    def set_mirroring(self, enabled: bool) -> None: ...
+    async def set_mirroring(self, enabled: bool) -> None:
+        """The kill switch; returns once every process that copies has applied it."""
+        ...
 
     def reset(self) -> dict[str, Any]:
         """Clear the aggregator (and the verdict's evidence); answer what was cleared."""
@@ -204,7 +206,7 @@ def create_admin_app(control: AdminControl) -> web.Application:
             return error_response(
                 400, 'expected {"enabled": true} or {"enabled": false} (a JSON boolean)'
             )
-        control.set_mirroring(body["enabled"])
+        await control.set_mirroring(body["enabled"])
         return json_response(control.mirror_status())
 
     async def verdict(request: web.Request) -> web.Response:

@@ -218,7 +218,7 @@ class Daemon:
     async def current_verdict(self) -> Any:
         return await judge_now(self)
 
-    def set_mirroring(self, enabled: bool) -> None:
+    async def set_mirroring(self, enabled: bool) -> None:
         self.mirror.set_enabled(enabled)
         log.info("mirroring %s", "enabled" if enabled else "disabled")
 

@@ -126,6 +126,7 @@ class Supervisor:
         self.merged_at = 0.0  # when the last statistics delta was merged
         self._merges = 0  # statistics deltas merged since the start
         self._report_cache: dict[str, Any] | None = None
+        self._reloading: asyncio.Task[bool] | None = None
         self._report_version: tuple[int, int, int] | None = None
         self.verdicts = ScheduledVerdict(
             self._verdict_inputs,
@@ -509,9 +510,17 @@ class Supervisor:
             await asyncio.sleep(interval)
 
     # -- reload ----------------------------------------------------------------------------
-    def reload_from_file(self) -> bool:
-        """SIGHUP: re-read the config file. It is validated here, once, before any worker
-        sees it: an invalid file changes nothing anywhere (all or nothing)."""
+    def reload_from_file(self) -> None:
+        """SIGHUP (a signal handler: the reload itself runs as a task)."""
+        if self._reloading is not None and not self._reloading.done():
+            log.warning("a reload is already under way; this SIGHUP is folded into it")
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+
+    async def reload(self) -> bool:
+        """Re-read the config file. It is validated here, once, before any worker sees it:
+        an invalid file changes nothing anywhere (all or nothing). READY=1 follows once
+        every worker has applied the new one."""
         sdnotify.notify("RELOADING=1")
         try:
             new = load_config(self.config.source)
@@ -519,17 +528,18 @@ class Supervisor:
             log.error("reload refused, the running config stays: %s", exc)
             sdnotify.notify("READY=1\nSTATUS=reload refused: config invalid")
             return False
-        self.reconfigure(new)
+        await self.reconfigure(new)
         sdnotify.notify(f"READY=1\nSTATUS=reloaded {self.config.source}")
         return True
 
-    def reconfigure(self, new: Config) -> None:
+    async def reconfigure(self, new: Config) -> None:
+        """Apply a validated config in every worker; returns once each has acknowledged."""
         new, restart_only = restart_only_changes(self.config, new)
         if restart_only:
             log.warning("these changes need a restart and were not applied: %s", restart_only)
         self.config = new
         self.aggregator.config = new
-        self._broadcast({"t": "config", "config": pickle.dumps(self._config_for_workers())})
+        await self._round("config", config=pickle.dumps(self._config_for_workers()))
         log.info("config reloaded", extra={"source": new.source, "digest": new.digest[:12]})
 
     # -- AdminControl ----------------------------------------------------------------------
@@ -556,10 +566,12 @@ class Supervisor:
             for role in (INGRESS, ANALYSIS)
         }
 
-    def set_mirroring(self, enabled: bool) -> None:
+    async def set_mirroring(self, enabled: bool) -> None:
+        """The kill switch: returns once every ingress worker has applied it, so no copy
+        leaves after the caller is told mirroring is off."""
         self.mirror_enabled = enabled
         self.metrics.set_mirror_enabled(enabled)
-        self._broadcast({"t": "mirror", "enabled": enabled}, role=INGRESS)
+        await self._round("mirror", role=INGRESS, enabled=enabled)
         log.info("mirroring %s", "enabled" if enabled else "disabled")
 
     def reset(self) -> dict[str, Any]:

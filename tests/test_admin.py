@@ -52,7 +52,7 @@ class FakeDaemon:
             "skipped": self.metrics.mirror_skipped_counts(),
         }
 
-    def set_mirroring(self, enabled: bool) -> None:
+    async def set_mirroring(self, enabled: bool) -> None:
         self.enabled = enabled
         self.metrics.set_mirror_enabled(enabled)
 

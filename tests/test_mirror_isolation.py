@@ -224,7 +224,7 @@ async def test_kill_switch_stops_copies(primary, make_backend, start_shadowd):
     candidate.route("*", "/{tail:.*}", ok)
     await candidate.start()
     shadowd = await start_shadowd(primary.url, candidate.url)
-    shadowd.daemon.set_mirroring(False)
+    await shadowd.daemon.set_mirroring(False)
     bodies, _ = await timed_get(shadowd.url, count=5)
     assert bodies == [PRIMARY_BODY] * 5
     assert candidate.seen == []

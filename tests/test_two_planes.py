@@ -183,7 +183,7 @@ async def test_kill_switch_and_reload_reach_every_ingress_worker(
     supervisor = await start_supervisor(
         targets["primary"].url, targets["candidate"].url, ingress={"workers": 2}
     )
-    supervisor.set_mirroring(False)
+    await supervisor.set_mirroring(False)
     await supervisor.settle(timeout=5.0)
     seen_before = len(targets["candidate"].seen)
     assert await _get_many(_url(supervisor), 40, connections=8) == [200] * 40
@@ -191,7 +191,7 @@ async def test_kill_switch_and_reload_reach_every_ingress_worker(
     assert len(targets["candidate"].seen) == seen_before
     assert supervisor.merged.value("shadowd_mirror_skipped_total", reason="disabled") == 40
 
-    supervisor.set_mirroring(True)
+    await supervisor.set_mirroring(True)
     replacement = make_backend()
     replacement.route("GET", "/items/{id}", _json_answer)
     await replacement.start()
@@ -199,7 +199,7 @@ async def test_kill_switch_and_reload_reach_every_ingress_worker(
 
     from shadowd.config import target_from_url
 
-    supervisor.reconfigure(
+    await supervisor.reconfigure(
         dataclasses.replace(
             supervisor.config, candidate=target_from_url("candidate", replacement.url)
         )

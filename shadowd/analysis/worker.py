@@ -115,6 +115,7 @@ class AnalysisWorker:
                 self.stage.swap_statistics(self._fresh_aggregator(), self._fresh_evidence())
             elif kind == "config":
                 self.reconfigure(pickle.loads(message["config"]))
+                self.report(channel, seq=message.get("seq"))
             elif kind == "drain":
                 # The ingress workers have stopped: what they handed off is in our socket
                 # buffers or backlog. Work it off, publish it, and leave.

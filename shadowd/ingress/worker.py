@@ -69,6 +69,7 @@ class IngressWorker:
                 self.config = config
                 self.plane.reconfigure(config)
                 self.sender.set_limit(config.analysis.queue_bytes)
+                self.report(channel, seq=message.get("seq"))
             elif kind == "drain":
                 drained = await self.drain(message.get("grace", 10.0))
                 self.report(channel, seq=message.get("seq"), extra={"drained": drained})

@@ -1,10 +1,10 @@
 """The supervisor's verdict: judged on a timer from a snapshot, in a process of its own.
 
 The judgement's statistics (bootstrap intervals, rank tests) cost tens of milliseconds per
-endpoint: seconds of CPU with hundreds of endpoints. They run in one child process at the
-lowest CPU priority (nice 19), so on a busy host the data plane always wins the core, and
-never on the loop that serves the admin API. ``GET /api/v1/verdict`` answers the newest
-judgement at once; it waits only when the statistics changed since and no judgement of them
+endpoint: seconds of CPU with hundreds of endpoints. They run in one child process
+(``judge_process``) at the lowest CPU priority (nice 19), so on a busy host the data plane
+always wins the core, and never on the loop that serves the admin API.
+``GET /api/v1/verdict`` answers the newest judgement at once; it waits only when the statistics changed since and no judgement of them
 exists yet (the first call, or right after a reset). The verdict gauges follow every
 judgement, so they move without anybody asking for the verdict.
 """
@@ -12,12 +12,11 @@ judgement, so they move without anybody asking for the verdict.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
-import multiprocessing
 import os
 import pickle
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from shadowd.config import Config
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import Verdict, judge
+from shadowd.verdict.judge_process import LENGTH
 
 log = logging.getLogger("shadowd.verdict")
 
@@ -32,15 +32,55 @@ JUDGE_EVERY = 5.0  # seconds between judgements while the statistics change
 STALE_AFTER = 30.0  # an answer older than this waits for a fresh judgement
 
 
-def _lowest_priority() -> None:
-    try:
-        os.nice(19)
-    except OSError:  # refused (a seccomp filter): judge at the default priority
-        log.info("the verdict's process could not lower its CPU priority")
-
-
 def _judge_frozen(report: dict[str, Any], evidence: bytes, config: Config) -> Verdict:
     return judge(report, pickle.loads(evidence), config)
+
+
+class JudgeProcess:
+    """A long-lived child that judges (``shadowd.verdict.judge_process``): started on first
+    use, started again if it dies, killed on close. A plain subprocess rather than a
+    ``ProcessPoolExecutor``: closing must never wait for a judgement in progress."""
+
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+
+    async def judge(self, report: dict[str, Any], evidence: bytes, config: Config) -> Verdict:
+        async with self._lock:  # one judgement at a time
+            process = self._process
+            if process is None or process.returncode is not None:
+                process = self._process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "shadowd.verdict.judge_process",
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    env=_child_environment(),
+                )
+            assert process.stdin is not None and process.stdout is not None
+            request = pickle.dumps((report, pickle.loads(evidence), config))
+            process.stdin.write(LENGTH.pack(len(request)) + request)
+            await process.stdin.drain()
+            head = await process.stdout.readexactly(LENGTH.size)
+            (length,) = LENGTH.unpack(head)
+            verdict: Verdict = pickle.loads(await process.stdout.readexactly(length))
+            return verdict
+
+    async def close(self) -> None:
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def _child_environment() -> dict[str, str]:
+    import shadowd
+
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(shadowd.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
 
 
 class ScheduledVerdict:
@@ -56,7 +96,7 @@ class ScheduledVerdict:
         self._snapshot = snapshot
         self._version = version
         self._publish = publish
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._judge_process: JudgeProcess | None = None
         self._latest: Verdict | None = None
         self._latest_version: tuple[int, int] | None = None
         self._latest_at = 0.0
@@ -64,11 +104,7 @@ class ScheduledVerdict:
         self._timer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_lowest_priority,
-        )
+        self._judge_process = JudgeProcess()
         self._timer = asyncio.get_running_loop().create_task(self._every(), name="verdict-timer")
         self._judge_soon()
 
@@ -78,8 +114,8 @@ class ScheduledVerdict:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._judge_process is not None:
+            await self._judge_process.close()
 
     async def current(self) -> Verdict:
         version = self._version()
@@ -104,13 +140,12 @@ class ScheduledVerdict:
     async def _judge(self) -> Verdict:
         version = self._version()
         report, evidence, config = self._snapshot()
-        loop = asyncio.get_running_loop()
         # Frozen now: the supervisor keeps merging into ``evidence`` while the judge works.
         frozen = pickle.dumps(evidence)
-        if self._pool is None:
+        if self._judge_process is None:
             verdict = await asyncio.to_thread(_judge_frozen, report, frozen, config)
         else:
-            verdict = await loop.run_in_executor(self._pool, _judge_frozen, report, frozen, config)
+            verdict = await self._judge_process.judge(report, frozen, config)
         if self._version()[0] == version[0]:  # a reset during the judgement voids it
             self._latest, self._latest_version = verdict, version
             self._latest_at = time.monotonic()
