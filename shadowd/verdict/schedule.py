@@ -4,9 +4,10 @@ The judgement's statistics (bootstrap intervals, rank tests) cost tens of millis
 endpoint: seconds of CPU with hundreds of endpoints. They run in one child process
 (``judge_process``) at the lowest CPU priority (nice 19), so on a busy host the data plane
 always wins the core, and never on the loop that serves the admin API.
-``GET /api/v1/verdict`` answers the newest judgement at once; it waits only when the statistics changed since and no judgement of them
-exists yet (the first call, or right after a reset). The verdict gauges follow every
-judgement, so they move without anybody asking for the verdict.
+``GET /api/v1/verdict`` answers the newest judgement at once; it waits only when the
+statistics changed since and no judgement of them exists yet (the first call, or right
+after a reset). The verdict gauges follow every judgement, so they move without anybody
+asking for the verdict.
 """
 
 from __future__ import annotations
