@@ -126,7 +126,11 @@ _LATENCY_BATCH = 256
 def record_many(hist: HdrHistogram, micros: list[int]) -> None:
     """``hist.record_value`` for each value (clamped to the histogram's range), vectorised:
     the same bucket arithmetic as hdrh's ``_counts_index_for``."""
-    values = np.clip(np.asarray(micros, dtype=np.int64), LATENCY_MIN_US, LATENCY_MAX_US)
+    values = np.clip(
+        np.asarray(micros, dtype=np.int64),
+        hist.lowest_trackable_value,
+        hist.highest_trackable_value,
+    )
     # bit length of (value | sub_bucket_mask): exact through frexp for values below 2**53
     bits = np.frexp((values | hist.sub_bucket_mask).astype(np.float64))[1].astype(np.int64)
     bucket = bits - hist.unit_magnitude - (hist.sub_bucket_half_count_magnitude + 1)

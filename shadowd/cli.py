@@ -131,6 +131,7 @@ def _replay(args: argparse.Namespace) -> int:
             headers=headers,
             timeout=args.timeout,
             connections=args.connections,
+            diff=not args.no_diff,
         )
         options.validate()
     except ValueError as exc:
@@ -340,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--timeout", type=float, default=10.0, help="seconds per answer")
     replay.add_argument(
         "--connections", type=int, default=256, help="connections per target (default 256)"
+    )
+    replay.add_argument(
+        "--no-diff",
+        action="store_true",
+        help="time the targets without comparing the answers (the sender's top rate)",
     )
     replay.add_argument("--json", metavar="FILE", help="write the result as JSON")
     replay.set_defaults(func=_replay)

@@ -247,3 +247,85 @@ def test_header_rewrite_errors_are_clear(monkeypatch):
         _header_rewrites(["candidate:Authorization=env:MISSING_TOKEN"], {"candidate": "x"})
     with pytest.raises(ValueError, match="expected TARGET:Name=value"):
         _header_rewrites(["nonsense"], {"candidate": "x"})
+
+
+async def test_replay_gives_the_verdict_the_live_daemon_gives_for_the_same_exchanges(
+    make_backend, tmp_path
+):
+    """A fixed capture, as the live daemon recorded it (primary and candidate answers). The
+    live verdict: its records through the analysis plane's diff stage. The replay verdict:
+    the same requests sent to a candidate that answers exactly what was recorded."""
+    from shadowd.aggregate import Aggregator
+    from shadowd.analysis.stage import DiffStage
+    from shadowd.capture.reader import CaptureReader
+    from shadowd.metrics import Metrics
+    from shadowd.report import build_report
+    from shadowd.stream.handoff import record_payload
+    from shadowd.verdict.evidence import VerdictEvidence
+    from shadowd.verdict.judge import judge
+
+    exchanges = []
+    for i in range(600):
+        ex = recorded(i, 100.0 + i * 0.001)
+        # the candidate: a type change on every third price, and a 500 on every 25th
+        status = 500 if i % 25 == 0 else 200
+        body = b'{"price": "%d"}' % i if i % 3 == 0 else b'{"price": %d}' % i
+        ex.answers["candidate"] = Answer(
+            "candidate",
+            status,
+            [(b"Content-Type", b"application/json")],
+            body,
+            body_size=len(body),
+            latency=0.001,
+        )
+        exchanges.append(ex)
+    path = capture(tmp_path / "live.shadow", exchanges)
+
+    config = build_config("http://recorded.invalid", "http://127.0.0.1:1")
+    live = DiffStage(
+        config.diff, Aggregator(config), VerdictEvidence(config.endpoints.max), Metrics(config)
+    )
+    for record in CaptureReader(path).exchanges():
+        live.submit(record_payload(record))
+    await live.wait_idle(0)  # not started: process the backlog by hand
+    while live.backlog:
+        live._process(live._backlog.popleft())
+    live_verdict = judge(build_report(live.aggregator), live.evidence, config)
+
+    answers = {i: ex.answers["candidate"] for i, ex in enumerate(exchanges)}
+
+    async def recorded_answer(request: web.Request) -> web.Response:
+        answer = answers[int(request.match_info["id"])]
+        return web.Response(status=answer.status, body=answer.body, content_type="application/json")
+
+    backend = make_backend()
+    backend.route("GET", "/prices/{id}", recorded_answer)
+    url = await backend.start()
+    runner = Replay(path, ReplayOptions(targets={"candidate": url}, concurrency=16))
+    await runner.run()
+    replayed = runner.summary()["verdict"]
+
+    def decided(verdict: dict) -> set[tuple[str, str, str]]:
+        # latency is measured anew by a replay; every other criterion must agree
+        return {
+            (c["name"], c["scope"], c["status"])
+            for c in verdict["criteria"]
+            if not c["name"].startswith("latency")
+        }
+
+    assert live_verdict.verdict == replayed["verdict"] == "fail"
+    assert decided(live_verdict.to_json()) == decided(replayed)
+    assert any("$.price type changed" in r for r in replayed["reasons"])
+    assert any("candidate errors" in r for r in replayed["reasons"])
+
+
+async def test_no_diff_times_the_targets_without_comparing(make_backend, tmp_path):
+    url = await candidate_server(make_backend)
+    path = capture(tmp_path / "c.shadow", [recorded(i, 100.0) for i in range(40)])
+    runner = Replay(path, ReplayOptions(targets={"candidate": url}, concurrency=8, diff=False))
+    await runner.run()
+    summary = runner.summary()
+    assert summary["completed"] == 40
+    assert summary["latency"]["candidate"]["corrected"]["count"] == 40
+    assert summary["report"]["totals"]["exchanges"] == 0
+    assert summary["verdict"] is None

@@ -127,6 +127,11 @@ class DiffStage:
             return
         for listener in self.listeners:
             listener(exchange)
+        self.process_exchange(exchange)
+
+    def process_exchange(self, exchange: Exchange) -> None:
+        """Diff one decoded exchange into the statistics: what every source of the exchange
+        stream (live hand-off, capture file, replay) goes through."""
         try:
             diff = diff_exchange(exchange, self.config)
             self.aggregator.add(exchange, diff)
