@@ -113,7 +113,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from shadowd.errors import CaptureError
-    from shadowd.replay import ReplayOptions, parse_targets, render_summary, replay
+    from shadowd.replay import ReplayOptions, parse_targets, render_summary
+    from shadowd.replay_parallel import replay_parallel
 
     try:
         targets = parse_targets(args.target)
@@ -132,6 +133,7 @@ def _replay(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             connections=args.connections,
             diff=not args.no_diff,
+            workers=args.workers,
         )
         options.validate()
     except ValueError as exc:
@@ -139,7 +141,7 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
     _install_uvloop()
     try:
-        summary = asyncio.run(replay(Path(args.capture), options))
+        summary = asyncio.run(replay_parallel(Path(args.capture), options))
     except CaptureError as exc:
         print(f"shadowd replay: {exc}", file=sys.stderr)
         return 1
@@ -341,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--timeout", type=float, default=10.0, help="seconds per answer")
     replay.add_argument(
         "--connections", type=int, default=256, help="connections per target (default 256)"
+    )
+    replay.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="sender processes (default: one per core); this process diffs",
     )
     replay.add_argument(
         "--no-diff",

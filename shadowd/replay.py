@@ -64,6 +64,7 @@ class ReplayOptions:
     connections: int = 256
     body_limit: int = 1024 * 1024
     diff: bool = True  # False: time the targets only (the sender's own top rate)
+    workers: int = 0  # sender processes; 0 = one per core (``shadowd.replay_parallel``)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first option that cannot work."""
@@ -212,9 +213,28 @@ def parse_targets(specs: list[str]) -> dict[str, str]:
 
 
 class Replay:
-    def __init__(self, capture: Path, options: ReplayOptions) -> None:
+    """One sender: paces, sends, times. Its share of the schedule is every ``shard[1]``-th
+    request from ``shard[0]`` (all of it by default), at the global schedule's times, so that
+    several senders in several processes together keep the asked pace. Finished exchanges go
+    to ``on_complete`` when given (the hand-off to a separate analysis), else are diffed here.
+    """
+
+    def __init__(
+        self,
+        capture: Path,
+        options: ReplayOptions,
+        *,
+        shard: tuple[int, int] = (0, 1),
+        on_complete: Any = None,
+        start_at: float | None = None,
+    ) -> None:
         self.capture = capture
         self.options = options
+        self.shard = shard
+        self.on_complete = on_complete
+        self.start_at = start_at  # a perf_counter value: the clock is system-wide on Linux
+        self.handed_off = 0
+        self.progress: Any = None  # a Progress-like object; None: a bar of our own
         names = list(options.targets)
         primary_url = options.targets.get(PRIMARY, "http://recorded.invalid")
         candidate_url = options.targets.get(CANDIDATE, options.targets.get(PRIMARY, ""))
@@ -240,6 +260,7 @@ class Replay:
         self.sent = 0
         self.completed = 0
         self.skipped_no_reference = 0
+        self.not_compared = 0  # finished, but shed before the analysis (parallel replay)
         self.skipped_malformed: dict[str, int] = {}  # by what was wrong: method/target/header
         self.started = 0.0
         self.finished = 0.0
@@ -274,9 +295,12 @@ class Replay:
         first = exchanges[0].request.received_at if exchanges else 0.0
         span = (exchanges[-1].request.received_at - first) if exchanges else 0.0
         index = 0
+        mine, senders = self.shard
         for lap in range(opts.loop):
             for ex in exchanges:
-                if opts.concurrency:
+                if index % senders != mine:
+                    pass
+                elif opts.concurrency:
                     yield None, ex
                 elif opts.rate:
                     yield index / opts.rate, ex
@@ -302,9 +326,9 @@ class Replay:
             for name, url in self.options.targets.items()
         }
         self.templates = {name: RequestTemplate(pool.target) for name, pool in self.pools.items()}
-        total = len(exchanges) * self.options.loop
-        progress = Progress(total, label="replay")
-        self.started = clock()
+        total = len(exchanges) * self.options.loop // self.shard[1]
+        progress = self.progress or Progress(total, label="replay")
+        self.started = self.start_at if self.start_at is not None else clock()
         deadline = self.started + self.options.duration if self.options.duration else None
         try:
             if self.options.concurrency:
@@ -392,7 +416,10 @@ class Replay:
     def _complete(self, exchange: Exchange) -> None:
         self.completed += 1
         if self.options.diff and (CANDIDATE in exchange.answers or "secondary" in exchange.answers):
-            self.stage.process_exchange(exchange)
+            if self.on_complete is not None:
+                self.on_complete(exchange)
+            else:
+                self.stage.process_exchange(exchange)
         self._in_flight -= 1
         if not self._in_flight:
             self._idle.set()
@@ -428,13 +455,16 @@ class Replay:
                 for name, lat in self.latency.items()
             },
             "diffed": opts.diff,
+            "not_compared": self.not_compared,
             "report": report,
             "verdict": judge(report, self.evidence, self.config).to_json() if opts.diff else None,
         }
 
 
 async def replay(capture: Path, options: ReplayOptions) -> dict[str, Any]:
-    """Run a replay until done or Ctrl-C (which stops sending and still summarises)."""
+    """Run a replay in this one process until done or Ctrl-C (which stops sending and
+    still summarises). ``shadowd replay`` runs ``replay_parallel`` instead: sender
+    processes and the analysis apart."""
     import signal
 
     options.validate()

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-import shadowd
 from shadowd import sdnotify
 from shadowd.admin import create_admin_app
 from shadowd.aggregate import Aggregator
@@ -40,6 +39,7 @@ from shadowd.control import Channel, ChannelClosed
 from shadowd.endpoints import OTHER
 from shadowd.ingress.plane import restart_only_changes
 from shadowd.metrics import MergedSeries, Metrics, SupervisorMetrics, export_families
+from shadowd.processes import child_environment
 from shadowd.report import build_report
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import Verdict
@@ -52,14 +52,6 @@ INGRESS, ANALYSIS = "ingress", "analysis"
 START_TIMEOUT = 30.0  # seconds for a worker to say it is ready
 RESTART_BACKOFF = (0.1, 5.0)  # first and longest pause before starting a dead worker again
 STABLE_AFTER = 10.0  # a worker alive this long has its backoff reset
-
-
-def _worker_environment() -> dict[str, str]:
-    """Workers import the very package this supervisor runs from, installed or not."""
-    env = dict(os.environ)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(shadowd.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    return env
 
 
 class WorkerProcess:
@@ -265,7 +257,7 @@ class Supervisor:
             args += ["--fd", str(self._shared_fd)]
             pass_fds = (self._shared_fd,)
         process = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, pass_fds=pass_fds, env=_worker_environment()
+            *args, stdin=asyncio.subprocess.PIPE, pass_fds=pass_fds, env=child_environment()
         )
         assert process.stdin is not None
         process.stdin.write(pickle.dumps(self._config_for_workers()))

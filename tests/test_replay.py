@@ -329,3 +329,28 @@ async def test_no_diff_times_the_targets_without_comparing(make_backend, tmp_pat
     assert summary["latency"]["candidate"]["corrected"]["count"] == 40
     assert summary["report"]["totals"]["exchanges"] == 0
     assert summary["verdict"] is None
+
+
+async def test_parallel_senders_share_the_schedule_and_merge_their_figures(make_backend, tmp_path):
+    from shadowd.replay_parallel import replay_parallel
+
+    seen: list[float] = []
+    backend = make_backend()
+
+    async def price(request: web.Request) -> web.Response:
+        seen.append(time.perf_counter())
+        return web.json_response({"price": int(request.match_info["id"])})
+
+    backend.route("GET", "/prices/{id}", price)
+    url = await backend.start()
+    path = capture(tmp_path / "c.shadow", [recorded(i, 100.0) for i in range(300)])
+    summary = await replay_parallel(
+        path, ReplayOptions(targets={"candidate": url}, rate=500, workers=2)
+    )
+    paths = sorted(int(s["path_qs"].rsplit("/", 1)[1]) for s in backend.seen)
+    assert paths == list(range(300))  # every request once, whichever sender sent it
+    assert summary["senders"] == 2
+    assert summary["sent"] == summary["completed"] == 300
+    assert summary["latency"]["candidate"]["corrected"]["count"] == 300
+    assert summary["report"]["totals"]["exchanges"] == 300
+    assert 0.5 < seen[-1] - seen[0] < 0.75  # 299 gaps of 2 ms, kept by two processes

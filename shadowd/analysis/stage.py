@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import msgpack
 
@@ -121,6 +122,18 @@ class DiffStage:
     def _process(self, record: bytes) -> None:
         try:
             exchange = exchange_of(msgpack.unpackb(record, raw=False, strict_map_key=False))
+        except Exception:  # a record we cannot read: counted, never fatal
+            self.undecodable += 1
+            self._metrics.diff_failed()
+            return
+        for listener in self.listeners:
+            listener(exchange)
+        self.process_exchange(exchange)
+
+    def process_record(self, record: dict[str, Any]) -> None:
+        """One record already unpacked from msgpack (a capture map)."""
+        try:
+            exchange = exchange_of(record)
         except Exception:  # a record we cannot read: counted, never fatal
             self.undecodable += 1
             self._metrics.diff_failed()

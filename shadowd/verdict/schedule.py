@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import pickle
 import sys
 import time
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shadowd.config import Config
+from shadowd.processes import child_environment
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import Verdict, judge
 from shadowd.verdict.judge_process import LENGTH
@@ -57,7 +57,7 @@ class JudgeProcess:
                     "shadowd.verdict.judge_process",
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
-                    env=_child_environment(),
+                    env=child_environment(),
                 )
             assert process.stdin is not None and process.stdout is not None
             request = pickle.dumps((report, pickle.loads(evidence), config))
@@ -73,15 +73,6 @@ class JudgeProcess:
         if process is not None and process.returncode is None:
             process.kill()
             await process.wait()
-
-
-def _child_environment() -> dict[str, str]:
-    import shadowd
-
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(shadowd.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
 
 
 class ScheduledVerdict:
