@@ -44,6 +44,7 @@ RATE, HEY_WORKERS = 2000, 20  # fixed-rate load: hey -c 20 -q 100
 ENDPOINTS = 200
 POLL_EVERY = 0.1  # seconds between admin polls
 SETTLE_LIMIT = 10.0  # seconds to wait for the diff stage to catch up after a load
+STEADY_FOR = 2.5  # ...and totals.exchanges must hold still this long (> a 1 s snapshot period)
 WRK_TIMEOUT = "30s"  # wrk's default (2 s) would drop stalled requests from its percentiles
 ADMIN_TIMEOUT = 60.0  # an admin answer slower than this is a failure
 TOOL_SLACK = 30.0  # a load tool may overrun its -d/-z by this much before it is killed
@@ -318,6 +319,7 @@ class Shadowd:
     port: int
     admin: int
     config: Path
+    unsettled: bool = False
 
     def report(self) -> dict[str, Any]:
         status, body = http_get(self.admin, "/api/v1/report", timeout=ADMIN_TIMEOUT)
@@ -337,19 +339,28 @@ class Shadowd:
         return counts
 
     def settled_exchanges(self) -> int:
-        """totals.exchanges once it stops increasing (and nothing is in flight), <= ~10 s."""
+        """totals.exchanges once it has stopped increasing for STEADY_FOR seconds with nothing
+        in flight, or after SETTLE_LIMIT seconds (then `unsettled` is set)."""
         deadline = time.monotonic() + SETTLE_LIMIT
-        last, steady = -1, 0
+        last, since = -1, time.monotonic()
         while True:
             report = self.report()
+            now = time.monotonic()
             exchanges = int(report["totals"]["exchanges"])
             mirroring = report.get("mirroring") or {}
-            busy = any(mirroring.get(k) for k in ("in_flight", "queue_depth", "diff_backlog"))
-            steady = steady + 1 if exchanges == last and not busy else 0
-            if steady >= 2 or time.monotonic() >= deadline:
+            busy = any(
+                isinstance(v, int | float) and v > 0
+                for v in (mirroring.get(k) for k in ("in_flight", "queue_depth", "diff_backlog"))
+            )
+            if exchanges != last or busy:
+                last, since = exchanges, now
+            elif now - since >= STEADY_FOR:
+                self.unsettled = False
                 return exchanges
-            last = exchanges
-            time.sleep(0.2)
+            if now >= deadline:
+                self.unsettled = True
+                return exchanges
+            time.sleep(0.25)
 
 
 class Bench:
@@ -357,7 +368,7 @@ class Bench:
         self.args = args
         self.tmp = tmp
         self.procs = Processes(log_dir=tmp)
-        self.shadowd_bin = _shadowd_binary()
+        self.shadowd_bin = args.shadowd or _shadowd_binary()
         self.backends: dict[str, int] = {}
         self.configs: dict[str, str] = {}
 
@@ -465,6 +476,12 @@ def pct(value: float) -> str:
     return "-" if value != value else f"{value:.1%}"
 
 
+def _note_unsettled(result: dict[str, Any], sd: Shadowd) -> None:
+    if sd.unsettled:
+        note = f"exchanges still rising {SETTLE_LIMIT:g} s after the load"
+        result["errors"] = f"{result['errors']}; {note}" if result["errors"] else note
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -477,6 +494,7 @@ def measure_max(peer: Peer, path: str, seconds: float) -> dict[str, Any]:
     result = run_wrk(peer.url + path, seconds, rss_pid=peer.rss_pid)
     if sd is not None:
         after_x, after_d = sd.settled_exchanges(), sd.dropped()
+        _note_unsettled(result, sd)
         result["exchanges"] = after_x - before_x
         result["dropped"] = {
             r: after_d[r] - before_d.get(r, 0.0) for r in after_d if after_d[r] > before_d.get(r, 0)
@@ -498,6 +516,7 @@ def measure_fixed(peer: Peer, path: str, seconds: float) -> dict[str, Any]:
     result = run_hey(peer.url + path, seconds)
     if sd is not None:
         result["diffed"] = share(sd.settled_exchanges() - before, result["requests"])
+        _note_unsettled(result, sd)
     log(
         f"  {peer.name:<18} {result['rps']:>9,.0f} req/s  p50 {result['p50_ms']:7.2f} ms  "
         f"p99 {result['p99_ms']:7.2f} ms"
@@ -804,6 +823,7 @@ def section_admin(bench: Bench, record: dict[str, Any]) -> list[str]:
                     admin_times["under load"][route] += times
                 failures += poller.failures
             result["diffed"] = share(sd.settled_exchanges() - before, result["requests"])
+            _note_unsettled(result, sd)
             into.append(result)
             log(
                 f"  {label:<7} {result['rps']:>7,.0f} req/s  p50 {result['p50_ms']:7.2f} ms"
@@ -826,6 +846,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=None, help="runs per peer (default 3)")
     parser.add_argument("--seconds", type=float, default=None, help="per run (default 10)")
     parser.add_argument("--quick", action="store_true", help="1 run of 3 s, 1 s warm-ups")
+    parser.add_argument(
+        "--shadowd",
+        metavar="PATH",
+        help="the shadowd executable to measure (default: the one next to this Python)",
+    )
     args = parser.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
     args.seconds = args.seconds or (3.0 if args.quick else 10.0)
@@ -833,6 +858,8 @@ def main() -> int:
     missing = [t for t in ("wrk", "hey") if not shutil.which(t)]
     if not Path(NGINX).exists():
         missing.insert(0, "nginx")
+    if args.shadowd and not shutil.which(args.shadowd):
+        missing.append(f"shadowd executable {args.shadowd}")
     if missing:
         print(f"missing: {', '.join(missing)}; run scripts/install-system-deps", file=sys.stderr)
         return 2
