@@ -368,7 +368,7 @@ class Bench:
         self.args = args
         self.tmp = tmp
         self.procs = Processes(log_dir=tmp)
-        self.shadowd_bin = args.shadowd or _shadowd_binary()
+        self.shadowd_bin = args.shadowd
         self.backends: dict[str, int] = {}
         self.configs: dict[str, str] = {}
 
@@ -859,10 +859,12 @@ def main() -> int:
     if not Path(NGINX).exists():
         missing.insert(0, "nginx")
     if args.shadowd and not shutil.which(args.shadowd):
-        missing.append(f"shadowd executable {args.shadowd}")
+        print(f"--shadowd {args.shadowd}: not an executable", file=sys.stderr)
+        return 2
     if missing:
         print(f"missing: {', '.join(missing)}; run scripts/install-system-deps", file=sys.stderr)
         return 2
+    args.shadowd = args.shadowd or _shadowd_binary()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops everything
 
     tmp = Path(tempfile.mkdtemp(prefix="shadowd-planes-"))
@@ -870,9 +872,10 @@ def main() -> int:
     record: dict[str, Any] = {}
     tables: list[str] = []
     status = 0
-    lines = header(args, bench)
-    log(f"planes_bench: {args.runs} run(s) x {args.seconds:g} s; temp files in {tmp}")
+    lines: list[str] = []
     try:
+        lines = header(args, bench)
+        log(f"planes_bench: {args.runs} run(s) x {args.seconds:g} s; temp files in {tmp}")
         bench.start_backends()
         mirror_url, mirror_proc = bench.start_mirror_nginx()
         peers = [
