@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,9 +28,10 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from _peers import Processes, duration_ms, free_port, pinned, wait_port
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 BODY = json.dumps(
     {
         "id": 42,
@@ -48,69 +46,6 @@ BODY = json.dumps(
 PROXY_CPU, LOAD_CPU = "0", "1"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
-
-
-def pinned(cpu: str, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") and os.cpu_count() > 1 else argv
-
-
-class Processes:
-    """Every process started here, stopped on exit whatever happens."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.dirs: list[Path] = []
-
-    def start(self, argv: list[str], **kwargs) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def nginx(self, http_block: str, cpu: str) -> None:
-        prefix = Path(tempfile.mkdtemp(prefix="shadowd-bench-nginx-"))
-        self.dirs.append(prefix)
-        (prefix / "logs").mkdir()
-        conf = prefix / "nginx.conf"
-        conf.write_text(
-            f"worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\n"
-            f"error_log {prefix}/logs/error.log crit;\n"
-            "events { worker_connections 4096; }\n"
-            f"http {{\n access_log off;\n client_body_temp_path {prefix}/body;\n"
-            f" proxy_temp_path {prefix}/proxy;\n{http_block}\n}}\n"
-        )
-        self.start(pinned(cpu, [NGINX, "-p", str(prefix), "-c", str(conf)]))
-
-    def stop(self, proc: subprocess.Popen[bytes] | None = None) -> None:
-        for p in [proc] if proc else list(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-            if p in self.procs:
-                self.procs.remove(p)
-        if proc is None:
-            for d in self.dirs:
-                shutil.rmtree(d, ignore_errors=True)
-
-
 @dataclass
 class Result:
     peer: str
@@ -121,14 +56,6 @@ class Result:
     note: str = ""
 
 
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
-    return float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
-
-
 def wrk(url: str, duration: float, connections: int) -> dict[str, float]:
     out = subprocess.run(
         pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url]),
@@ -137,8 +64,8 @@ def wrk(url: str, duration: float, connections: int) -> dict[str, float]:
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    p50 = duration_ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = duration_ms(re.search(r"99%\s+(\S+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         print(f"    wrk reported errors: {errors.group(0)}", file=sys.stderr)

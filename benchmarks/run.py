@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["proxy_bench.py", "diff_bench.py", "capture_bench.py", "replay_bench.py"]
+BENCHMARKS = [
+    "proxy_bench.py",
+    "planes_bench.py",
+    "diff_bench.py",
+    "capture_bench.py",
+    "replay_bench.py",
+]
 
 
 def main() -> int:
