@@ -100,7 +100,7 @@ def test_copy_path_slowdown_seen_by_the_secondary_too_is_not_blamed_on_the_candi
     assert verdict.verdict == "pass", verdict.reasons
     p50 = criteria[("latency_p50", "GET /a")]
     assert p50.details["baseline"] == "secondary"
-    assert "the secondary's (same copy path" in p50.reason
+    assert "x1.00 of the secondary's on the same copy path (interval" in p50.reason
 
 
 def test_candidate_alone_8ms_slower_on_one_endpoint_fails_that_endpoint():

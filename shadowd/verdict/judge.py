@@ -315,9 +315,9 @@ def _latency(
         "unpaired": asdict(unpaired) if unpaired else None,
     }
     if against == SECONDARY:
-        whose = "the secondary's (same copy path, same moment)"
+        whose = "the secondary's on the same copy path"
     else:
-        whose = "primary's (no secondary: primary timed inline, candidate on the copy path)"
+        whose = "the primary's, no secondary: primary timed inline, candidate on the copy path,"
     left_out = (
         f"; {warmup['excluded_pairs']} warm-up pairs left out" if warmup["excluded_pairs"] else ""
     )
