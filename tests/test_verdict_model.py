@@ -309,3 +309,27 @@ def test_a_body_difference_is_said_once():
     assert _described("status", "status") == "status differs"
     assert _described("body.content-type", "content_type") == "body.content-type differs"
     assert _described("$.price", "type") == "$.price type changed"
+
+
+def test_the_verdict_json_keeps_its_shape_and_is_strict_json():
+    import json
+
+    n = 300  # under the p99 minimum: the p99 fields are null, never NaN
+    primary = base_latencies(n, 5, seed=70)
+    rows = {"GET /a": list(zip(primary, primary * jitter(n, 71), primary, strict=True))}
+    verdict, _ = judged(rows)
+    doc = json.loads(json.dumps(verdict.to_json(), allow_nan=False))
+    assert {"verdict", "reasons", "criteria"} <= set(doc)
+    for criterion in doc["criteria"]:
+        assert set(criterion) == {
+            "name",
+            "scope",
+            "status",
+            "measured",
+            "threshold",
+            "reason",
+            "details",
+        }
+    p50 = next(c for c in doc["criteria"] if c["name"] == "latency_p50")
+    assert p50["details"]["paired"]["p99_ratio"] is None
+    assert p50["details"]["warmup"] == {"exchanges": 50, "seconds": 0.0, "excluded_pairs": 50}

@@ -341,18 +341,19 @@ def _latency(
     # The p99 is judged from P99_MIN_PAIRS pairs on, so that each side's p99 rests on at
     # least 10 observations above it; it fails only when the low end of its paired bootstrap
     # interval is beyond the tolerance.
-    if paired.pairs >= P99_MIN_PAIRS:
+    p99, p99_low, p99_high = paired.p99_ratio, paired.p99_ratio_low, paired.p99_ratio_high
+    if p99 is not None and p99_low is not None and p99_high is not None:  # >= P99_MIN_PAIRS
         limit99 = 1 + rules.max_latency_regression_p99
-        failed99 = paired.p99_ratio_low > limit99
+        failed99 = p99_low > limit99
         result.append(
             Criterion(
                 "latency_p99",
                 scope,
                 FAIL if failed99 else PASS,
-                paired.p99_ratio - 1,
+                p99 - 1,
                 rules.max_latency_regression_p99,
-                f"{scope}: candidate p99 latency x{paired.p99_ratio:.2f} of {whose} "
-                f"(interval x{paired.p99_ratio_low:.2f}-x{paired.p99_ratio_high:.2f}, "
+                f"{scope}: candidate p99 latency x{p99:.2f} of {whose} "
+                f"(interval x{p99_low:.2f}-x{p99_high:.2f}, "
                 f"{paired.pairs} pairs, {paired.p99_tail} above each p99{left_out}; "
                 f"limit +{rules.max_latency_regression_p99:.0%})",
                 {"baseline": against, "warmup": warmup, "min_pairs": P99_MIN_PAIRS},

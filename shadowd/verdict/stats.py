@@ -42,9 +42,9 @@ class PairedLatency:
     median_ratio: float  # candidate / baseline, per request
     ratio_low: float  # confidence interval of the median ratio (order statistics)
     ratio_high: float
-    p99_ratio: float  # p99(candidate) / p99(baseline); nan under P99_MIN_PAIRS pairs
-    p99_ratio_low: float  # paired bootstrap interval; nan under P99_MIN_PAIRS pairs
-    p99_ratio_high: float
+    p99_ratio: float | None  # p99(candidate) / p99(baseline); None under P99_MIN_PAIRS pairs
+    p99_ratio_low: float | None  # paired bootstrap interval; None under P99_MIN_PAIRS pairs
+    p99_ratio_high: float | None
     wilcoxon_p: float  # one-sided: candidate slower
     p99_tail: int = 0  # observations above each side's p99 (0: p99 not judged)
 
@@ -144,8 +144,10 @@ def paired_latency(
         wilcoxon_p = 1.0
     else:
         wilcoxon_p = float(_scipy_stats().wilcoxon(log_ratio, alternative="greater").pvalue)
-    nan = float("nan")
-    p99, p99_low, p99_high, tail = nan, nan, nan, 0
+    p99: float | None = None
+    p99_low: float | None = None
+    p99_high: float | None = None
+    tail = 0
     if n >= P99_MIN_PAIRS:
         p99, p99_low, p99_high = p99_ratio_interval(baseline, candidate, confidence)
         tail = _upper_rank(n) - 1
