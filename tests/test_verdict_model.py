@@ -333,3 +333,29 @@ def test_the_verdict_json_keeps_its_shape_and_is_strict_json():
     p50 = next(c for c in doc["criteria"] if c["name"] == "latency_p50")
     assert p50["details"]["paired"]["p99_ratio"] is None
     assert p50["details"]["warmup"] == {"exchanges": 50, "seconds": 0.0, "excluded_pairs": 50}
+
+
+def test_a_secondary_that_never_answers_falls_back_to_the_primary_and_says_so():
+    n = 300
+    primary = base_latencies(n, 5, seed=80)
+    candidate = primary * jitter(n, 81) + 0.008
+    cfg = config()
+    evidence = VerdictEvidence(cfg.endpoints.max)
+    for i in range(n):
+        exchange = latency_exchange(i, "GET /a", primary[i], candidate[i], 0.001)
+        exchange.answers["secondary"] = Answer(
+            target="secondary",
+            status=0,
+            headers=[],
+            body=b"",
+            body_size=0,
+            latency=0.0,
+            error="timeout",
+        )
+        evidence.record(exchange)
+    report = {"totals": {"exchanges": n}, "endpoints": [{"endpoint": "GET /a", "exchanges": n}]}
+    verdict = judge(report, evidence, cfg)
+    p50 = next(c for c in verdict.criteria if c.name == "latency_p50" and c.scope == "GET /a")
+    assert p50.status == "fail"
+    assert p50.details["baseline"] == "primary (too few secondary answers)"
+    assert "the secondary answered too few" in p50.reason

@@ -19,6 +19,7 @@ from shadowd.exchange import CANDIDATE, PRIMARY, SECONDARY
 from shadowd.noise import DIVERGENT
 from shadowd.verdict.evidence import OVERALL, EndpointEvidence, VerdictEvidence
 from shadowd.verdict.stats import (
+    MIN_PAIRS,
     P99_MIN_PAIRS,
     paired_latency,
     proportion_increase,
@@ -268,13 +269,12 @@ def _latency_rows(
     The baseline is the secondary when one is configured: the primary's own release, sent
     on the copy path at the same moment as the candidate, so queueing on that path and the
     time the primary spends paused for a slow client cancel out. Without a secondary it is
-    the primary. Rows of an endpoint's warm-up (``[verdict] warmup_exchanges`` /
-    ``warmup_seconds``) are left out."""
+    the primary, as it is when the secondary answered fewer than ``MIN_PAIRS`` usable rows
+    (down, or failing): the reason says which. Rows of an endpoint's warm-up
+    (``[verdict] warmup_exchanges`` / ``warmup_seconds``) are left out."""
     rules = config.verdict
     columns = ev.pairs.columns()
-    baseline_name = SECONDARY if config.secondary is not None else PRIMARY
-    baseline, candidate = columns[baseline_name], columns["candidate"]
-    usable = np.isfinite(baseline) & np.isfinite(candidate)
+    candidate = columns["candidate"]
     warm = np.zeros(len(candidate), dtype=bool)
     if rules.warmup_exchanges > 0 or rules.warmup_seconds > 0:
         if scope == "overall":
@@ -288,6 +288,14 @@ def _latency_rows(
                 len(candidate), ev.warmup_until(rules.warmup_exchanges, rules.warmup_seconds)
             )
         warm = columns["at"] <= limits
+    baseline_name = PRIMARY
+    if config.secondary is not None:
+        baseline_name = SECONDARY
+        with_secondary = np.isfinite(columns[SECONDARY]) & np.isfinite(candidate) & ~warm
+        if np.count_nonzero(with_secondary) < MIN_PAIRS:
+            baseline_name = "primary (too few secondary answers)"
+    baseline = columns[PRIMARY if baseline_name.startswith(PRIMARY) else SECONDARY]
+    usable = np.isfinite(baseline) & np.isfinite(candidate)
     keep = usable & ~warm
     excluded = int(np.count_nonzero(usable & warm))
     details = {
@@ -316,6 +324,11 @@ def _latency(
     }
     if against == SECONDARY:
         whose = "the secondary's on the same copy path"
+    elif against != PRIMARY:
+        whose = (
+            "the primary's, the secondary answered too few: primary timed inline, "
+            "candidate on the copy path,"
+        )
     else:
         whose = "the primary's, no secondary: primary timed inline, candidate on the copy path,"
     left_out = (

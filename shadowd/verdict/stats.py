@@ -31,6 +31,7 @@ def _scipy_stats():  # type: ignore[no-untyped-def]
 
 _BOOTSTRAP_ROUNDS = 1000
 _SEED = 20261124  # fixed: the same evidence always gives the same interval
+MIN_PAIRS = 10  # fewer usable pairs: no latency criterion
 P99_MIN_PAIRS = 1000  # the p99 of n pairs is the (n - ceil(0.99 n) + 1)-th largest: >= 11
 _HODGES_LEHMANN_SAMPLE = 300
 _TOP_SHARE = 0.05  # the p99 bootstrap looks at the pairs in the top 5 % of either side
@@ -136,7 +137,7 @@ def paired_latency(
     keep = (baseline > 0) & (candidate > 0) & np.isfinite(baseline) & np.isfinite(candidate)
     baseline, candidate = baseline[keep], candidate[keep]
     n = len(baseline)
-    if n < 10:
+    if n < MIN_PAIRS:
         return None
     log_ratio = np.log(candidate) - np.log(baseline)
     low, high = median_interval(log_ratio, confidence)
