@@ -158,10 +158,11 @@ def _halved(hist: HdrHistogram) -> HdrHistogram:
 class FieldStats:
     """One generic field path of one endpoint. Every count is at most one per exchange."""
 
-    __slots__ = ("divergent", "kinds", "noise", "volatile")
+    __slots__ = ("divergent", "kinds", "noise", "noise_kinds", "volatile")
 
     def __init__(self) -> None:
         self.kinds: dict[str, int] = {}  # kind -> exchanges where the candidate differs so
+        self.noise_kinds: dict[str, int] = {}  # kind -> exchanges where the secondary does
         self.divergent = 0  # exchanges where the candidate differs here
         self.noise = 0  # exchanges where the secondary differs here
         self.volatile = 0  # of the divergent ones: both values look like ids or clocks
@@ -331,8 +332,13 @@ class Aggregator:
             stats.noisy += 1
             totals.noisy += 1
             counted: set[str] = set()
+            kinds_counted: set[tuple[str, str]] = set()
             for difference in diff.secondary:
                 path, field = stats.field(difference.generic_path, limit)
+                kind = difference.kind.value
+                if (path, kind) not in kinds_counted:
+                    kinds_counted.add((path, kind))
+                    field.noise_kinds[kind] = field.noise_kinds.get(kind, 0) + 1
                 if path not in counted:
                     counted.add(path)
                     field.noise += 1

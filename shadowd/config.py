@@ -174,6 +174,8 @@ class VerdictConfig:
     max_latency_regression_p50: float = 0.10  # relative: 0.10 = candidate 10 % slower
     max_latency_regression_p99: float = 0.25
     significance: float = 0.05  # tests must reach this p-value; intervals are 1 - it
+    warmup_exchanges: int = 50  # each endpoint's first exchanges: not in the latency evidence
+    warmup_seconds: float = 0.0  # and/or its first seconds (from its first exchange)
     exclude_endpoints: tuple[str, ...] = ()  # endpoint names left out of the verdict
     endpoint_weights: tuple[tuple[str, float], ...] = ()  # weight in the overall divergence
     owner: str = ""

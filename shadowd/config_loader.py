@@ -153,6 +153,8 @@ VERDICT = {
     "max_latency_regression_p50": ("max_latency_regression_p50", number(0.0)),
     "max_latency_regression_p99": ("max_latency_regression_p99", number(0.0)),
     "significance": ("significance", number(above=0.0, high=0.5)),
+    "warmup_exchanges": ("warmup_exchanges", integer(0, 500)),
+    "warmup_seconds": ("warmup_seconds", number(0.0)),
     "exclude_endpoints": ("exclude_endpoints", strings()),
     "endpoint_weights": ("endpoint_weights", weights),
     "owner": ("owner", string),

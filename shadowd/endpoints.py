@@ -3,6 +3,15 @@
 Raw paths carry ids, and ids explode the number of endpoints (Diffy #6, #49), so path segments
 that look like data are collapsed into placeholders; configured route templates win over the
 automatic guess; past ``max`` distinct endpoints, everything new is counted under ``other``.
+
+Ids that do not look like data (``SKU009``, ``ada``, ``red-shoes``) are learned from
+cardinality: once a path position under the same method and prefix has taken more than
+``LEARN_DISTINCT`` distinct values, it is a parameter, ``{id}``, for every later request.
+Memory is bounded: at most ``LEARN_PREFIXES`` prefixes are watched, each remembering at most
+``LEARN_DISTINCT + 1`` value hashes; learned parameters survive ``reset()``. The first
+segment is never learned (``/users``, ``/orders``... are resources, however many there are).
+Until a position is learned, its first values are endpoints of their own; after it, every
+request (cached ones too) gets the template.
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_\-=.~]{24,}$")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 _CACHE_LIMIT = 20_000
+LEARN_DISTINCT = 20  # more distinct values than this at one position: a parameter
+LEARN_PREFIXES = 4096  # (method, prefix) positions watched at most
+_LEARNED = "{id}"
 
 
 def templated_segment(segment: str) -> str:
@@ -70,6 +82,9 @@ class EndpointClassifier:
         self._known: set[str] = set()
         self._cache: dict[tuple[str, str], str] = {}
         self.overflowed = 0  # distinct endpoints refused because of the cap
+        # (method, templated prefix) -> hashes of the values seen right after it, or None
+        # once more than LEARN_DISTINCT were: that position is a parameter.
+        self._values: dict[tuple[str, str], set[int] | None] = {}
 
     def classify(self, method: str, path: str) -> str:
         key = (method, path)
@@ -97,4 +112,34 @@ class EndpointClassifier:
         for route in self._routes:
             if (route.method is None or route.method == method) and route.pattern.match(path):
                 return f"{method} {route.template}"
-        return f"{method} {auto_template(path)}"
+        return f"{method} {self._learned_template(method, path)}"
+
+    def _learned_template(self, method: str, path: str) -> str:
+        """``auto_template``, with the positions learned from cardinality as ``{id}``."""
+        out: list[str] = []
+        for i, raw in enumerate(path.split("/")):
+            segment = templated_segment(raw)
+            # a literal segment past the first (top-level segments are resources): a parameter?
+            if i > 1 and segment == raw and raw:
+                key = (method, "/".join(out))
+                values = self._values.get(key, ())
+                if values is None:
+                    segment = _LEARNED
+                elif values == ():
+                    if len(self._values) < LEARN_PREFIXES:
+                        self._values[key] = {hash(raw)}
+                else:
+                    values.add(hash(raw))
+                    if len(values) > LEARN_DISTINCT:
+                        self._values[key] = None
+                        self._cache.clear()  # paths cached under the old name get the new one
+                        segment = _LEARNED
+            out.append(segment)
+        return "/".join(out)
+
+    @property
+    def learned(self) -> list[str]:
+        """The learned parameter positions, as ``METHOD /prefix/{id}``."""
+        return sorted(
+            f"{m} {prefix}/{_LEARNED}" for (m, prefix), v in self._values.items() if v is None
+        )

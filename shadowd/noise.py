@@ -1,20 +1,38 @@
-"""Telling a real divergence from noise, per field, from counts alone (pure).
+"""Telling a real divergence from noise, per field and kind, from counts alone (pure).
 
-With a secondary (a second instance of the primary's release), every field has two rates:
-how often the candidate differs from the primary there (``divergent``) and how often the
-secondary does (``noise``). A difference the primary's own release also produces is noise.
-The field is a divergence only when the candidate's rate beats the noise rate by a relative
-margin *and* an absolute one (Diffy's rule; its defaults: 20 % and 0.03 % of the endpoint's
-exchanges). Counts are never discounted: the decision is made when the report is read.
+With a secondary (a second instance of the primary's release), every field path has, per
+*kind* of difference (``changed``, ``missing``, ``header_missing``...), two counts: in how
+many exchanges the candidate differs from the primary there in that way, and in how many
+the secondary does. A difference the primary's own release also produces, *of the same
+kind*, is noise: a candidate that drops a header (``header_missing``) is not excused by a
+secondary whose value of that header differs (``header``).
 
-Without a secondary there is no measured noise; a field whose differing values nearly all
-look volatile (UUIDs, timestamps, epoch times near now, long tokens) is flagged
-``likely_noise`` with that evidence — shown in the report, not counted as a divergence.
+A (path, kind) is a divergence only when the candidate's count
+
+1. beats the noise count by a relative margin *and* an absolute one (Diffy's rule; its
+   defaults: 20 % and 0.03 % of the endpoint's exchanges), and
+2. does so significantly: a one-sided exact conditional test (Fisher's, with the null
+   "the candidate's odds of differing are at most (1 + r)/(1 - r) times the secondary's",
+   r the relative margin: the hypothesis the margin states; r = 0 is Fisher's exact test)
+   gives a p-value, and Benjamini-Hochberg across *every* (endpoint, path, kind) the
+   candidate differs at keeps the false-discovery rate at ``[verdict] significance``.
+
+A field's decision is that of its worst kind; its rate beyond noise is the count of its
+worst divergent kind. Counts are never discounted: the decision is made when the report is
+read (``decide_fields`` over the whole report).
+
+Without a secondary there is no measured noise and no test is possible: every difference
+counts, except that a field whose differing values nearly all look volatile (UUIDs,
+timestamps, epoch times near now, long tokens) is flagged ``likely_noise`` with that
+evidence, shown in the report, not counted as a divergence.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 DIVERGENT = "divergent"
 NOISE = "noise"
@@ -23,12 +41,72 @@ LIKELY_NOISE = "likely_noise"  # no secondary, but the values look like ids or c
 
 DEFAULT_RELATIVE = 0.20
 DEFAULT_ABSOLUTE = 0.0003
+DEFAULT_SIGNIFICANCE = 0.05
+_RANK = {DIVERGENT: 3, LIKELY_NOISE: 2, WITHIN_NOISE: 1, NOISE: 0}
 
 
 @dataclass(frozen=True, slots=True)
 class FieldDecision:
     decision: str  # DIVERGENT, NOISE (the secondary differs as often), WITHIN_NOISE (too small)
     why: str
+    kind: str | None = None  # the kind that decided
+    count: int = 0  # exchanges of that kind: with DIVERGENT, the field's count beyond noise
+    p_value: float | None = None  # the exact test of that kind (None: no test made)
+    q_value: float | None = None  # its Benjamini-Hochberg adjusted p-value
+
+
+@dataclass(frozen=True, slots=True)
+class FieldCounts:
+    """The counts of one field path of one endpoint, as ``aggregate.FieldStats`` has them.
+    ``noise_kinds`` None: noise was counted per path only (then it stands for every kind)."""
+
+    exchanges: int
+    divergent: int
+    noise: int
+    kinds: Mapping[str, int]
+    noise_kinds: Mapping[str, int] | None = None
+    volatile: int = 0
+
+
+def margin_odds(relative: float) -> float:
+    """The odds ratio Diffy's relative margin stands for: (c - s)/(c + s) > r <=> c/s > this."""
+    return (1 + relative) / (1 - relative) if relative < 1 else float("inf")
+
+
+def _margins(
+    divergent: int, noise: int, exchanges: int, relative: float, absolute: float
+) -> FieldDecision | None:
+    """The margin part of the rule: a NOISE / WITHIN_NOISE decision, or None if it passes."""
+    if divergent <= noise:
+        return FieldDecision(
+            NOISE, f"the secondary differs as often ({noise} vs {divergent} of {exchanges})"
+        )
+    gap = divergent - noise
+    rel = gap / (divergent + noise)
+    if rel <= relative:
+        return FieldDecision(
+            NOISE,
+            f"candidate {divergent} vs secondary {noise}: {rel:.0%} apart, "
+            f"not more than the {relative:.0%} relative margin",
+        )
+    if gap / exchanges <= absolute:
+        return FieldDecision(
+            WITHIN_NOISE,
+            f"{gap} more differences than noise in {exchanges} exchanges, "
+            f"not more than the {absolute:.2%} absolute margin",
+        )
+    return None
+
+
+def _no_secondary(divergent: int, volatile: int) -> FieldDecision:
+    if volatile >= 0.9 * divergent:
+        return FieldDecision(
+            LIKELY_NOISE,
+            f"no secondary, but both values look like ids, tokens or clocks in "
+            f"{volatile} of {divergent} differences (configure a secondary to measure it)",
+            count=divergent,
+        )
+    return FieldDecision(DIVERGENT, "no secondary to measure noise against", count=divergent)
 
 
 def decide_field(
@@ -40,39 +118,100 @@ def decide_field(
     relative: float = DEFAULT_RELATIVE,
     absolute: float = DEFAULT_ABSOLUTE,
     volatile: int = 0,
+    significance: float = DEFAULT_SIGNIFICANCE,
 ) -> FieldDecision:
-    """Decide one field of one endpoint from its counts (see the module docstring)."""
-    if exchanges <= 0 or divergent <= 0:
-        return FieldDecision(WITHIN_NOISE, "the candidate never differs here")
-    if not has_secondary:
-        if volatile >= 0.9 * divergent:
-            return FieldDecision(
-                LIKELY_NOISE,
-                f"no secondary, but both values look like ids, tokens or clocks in "
-                f"{volatile} of {divergent} differences (configure a secondary to measure it)",
+    """Decide one field of one endpoint from its path-level counts, alone in its family of
+    tests (no correction across fields). ``decide_fields`` decides a whole report."""
+    counts = FieldCounts(exchanges, divergent, noise, {"changed": divergent} if divergent else {})
+    return decide_fields(
+        [counts],
+        has_secondary=has_secondary,
+        relative=relative,
+        absolute=absolute,
+        significance=significance,
+        volatile=[volatile],
+    )[0]
+
+
+def decide_fields(
+    fields: Sequence[FieldCounts],
+    *,
+    has_secondary: bool,
+    relative: float = DEFAULT_RELATIVE,
+    absolute: float = DEFAULT_ABSOLUTE,
+    significance: float = DEFAULT_SIGNIFICANCE,
+    volatile: Sequence[int] | None = None,
+) -> list[FieldDecision]:
+    """Decide every field of a report at once (see the module docstring): the false-discovery
+    rate is controlled across all of them."""
+    from shadowd.verdict.stats import bh_adjusted, fisher_margin_greater
+
+    decisions: list[FieldDecision | None] = [None] * len(fields)
+    # cells: (field index, kind, candidate count, noise count, margin decision or None)
+    cells: list[tuple[int, str, int, int, FieldDecision | None]] = []
+    for i, fld in enumerate(fields):
+        vol = fld.volatile if volatile is None else volatile[i]
+        if fld.exchanges <= 0 or fld.divergent <= 0:
+            decisions[i] = FieldDecision(WITHIN_NOISE, "the candidate never differs here")
+            continue
+        if not has_secondary:
+            kind = max(fld.kinds, key=fld.kinds.__getitem__) if fld.kinds else None
+            decision = _no_secondary(fld.divergent, vol)
+            decisions[i] = FieldDecision(decision.decision, decision.why, kind, fld.divergent)
+            continue
+        kinds = fld.kinds or {"changed": fld.divergent}
+        for kind, count in kinds.items():
+            if count <= 0:
+                continue
+            noise = fld.noise if fld.noise_kinds is None else int(fld.noise_kinds.get(kind, 0))
+            cells.append(
+                (
+                    i,
+                    kind,
+                    int(count),
+                    noise,
+                    _margins(count, noise, fld.exchanges, relative, absolute),
+                )
             )
-        return FieldDecision(DIVERGENT, "no secondary to measure noise against")
-    if divergent <= noise:
-        return FieldDecision(
-            NOISE, f"the secondary differs as often ({noise} vs {divergent} of {exchanges})"
-        )
-    gap = divergent - noise
-    rel = gap / (divergent + noise)
-    abs_ = gap / exchanges
-    if rel <= relative:
-        return FieldDecision(
-            NOISE,
-            f"candidate {divergent} vs secondary {noise}: {rel:.0%} apart, "
-            f"not more than the {relative:.0%} relative margin",
-        )
-    if abs_ <= absolute:
-        return FieldDecision(
-            WITHIN_NOISE,
-            f"{gap} more differences than noise in {exchanges} exchanges, "
-            f"not more than the {absolute:.2%} absolute margin",
-        )
-    return FieldDecision(
-        DIVERGENT,
-        f"candidate differs in {divergent} of {exchanges}, secondary in {noise} "
-        f"({rel:.0%} relative, {abs_:.2%} absolute)",
-    )
+    if cells:
+        tested = [j for j, cell in enumerate(cells) if cell[4] is None]
+        p = np.ones(len(cells))  # a cell within the margins cannot be a divergence
+        if tested:
+            p[tested] = fisher_margin_greater(
+                np.array([cells[j][2] for j in tested]),
+                np.array([cells[j][3] for j in tested]),
+                np.array([fields[cells[j][0]].exchanges for j in tested]),
+                margin_odds(relative),
+            )
+        q = bh_adjusted(p)
+        by_field: dict[int, list[FieldDecision]] = {}
+        m = len(cells)
+        for j, (i, kind, count, noise, margin) in enumerate(cells):
+            exchanges = fields[i].exchanges
+            if margin is not None:
+                decision = FieldDecision(margin.decision, margin.why, kind, count)
+            elif q[j] <= significance:
+                decision = FieldDecision(
+                    DIVERGENT,
+                    f"candidate {kind} in {count} of {exchanges}, secondary in {noise} "
+                    f"(p={p[j]:.2g}, {m} tests, BH q={q[j]:.2g} <= {significance:g})",
+                    kind,
+                    count,
+                    float(p[j]),
+                    float(q[j]),
+                )
+            else:
+                decision = FieldDecision(
+                    WITHIN_NOISE,
+                    f"candidate {kind} in {count} of {exchanges}, secondary in {noise}: "
+                    f"not significant (p={p[j]:.2g}, {m} tests, BH q={q[j]:.2g} > "
+                    f"{significance:g})",
+                    kind,
+                    count,
+                    float(p[j]),
+                    float(q[j]),
+                )
+            by_field.setdefault(i, []).append(decision)
+        for i, options in by_field.items():
+            decisions[i] = max(options, key=lambda d: (_RANK[d.decision], d.count))
+    return [d if d is not None else FieldDecision(WITHIN_NOISE, "") for d in decisions]

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from shadowd.aggregate import Aggregator, EndpointStats, latency_summary
-from shadowd.noise import DIVERGENT, decide_field
+from shadowd.noise import DIVERGENT, FieldCounts, decide_fields
 
 QUANTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 _PERCENTILES = tuple(q for _, q in QUANTILES)
@@ -39,60 +39,80 @@ def _latency(stats: EndpointStats) -> dict[str, dict[str, float | int]]:
     return out
 
 
-def _fields(stats: EndpointStats, aggregator: Aggregator) -> list[dict[str, Any]]:
+def _fields(stats: EndpointStats) -> list[dict[str, Any]]:
+    """The field rows of an endpoint, without their decisions (``_decide`` adds them)."""
+    exchanges = stats.exchanges
+    return [
+        {
+            "path": path,
+            "kinds": dict(fld.kinds),
+            "noise_kinds": dict(fld.noise_kinds),
+            "divergent": fld.divergent,
+            "noise": fld.noise,
+            "volatile": fld.volatile,
+            "divergent_ratio": _ratio(fld.divergent, exchanges),
+            "noise_ratio": _ratio(fld.noise, exchanges),
+        }
+        for path, fld in stats.fields.items()
+    ]
+
+
+def _decide(endpoints: list[dict[str, Any]], aggregator: Aggregator) -> None:
+    """Every field's decision against noise, made over the whole report at once (the
+    false-discovery rate is controlled across all fields of all endpoints, see
+    ``shadowd.noise``), and each endpoint's rate beyond noise."""
     config = aggregator.config
-    has_secondary = config.secondary is not None
-    exchanges = stats.exchanges
-    fields = []
-    for path, fld in stats.fields.items():
-        decision = decide_field(
-            fld.divergent,
-            fld.noise,
-            exchanges,
-            has_secondary=has_secondary,
-            relative=config.diff.noise_relative,
-            absolute=config.diff.noise_absolute,
-            volatile=fld.volatile,
-        )
-        fields.append(
-            {
-                "path": path,
-                "kinds": dict(fld.kinds),
-                "divergent": fld.divergent,
-                "noise": fld.noise,
-                "volatile": fld.volatile,
-                "divergent_ratio": _ratio(fld.divergent, exchanges),
-                "noise_ratio": _ratio(fld.noise, exchanges),
-                "decision": decision.decision,
-                "why": decision.why,
-            }
-        )
-    fields.sort(key=lambda f: (-f["divergent"], -f["noise"], f["path"]))
-    return fields
-
-
-def _endpoint(stats: EndpointStats, aggregator: Aggregator) -> dict[str, Any]:
-    exchanges = stats.exchanges
-    fields = _fields(stats, aggregator)
-    # Exchanges are not re-judged one by one when noise estimates move, so the endpoint's
-    # rate beyond noise is that of its worst divergent field (a lower bound of the share of
-    # exchanges with any real divergence).
-    beyond_noise = max(
-        (f["divergent_ratio"] for f in fields if f["decision"] == DIVERGENT), default=0.0
+    rows = [(e, f) for e in endpoints for f in e["fields"]]
+    decisions = decide_fields(
+        [
+            FieldCounts(
+                e["exchanges"],
+                f["divergent"],
+                f["noise"],
+                f["kinds"],
+                f["noise_kinds"],
+                f["volatile"],
+            )
+            for e, f in rows
+        ],
+        has_secondary=config.secondary is not None,
+        relative=config.diff.noise_relative,
+        absolute=config.diff.noise_absolute,
+        significance=config.verdict.significance,
     )
+    for (_, fld), decision in zip(rows, decisions, strict=True):
+        fld["decision"] = decision.decision
+        fld["why"] = decision.why
+        fld["decisive_kind"] = decision.kind
+        fld["beyond_noise"] = decision.count if decision.decision == DIVERGENT else 0
+        fld["p_value"] = decision.p_value
+        fld["q_value"] = decision.q_value
+    for endpoint in endpoints:
+        endpoint["fields"].sort(key=lambda f: (-f["divergent"], -f["noise"], f["path"]))
+        # Exchanges are not re-judged one by one when noise estimates move, so the endpoint's
+        # rate beyond noise is that of its worst divergent field and kind (a lower bound of
+        # the share of exchanges with any real divergence).
+        endpoint["divergent_beyond_noise_ratio"] = max(
+            (_ratio(f["beyond_noise"], endpoint["exchanges"]) for f in endpoint["fields"]),
+            default=0.0,
+        )
+
+
+def _endpoint(stats: EndpointStats) -> dict[str, Any]:
+    exchanges = stats.exchanges
     return {
         "id": stats.id,
         "endpoint": stats.endpoint,
         "exchanges": exchanges,
         "divergent": stats.divergent,
         "divergent_ratio": _ratio(stats.divergent, exchanges),
-        "divergent_beyond_noise_ratio": beyond_noise,
+        "divergent_beyond_noise_ratio": 0.0,  # set by _decide
         "noisy": stats.noisy,
         "noise_ratio": _ratio(stats.noisy, exchanges),
         "errors": {t: n for t, n in stats.errors.items() if n},
         "status": {t: dict(sorted(c.items())) for t, c in stats.statuses.items() if c},
         "latency": _latency(stats),
-        "fields": fields,
+        "fields": _fields(stats),
         "unlisted_differences": stats.overflow,
         "bodies_compared_by_digest": stats.by_digest,
         "rules_absorbed": dict(stats.absorbed),
@@ -111,7 +131,8 @@ def build_report(aggregator: Aggregator, status: dict[str, Any] | None = None) -
     status) is copied under ``mirroring``. Endpoints come worst first: by their rate beyond
     noise, then divergent exchanges, then exchanges."""
     now = time.time()
-    endpoints = [_endpoint(s, aggregator) for s in aggregator.endpoints.values()]
+    endpoints = [_endpoint(s) for s in aggregator.endpoints.values()]
+    _decide(endpoints, aggregator)
     endpoints.sort(
         key=lambda e: (
             -e["divergent_beyond_noise_ratio"],

@@ -6,7 +6,13 @@ import json
 import logging
 
 from shadowd.config import EndpointsConfig
-from shadowd.endpoints import OTHER, EndpointClassifier, auto_template
+from shadowd.endpoints import (
+    LEARN_DISTINCT,
+    LEARN_PREFIXES,
+    OTHER,
+    EndpointClassifier,
+    auto_template,
+)
 from shadowd.logs import JsonFormatter, TextFormatter
 
 
@@ -52,3 +58,38 @@ def test_json_logs_are_one_object_per_line_with_fields():
 def test_text_logs_are_readable_with_fields():
     line = TextFormatter().format(record(ingress="127.0.0.1:8470"))
     assert line.endswith("info    shadowd: listening ingress=127.0.0.1:8470")
+
+
+def test_alphanumeric_ids_are_learned_from_cardinality():
+    classifier = EndpointClassifier(EndpointsConfig(max=200))
+    names = [classifier.classify("GET", f"/catalog/SKU{i:03d}") for i in range(60)]
+    # the first LEARN_DISTINCT values are named as they come; then the position is learned
+    assert names[:LEARN_DISTINCT] == [f"GET /catalog/SKU{i:03d}" for i in range(LEARN_DISTINCT)]
+    assert set(names[LEARN_DISTINCT:]) == {"GET /catalog/{id}"}
+    # every later request, cached raw paths too, and deeper paths under it
+    assert classifier.classify("GET", "/catalog/SKU001") == "GET /catalog/{id}"
+    assert classifier.classify("GET", "/catalog/SKU999/reviews") == "GET /catalog/{id}/reviews"
+    assert classifier.classify("POST", "/catalog/SKU001") == "POST /catalog/SKU001"  # per method
+    assert classifier.learned == ["GET /catalog/{id}"]
+    classifier.reset()  # the evidence is cleared; what was learned about the API is kept
+    assert classifier.classify("GET", "/catalog/SKU002") == "GET /catalog/{id}"
+
+
+def test_few_static_siblings_stay_apart_and_templates_win():
+    classifier = EndpointClassifier(EndpointsConfig(templates=("GET /catalog/search",), max=500))
+    for kind in ("new", "popular", "sale"):
+        assert classifier.classify("GET", f"/shop/{kind}") == f"GET /shop/{kind}"
+    for i in range(50):
+        classifier.classify("GET", f"/catalog/item-{i}x")
+    assert classifier.classify("GET", "/catalog/search") == "GET /catalog/search"
+    assert classifier.classify("GET", "/catalog/anything") == "GET /catalog/{id}"
+    # top-level segments are resources, never learned
+    assert classifier.classify("GET", "/zz-resource-77") == "GET /zz-resource-77"
+
+
+def test_learning_memory_is_bounded():
+    classifier = EndpointClassifier(EndpointsConfig(max=100_000))
+    for i in range(LEARN_PREFIXES + 500):
+        classifier.classify("GET", f"/r{i}/x/q")  # two new prefixes a path
+    assert len(classifier._values) <= LEARN_PREFIXES
+    assert all(v is None or len(v) <= LEARN_DISTINCT + 1 for v in classifier._values.values())

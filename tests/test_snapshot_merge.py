@@ -111,8 +111,25 @@ def test_three_workers_merged_give_the_same_report_as_one():
                 tally.answers,
                 tally.errors,
             )
-        # Under capacity, the reservoirs hold the same pairs (in another order).
-        assert sorted(other.pairs.arrays()[0]) == sorted(ev.pairs.arrays()[0])
+        # Under capacity, the reservoirs hold the same rows (in another order), every column.
+        mine, theirs = ev.pairs.columns(), other.pairs.columns()
+        order_mine, order_theirs = np.argsort(mine["at"]), np.argsort(theirs["at"])
+        for column in ("primary", "secondary", "candidate", "at", "code"):
+            np.testing.assert_array_equal(mine[column][order_mine], theirs[column][order_theirs])
+        assert np.all(mine["code"] == ev.code)
+        # The warm-up bookkeeping merges exactly: counts add, earliest arrivals are a union.
+        assert other.exchanges == ev.exchanges
+        assert other.earliest == ev.earliest
+        for exchanges, seconds in ((50, 0.0), (10, 0.0), (0, 30.0), (50, 200.0), (1000, 0.0)):
+            assert other.warmup_until(exchanges, seconds) == ev.warmup_until(exchanges, seconds)
+    assert merged_evidence.overall.exchanges == single_evidence.overall.exchanges == 900
+    # Noise is counted per kind, and merges per kind.
+    fields = {
+        (e["endpoint"], f["path"]): f
+        for e in build_report(merged)["endpoints"]
+        for f in e["fields"]
+    }
+    assert fields[("GET /health", "$.rid")]["noise_kinds"] == {"changed": 300}
 
 
 def test_merged_reservoir_is_a_uniform_sample_of_the_union():

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 
 from shadowd.noise import DIVERGENT, NOISE, WITHIN_NOISE, decide_field
 from shadowd.verdict.evidence import PairReservoir
-from shadowd.verdict.stats import paired_latency, proportion_increase, unpaired_latency
+from shadowd.verdict.stats import (
+    benjamini_hochberg,
+    bh_adjusted,
+    fisher_margin_greater,
+    median_interval,
+    p99_ratio_interval,
+    paired_latency,
+    proportion_increase,
+    unpaired_latency,
+)
 
 
 def lognormal(n: int, median_ms: float, seed: int) -> np.ndarray:
@@ -98,3 +110,71 @@ def test_tiny_absolute_excess_is_within_noise():
 
 def test_without_secondary_every_difference_counts():
     assert decide_field(1, 0, 1000, has_secondary=False).decision == DIVERGENT
+
+
+def test_median_interval_from_order_statistics_covers_the_median():
+    rng = np.random.default_rng(31)
+    misses = 0
+    for _ in range(400):
+        sample = rng.lognormal(0, 1, 200)  # true median 1
+        low, high = median_interval(sample, 0.95)
+        misses += not (low <= 1.0 <= high)
+    assert misses <= 0.05 * 400 + 8  # at least 95 % coverage (conservative: discrete ranks)
+
+
+def test_p99_bootstrap_on_the_top_pairs_equals_the_full_bootstrap():
+    rng = np.random.default_rng(32)
+    n = 2000
+    baseline = rng.lognormal(-5, 0.3, n)
+    candidate = baseline * rng.lognormal(0, 0.05, n)
+    candidate[baseline > np.quantile(baseline, 0.97)] *= 1.3
+    point, low, high = p99_ratio_interval(baseline, candidate, 0.95)
+    need = n - int(np.ceil(0.99 * n)) + 1
+    full = []
+    for _ in range(1000):  # the textbook bootstrap: resample every pair, take both p99s
+        pick = rng.integers(0, n, n)
+        full.append(
+            np.partition(candidate[pick], n - need)[n - need]
+            / np.partition(baseline[pick], n - need)[n - need]
+        )
+    full_low, full_high = np.quantile(full, [0.025, 0.975])
+    assert abs(low - full_low) < 0.02 and abs(high - full_high) < 0.02
+    assert low < point < high
+
+
+def test_exact_tests_match_scipy_and_bh_controls_the_family():
+    from scipy.stats import hypergeom, nchypergeom_fisher
+
+    c, s, n = (
+        np.array([10, 3, 20, 8, 5]),
+        np.array([2, 1, 5, 0, 40]),
+        np.array([342, 75, 342, 342, 342]),
+    )
+    plain = fisher_margin_greater(c, s, n, 1.0)
+    margin = fisher_margin_greater(c, s, n, 1.5)
+    for i in range(len(c)):
+        assert np.isclose(plain[i], hypergeom.sf(c[i] - 1, 2 * n[i], n[i], c[i] + s[i]))
+        assert np.isclose(
+            margin[i], nchypergeom_fisher.sf(c[i] - 1, 2 * n[i], n[i], c[i] + s[i], 1.5)
+        )
+    assert list(benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.5]), 0.05)) == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert list(benjamini_hochberg(np.array([0.01, 0.02, 0.03, 0.04]), 0.05)) == [True] * 4
+    q = bh_adjusted(np.array([0.01, 0.04, 0.03, 0.5]))
+    assert np.allclose(q, [0.04, 0.0533333, 0.0533333, 0.5])
+
+
+def test_the_report_decides_fields_without_importing_scipy():
+    # The report is built by the supervisor, which must stay small (no SciPy there).
+    code = (
+        "import sys\n"
+        "from shadowd.noise import decide_fields, FieldCounts\n"
+        "d = decide_fields([FieldCounts(342, 300, 0, {'changed': 300}, {})], has_secondary=True)\n"
+        "assert d[0].decision == 'divergent'\n"
+        "assert 'scipy' not in sys.modules, 'scipy imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

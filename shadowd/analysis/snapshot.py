@@ -6,7 +6,9 @@ merges every delta into the one cumulative view the admin API serves. Everything
 exactly: counters add, HDR histograms add bucket by bucket (``hdrh``'s encode/``decode_and_add``),
 field counts add under the same caps as in one process, samples join a bounded deque. Latency
 pair reservoirs merge into a uniform sample of the union (a hypergeometric split), so N
-workers give the same distribution of evidence as one.
+workers give the same distribution of evidence as one. The warm-up bookkeeping merges
+exactly too: exchange counts add, the earliest arrival times are a sorted union cut to
+``WARMUP_KEEP``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,16 @@ from typing import Any
 import numpy as np
 
 from shadowd.aggregate import SERVER_TIMING_METRICS, Aggregator, EndpointStats
-from shadowd.verdict.evidence import EndpointEvidence, ErrorTally, PairReservoir, VerdictEvidence
+from shadowd.verdict.evidence import (
+    COLUMNS,
+    EndpointEvidence,
+    ErrorTally,
+    PairReservoir,
+    VerdictEvidence,
+    merge_earliest,
+)
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: noise counted per kind, latency rows with secondary and warm-up
 
 
 # -- statistics -> snapshot ------------------------------------------------------------------
@@ -45,7 +54,8 @@ def _endpoint_snapshot(stats: EndpointStats) -> dict[str, Any]:
         "statuses": stats.statuses,
         "latency": {t: h.encode() for t, h in stats.latency.items() if h.get_total_count()},
         "fields": {
-            path: [f.divergent, f.noise, f.volatile, f.kinds] for path, f in stats.fields.items()
+            path: [f.divergent, f.noise, f.volatile, f.kinds, f.noise_kinds]
+            for path, f in stats.fields.items()
         },
         "samples": list(stats.samples),
         "last_sample_at": stats.last_sample_at,
@@ -55,12 +65,13 @@ def _endpoint_snapshot(stats: EndpointStats) -> dict[str, Any]:
 
 
 def _evidence_snapshot(ev: EndpointEvidence) -> dict[str, Any]:
-    primary, candidate = ev.pairs.arrays()
+    columns = ev.pairs.columns()
     return {
         "seen": ev.pairs.seen,
-        "primary": primary.tobytes(),
-        "candidate": candidate.tobytes(),
+        **{name: columns[name].tobytes() for name in COLUMNS},
         "errors": {t: [e.answers, e.errors, e.by_kind] for t, e in ev.errors.items()},
+        "exchanges": ev.exchanges,
+        "earliest": np.asarray(ev.earliest, dtype=np.float64).tobytes(),
     }
 
 
@@ -93,13 +104,15 @@ def merge_snapshot(
                 mine[status_class] = mine.get(status_class, 0) + count
         for target, encoded in snap["latency"].items():
             stats.add_latency_histogram(target, encoded)
-        for path, (divergent, noise, volatile, kinds) in snap["fields"].items():
+        for path, (divergent, noise, volatile, kinds, noise_kinds) in snap["fields"].items():
             _, fld = stats.field(path, limit)
             fld.divergent += divergent
             fld.noise += noise
             fld.volatile += volatile
             for kind, count in kinds.items():
                 fld.kinds[kind] = fld.kinds.get(kind, 0) + count
+            for kind, count in noise_kinds.items():
+                fld.noise_kinds[kind] = fld.noise_kinds.get(kind, 0) + count
         for sample in snap["samples"]:
             stats.samples.append(sample)
         stats.last_sample_at = max(stats.last_sample_at, snap["last_sample_at"])
@@ -128,12 +141,19 @@ def _merge_evidence(ev: EndpointEvidence, snap: dict[str, Any], rng: np.random.G
         tally.errors += errors
         for kind, count in by_kind.items():
             tally.by_kind[kind] = tally.by_kind.get(kind, 0) + count
+    ev.exchanges += snap["exchanges"]
+    ev.earliest = merge_earliest(
+        ev.earliest, np.frombuffer(snap["earliest"], dtype=np.float64).tolist()
+    )
     merge_reservoir(
         ev.pairs,
         snap["seen"],
         np.frombuffer(snap["primary"], dtype=np.float64),
         np.frombuffer(snap["candidate"], dtype=np.float64),
         rng,
+        secondary=np.frombuffer(snap["secondary"], dtype=np.float64),
+        at=np.frombuffer(snap["at"], dtype=np.float64),
+        code=np.frombuffer(snap["code"], dtype=np.int64),
     )
 
 
@@ -143,28 +163,39 @@ def merge_reservoir(
     primary: np.ndarray,
     candidate: np.ndarray,
     rng: np.random.Generator,
+    *,
+    secondary: np.ndarray | None = None,
+    at: np.ndarray | None = None,
+    code: np.ndarray | None = None,
 ) -> None:
-    """Make ``reservoir`` a uniform sample of its pairs and another reservoir's (``seen``
-    pairs, of which ``primary``/``candidate`` are a uniform sample). With both samples
-    uniform, drawing how many come from each side from the hypergeometric law and then that
-    many at random from each keeps the union's sample uniform."""
+    """Make ``reservoir`` a uniform sample of its rows and another reservoir's (``seen``
+    rows, of which the given columns are a uniform sample; a column not given is NaN for
+    ``secondary``, 0 for ``at`` and ``code``). With both samples uniform, drawing how many
+    come from each side from the hypergeometric law and then that many at random from each
+    keeps the union's sample uniform."""
     if not seen:
         return
+    n = len(primary)
+    other = {
+        "primary": primary,
+        "candidate": candidate,
+        "secondary": np.full(n, np.nan) if secondary is None else secondary,
+        "at": np.zeros(n) if at is None else at,
+        "code": np.zeros(n, dtype=np.int64) if code is None else code,
+    }
     capacity = reservoir.capacity
     mine = min(reservoir.seen, capacity)
     total = reservoir.seen + seen
     if total <= capacity:
-        n = len(primary)
-        reservoir.primary[mine : mine + n] = primary
-        reservoir.candidate[mine : mine + n] = candidate
+        for name in COLUMNS:
+            getattr(reservoir, name)[mine : mine + n] = other[name]
         reservoir.seen = total
         return
     from_other = int(rng.hypergeometric(seen, reservoir.seen, capacity))
     keep_mine = capacity - from_other
     mine_idx = rng.choice(mine, size=keep_mine, replace=False) if keep_mine else []
-    other_idx = rng.choice(len(primary), size=from_other, replace=False)
-    new_primary = np.concatenate([reservoir.primary[:mine][mine_idx], primary[other_idx]])
-    new_candidate = np.concatenate([reservoir.candidate[:mine][mine_idx], candidate[other_idx]])
-    reservoir.primary[:capacity] = new_primary
-    reservoir.candidate[:capacity] = new_candidate
+    other_idx = rng.choice(n, size=from_other, replace=False)
+    for name in COLUMNS:
+        column = getattr(reservoir, name)
+        column[:capacity] = np.concatenate([column[:mine][mine_idx], other[name][other_idx]])
     reservoir.seen = total

@@ -1,13 +1,25 @@
 """What the verdict needs beyond the divergence report: paired latencies and error tallies.
 
 Bounded however long the daemon runs: per endpoint (and overall) a reservoir holding a
-uniform random sample of (primary, candidate) latency pairs (Vitter's algorithm R), and
-counters. Only pairs where both answers succeeded are kept: the latency of an error (a fast
-500, a timeout) says nothing about how fast the service is and is counted as an error instead.
+uniform random sample of latency rows (Vitter's algorithm R), and counters. A row is one
+exchange where the candidate answered successfully: the primary's, the secondary's and the
+candidate's latency (NaN for a side that failed or is absent), the request's arrival time,
+and a code of its endpoint. The latency of an error (a fast 500, a timeout) says nothing
+about how fast the service is and is counted as an error instead.
+
+Warm-up: each endpoint also keeps the arrival times of its earliest ``WARMUP_KEEP``
+exchanges (a bounded sorted list; merging two is a sorted union, cut again). The judge
+leaves out of the latency evidence every row that arrived up to the ``warmup_exchanges``-th
+exchange of its endpoint (or within ``warmup_seconds`` of the first one), so a cold
+candidate is not failed for its first requests. All of it merges exactly across processes
+(``shadowd.analysis.snapshot``).
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -17,19 +29,40 @@ from shadowd.diff.model import ExchangeDiff
 from shadowd.exchange import CANDIDATE, PRIMARY, SECONDARY, Answer, Exchange
 
 OVERALL = "*"
+WARMUP_KEEP = 500  # the largest ``[verdict] warmup_exchanges`` the evidence can honour
+COLUMNS = ("primary", "secondary", "candidate", "at", "code")
+_NAN = float("nan")
+
+
+def endpoint_code(name: str) -> int:
+    """A stable 48-bit code of an endpoint name (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=6).digest(), "big")
 
 
 class PairReservoir:
-    __slots__ = ("_rng", "candidate", "capacity", "primary", "seen")
+    """A uniform sample of latency rows (see the module docstring); the arrays are its
+    columns, the first ``min(seen, capacity)`` entries of each are in use."""
+
+    __slots__ = ("_rng", "at", "candidate", "capacity", "code", "primary", "secondary", "seen")
 
     def __init__(self, capacity: int, seed: int = 0) -> None:
         self.capacity = capacity
         self.primary = np.zeros(capacity)
+        self.secondary = np.full(capacity, np.nan)
         self.candidate = np.zeros(capacity)
+        self.at = np.zeros(capacity)
+        self.code = np.zeros(capacity, dtype=np.int64)
         self.seen = 0
         self._rng = random.Random(seed)
 
-    def add(self, primary: float, candidate: float) -> None:
+    def add(
+        self,
+        primary: float,
+        candidate: float,
+        secondary: float = _NAN,
+        at: float = 0.0,
+        code: int = 0,
+    ) -> None:
         seen = self.seen
         self.seen = seen + 1
         if seen < self.capacity:
@@ -39,11 +72,20 @@ class PairReservoir:
             if slot >= self.capacity:
                 return
         self.primary[slot] = primary
+        self.secondary[slot] = secondary
         self.candidate[slot] = candidate
+        self.at[slot] = at
+        self.code[slot] = code
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(primary, candidate) of the rows held; NaN where the primary failed."""
         n = min(self.seen, self.capacity)
         return self.primary[:n].copy(), self.candidate[:n].copy()
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every column of the rows held (copies), by name (``COLUMNS``)."""
+        n = min(self.seen, self.capacity)
+        return {name: getattr(self, name)[:n].copy() for name in COLUMNS}
 
 
 def is_error(answer: Answer | None) -> bool:
@@ -69,12 +111,42 @@ class ErrorTally:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
 
 
-class EndpointEvidence:
-    __slots__ = ("errors", "pairs")
+def merge_earliest(mine: list[float], other: list[float], keep: int = WARMUP_KEEP) -> list[float]:
+    """The ``keep`` earliest of two sorted lists of arrival times, sorted."""
+    return sorted(mine + other)[:keep]
 
-    def __init__(self, reservoir: int) -> None:
+
+class EndpointEvidence:
+    __slots__ = ("code", "earliest", "errors", "exchanges", "pairs")
+
+    def __init__(self, reservoir: int, code: int = 0) -> None:
         self.pairs = PairReservoir(reservoir)
         self.errors = {PRIMARY: ErrorTally(), CANDIDATE: ErrorTally(), SECONDARY: ErrorTally()}
+        self.code = code
+        self.exchanges = 0  # every exchange recorded, warm-up included
+        self.earliest: list[float] = []  # arrival times of the earliest WARMUP_KEEP exchanges
+
+    def note_arrival(self, at: float) -> None:
+        self.exchanges += 1
+        earliest = self.earliest
+        if len(earliest) < WARMUP_KEEP:
+            bisect.insort(earliest, at)
+        elif at < earliest[-1]:
+            bisect.insort(earliest, at)
+            earliest.pop()
+
+    def warmup_until(self, exchanges: int, seconds: float) -> float:
+        """The arrival time up to which (inclusive) this endpoint is warming up: that of its
+        ``exchanges``-th exchange, or ``seconds`` after its first, whichever is later;
+        ``inf`` while it has not had ``exchanges`` exchanges yet; ``-inf`` without warm-up."""
+        until = -math.inf
+        earliest = self.earliest
+        if exchanges > 0:
+            n = min(exchanges, WARMUP_KEEP)
+            until = earliest[n - 1] if len(earliest) >= n else math.inf
+        if seconds > 0 and earliest:
+            until = max(until, earliest[0] + seconds)
+        return until
 
 
 class VerdictEvidence:
@@ -92,26 +164,30 @@ class VerdictEvidence:
         if endpoint is None:
             if len(self.endpoints) >= self._max_endpoints + 1:  # +1: the "other" endpoint
                 return None
-            endpoint = self.endpoints[name] = EndpointEvidence(self._reservoir)
+            endpoint = self.endpoints[name] = EndpointEvidence(self._reservoir, endpoint_code(name))
         return endpoint
 
     def record(self, exchange: Exchange, diff: ExchangeDiff | None = None) -> None:
         endpoint = self.endpoint_for(exchange.endpoint)
         if endpoint is None:
             return
+        at = exchange.request.received_at
+        endpoint.note_arrival(at)
+        self.overall.exchanges += 1
         answers = exchange.answers
         for name, answer in answers.items():
             endpoint.errors[name].add(answer)
             self.overall.errors[name].add(answer)
-        primary, candidate = answers.get(PRIMARY), answers.get(CANDIDATE)
-        if (
-            primary is not None
-            and candidate is not None
-            and not is_error(primary)
-            and not is_error(candidate)
-        ):
-            endpoint.pairs.add(primary.latency, candidate.latency)
-            self.overall.pairs.add(primary.latency, candidate.latency)
+        candidate = answers.get(CANDIDATE)
+        if candidate is None or is_error(candidate):
+            return
+        primary, secondary = answers.get(PRIMARY), answers.get(SECONDARY)
+        p = primary.latency if primary is not None and not is_error(primary) else _NAN
+        s = secondary.latency if secondary is not None and not is_error(secondary) else _NAN
+        if p != p and s != s:  # NaN: no side to pair the candidate with
+            return
+        endpoint.pairs.add(p, candidate.latency, s, at, endpoint.code)
+        self.overall.pairs.add(p, candidate.latency, s, at, endpoint.code)
 
     def reset(self) -> None:
         self.endpoints.clear()
