@@ -353,4 +353,6 @@ async def test_parallel_senders_share_the_schedule_and_merge_their_figures(make_
     assert summary["sent"] == summary["completed"] == 300
     assert summary["latency"]["candidate"]["corrected"]["count"] == 300
     assert summary["report"]["totals"]["exchanges"] == 300
-    assert 0.5 < seen[-1] - seen[0] < 0.75  # 299 gaps of 2 ms, kept by two processes
+    # 299 gaps of 2 ms (0.6 s) kept by two processes; loose bounds, the host may be busy
+    # (a sender that starts late catches up at once: latency is measured from the schedule)
+    assert 0.3 < seen[-1] - seen[0] < 2.0
