@@ -105,6 +105,11 @@ class MirrorConfig:
     queue_size: int = 1024  # exchanges waiting for an in-flight slot; beyond it, dropped
     max_in_flight: int = 128  # exchanges being sent to candidate/secondary at once
     max_body_bytes: int = 1 * MIB  # requests with larger bodies are not mirrored (counted)
+    # Bodies held for exchanges still waiting for answers (per ingress worker); past it an
+    # exchange is dropped and counted ("pending_bytes"): a hung candidate cannot grow memory.
+    max_pending_bytes: int = 64 * MIB
+    breaker_failures: int = 5  # consecutive transport failures that open a target's breaker
+    breaker_backoff: float = 1.0  # seconds it stays open at first (doubling, up to 30 s)
 
 
 @dataclass(frozen=True, slots=True)

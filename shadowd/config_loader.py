@@ -103,6 +103,9 @@ MIRROR = {
     "queue_size": ("queue_size", integer(1)),
     "max_in_flight": ("max_in_flight", integer(1)),
     "max_body_bytes": ("max_body_bytes", size),
+    "max_pending_bytes": ("max_pending_bytes", size),
+    "breaker_failures": ("breaker_failures", integer(1, 1_000_000)),
+    "breaker_backoff": ("breaker_backoff", duration),
 }
 ENDPOINTS = {
     "max": ("max", integer(1, 100_000)),

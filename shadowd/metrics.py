@@ -37,6 +37,8 @@ disable_created_metrics()
 DROP_REASONS = (
     "queue_full",
     "analysis_down",  # no analysis worker is connected to this ingress worker
+    "target_unhealthy",  # a copy target's circuit breaker is open
+    "pending_bytes",  # [mirror] max_pending_bytes reached
     "request_body_too_large",
     "diff_backlog",
     "client_gone",  # the client left before the primary's answer: nothing to compare with

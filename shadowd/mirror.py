@@ -2,7 +2,12 @@
 
 The primary's client never waits on anything here: a copy either gets an in-flight slot at
 once, waits in a bounded queue, or is dropped and counted. A finished exchange (every answer
-in, primary's included) goes to ``deliver`` — the diff stage.
+in, primary's included) goes to ``deliver`` — the hand-off to the analysis plane.
+
+Two more bounds keep a broken candidate away from production: a circuit breaker per copy
+target (``shadowd.breaker``: a target that fails fast is not sent copies for a while), and
+``[mirror] max_pending_bytes``, the bodies held for exchanges still waiting for answers (a
+hung candidate with 1 MiB primary answers would otherwise hold gigabytes).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 
+from shadowd.breaker import CircuitBreaker
 from shadowd.config import Config
 from shadowd.exchange import Answer, Exchange, Headers
 from shadowd.metrics import Metrics
@@ -31,6 +37,7 @@ class PendingExchange:
         "exchange",
         "has_host",
         "headers",
+        "held",
         "method",
         "mirror_remaining",
         "primary_done",
@@ -55,6 +62,7 @@ class PendingExchange:
         self.mirror_remaining = 0  # copies sent and not answered yet
         self.primary_done = False
         self.abandoned = False
+        self.held = 0  # body bytes this exchange holds (counted in Mirror.pending_bytes)
 
 
 class Mirror:
@@ -72,6 +80,8 @@ class Mirror:
         self._queue: deque[PendingExchange] = deque()
         self._in_flight = 0
         self._idle_waiter: asyncio.Event | None = None
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self.pending_bytes = 0
         self.enabled = config.mirror.enabled
         self.configure(config)
         metrics.watch_mirror(lambda: len(self._queue), lambda: self._in_flight)
@@ -92,11 +102,19 @@ class Mirror:
         self._queue_size = mirror.queue_size
         self._max_in_flight = mirror.max_in_flight
         self._max_body = mirror.max_body_bytes
+        self._max_pending_bytes = mirror.max_pending_bytes
         self._answer_limit = config.diff.max_body_bytes
         # In tap mode nobody else asks the primary: it is one more target of the copy.
         self._tap = config.ingress.mode == "tap"
         targets = (config.primary, *config.mirror_targets) if self._tap else config.mirror_targets
         self._targets = [(t.name, self._pools[t.name], RequestTemplate(t)) for t in targets]
+        # A reload keeps a target's breaker (its health did not change with the file).
+        self._breakers = {
+            t.name: self._breakers.get(t.name)
+            or CircuitBreaker(t.name, mirror.breaker_failures, mirror.breaker_backoff)
+            for t in targets
+        }
+        self._breaker_list = list(self._breakers.values())
 
     async def wait_idle(self) -> None:
         """Until no copy is in flight or queued (shutdown, tests)."""
@@ -155,27 +173,58 @@ class Mirror:
     ) -> PendingExchange | None:
         """Send (or queue) the copies. ``None``: dropped and counted, do not track the primary."""
         exchange.id = next(self._ids)
+        for breaker in self._breaker_list:
+            if not breaker.allow():
+                self._metrics.mirror_dropped("target_unhealthy")
+                return None
+        size = len(exchange.request.body)
+        if self.pending_bytes + size > self._max_pending_bytes:
+            self._metrics.mirror_dropped("pending_bytes")
+            return None
         pending = PendingExchange(exchange, method, target, headers, has_host)
+        pending.held = size
+        self.pending_bytes += size
         pending.primary_done = self._tap  # tap: the primary's answer comes with the copies
         if self._in_flight < self._max_in_flight:
             self._send(pending)
         elif len(self._queue) < self._queue_size:
             self._queue.append(pending)
         else:
+            self._release(pending)
             self._metrics.mirror_dropped("queue_full")
             return None
         return pending
 
     def primary_answered(self, pending: PendingExchange, answer: Answer) -> None:
+        if pending.abandoned:
+            return
+        if not self._hold(pending, len(answer.body)):
+            return
         pending.exchange.answers[answer.target] = answer
         pending.primary_done = True
         self._maybe_deliver(pending)
 
     def abandon(self, pending: PendingExchange, reason: str) -> None:
-        """The primary's answer will never be complete (e.g. the client left): no diff."""
+        """The exchange will not be compared (e.g. the client left before the primary's
+        answer was complete): counted, and its bodies let go at once."""
         if not pending.abandoned:
             pending.abandoned = True
             self._metrics.mirror_dropped(reason)
+            self._release(pending)
+            pending.exchange.answers = {}
+
+    def _hold(self, pending: PendingExchange, size: int) -> bool:
+        """Count ``size`` more body bytes for ``pending``; past the bound, abandon it."""
+        if self.pending_bytes + size > self._max_pending_bytes:
+            self.abandon(pending, "pending_bytes")
+            return False
+        pending.held += size
+        self.pending_bytes += size
+        return True
+
+    def _release(self, pending: PendingExchange) -> None:
+        self.pending_bytes -= pending.held
+        pending.held = 0
 
     # -- internals ------------------------------------------------------------------------
     def _send(self, pending: PendingExchange) -> None:
@@ -196,9 +245,13 @@ class Mirror:
         pending.headers = []  # the wire form is no longer needed
 
     def _mirror_answered(self, pending: PendingExchange, answer: Answer) -> None:
-        pending.exchange.answers[answer.target] = answer
         if answer.error is not None:
             self._metrics.upstream_error(answer.target, answer.error)
+        breaker = self._breakers.get(answer.target)
+        if breaker is not None:
+            breaker.record(answer.error)
+        if not pending.abandoned and self._hold(pending, len(answer.body)):
+            pending.exchange.answers[answer.target] = answer
         pending.mirror_remaining -= 1
         if pending.mirror_remaining == 0:
             self._in_flight -= 1
@@ -214,6 +267,7 @@ class Mirror:
             and pending.mirror_remaining == 0
             and not pending.abandoned
         ):
+            self._release(pending)
             self._deliver(pending.exchange)
 
     def _next_from_queue(self) -> None:

@@ -84,8 +84,13 @@ async def test_candidate_that_never_answers_does_not_delay_the_client(
     assert slowest < 0.5  # the candidate holds every copy; a client never waits for it
 
 
+NO_BREAKER = {"breaker_failures": 1_000_000}
+
+
 async def test_candidate_down_leaves_answers_unchanged(primary, start_shadowd):
-    shadowd = await start_shadowd(primary.url, "http://127.0.0.1:9")
+    # the breaker kept closed: every copy's failure is recorded (test_mirror_faults.py has
+    # the breaker itself)
+    shadowd = await start_shadowd(primary.url, "http://127.0.0.1:9", mirror=NO_BREAKER)
     bodies, _ = await timed_get(shadowd.url)
     assert bodies == [PRIMARY_BODY] * 20
     await shadowd.settled(20)
@@ -100,7 +105,7 @@ async def test_candidate_resetting_connections_leaves_answers_unchanged(primary,
 
     server, url = await raw_server(reset)
     async with server:
-        shadowd = await start_shadowd(primary.url, url)
+        shadowd = await start_shadowd(primary.url, url, mirror=NO_BREAKER)
         bodies, _ = await timed_get(shadowd.url)
         assert bodies == [PRIMARY_BODY] * 20
         await shadowd.settled(20)
@@ -116,7 +121,7 @@ async def test_candidate_answering_garbage_leaves_answers_unchanged(primary, sta
 
     server, url = await raw_server(garbage)
     async with server:
-        shadowd = await start_shadowd(primary.url, url)
+        shadowd = await start_shadowd(primary.url, url, mirror=NO_BREAKER)
         bodies, _ = await timed_get(shadowd.url)
         assert bodies == [PRIMARY_BODY] * 20
         await shadowd.settled(20)
