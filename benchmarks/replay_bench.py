@@ -1,10 +1,20 @@
-"""Replay as a load generator: its maximum rate against wrk's, and its rate accuracy.
+"""Replay as a load generator: its top rate against wrk's, and its rate accuracy.
 
-    python benchmarks/replay_bench.py [--duration 10]
+    python benchmarks/replay_bench.py [--seconds 10] [--runs 3]
 
-One nginx backend (CPU 1); the load generator under test on CPU 0. A synthetic capture of
-1,000 GET requests is replayed in a loop, with nothing to compare against but the recorded
-answers (the diff engine runs, as it would for a user).
+One nginx backend (worker_processes auto). Nothing is pinned: wrk runs with 2 threads and 64
+connections, `shadowd replay` on its defaults (one sender process per core, and the parent
+process diffing) with 64 requests in flight. The capture holds 1,000 GET requests whose
+recorded answers differ from the live ones in one field (a request id), so the comparison
+parses and diffs every answer, as it would against a real service. Rows:
+
+- wrk: the peer's top rate;
+- replay, comparison on: the headline (every answer parsed and diffed);
+- replay --no-diff: the senders alone;
+- replay --workers 1: one sender process;
+- rate accuracy: `--rate` 1k, 5k and 20k for the whole run, achieved vs asked.
+
+Medians of `--runs` runs, peers interleaved in each run.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,14 +33,22 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from proxy_bench import BODY, LOAD_CPU, PROXY_CPU, Processes, free_port, pinned, wait_port  # noqa: E402
+from _peers import Processes, free_port, wait_port  # noqa: E402
 
 from shadowd.capture.format import encode_header, encode_record, record_of  # noqa: E402
 from shadowd.exchange import Answer, Exchange, Request  # noqa: E402
 
+LIVE = json.dumps(
+    {
+        "request_id": "live",
+        "items": [{"id": i, "name": f"item {i}", "price": i * 1.25} for i in range(40)],
+    }
+)
+RECORDED = LIVE.replace('"live"', '"recorded"')  # one field differs: every answer is parsed
+
 
 def make_capture(path: Path, records: int = 1000) -> None:
-    body = BODY.encode()
+    body = RECORDED.encode()
     data = bytearray(encode_header("replay_bench", time.time(), ""))
     for i in range(records):
         ex = Exchange(
@@ -42,7 +61,7 @@ def make_capture(path: Path, records: int = 1000) -> None:
             200,
             [(b"Content-Type", b"application/json")],
             body,
-            len(body),
+            body_size=len(body),
             latency=0.0003,
         )
         data += encode_record(record_of(ex))
@@ -50,93 +69,114 @@ def make_capture(path: Path, records: int = 1000) -> None:
 
 
 def replay(capture: Path, url: str, *args: str) -> dict:
-    out = Path(tempfile.mktemp(suffix=".json"))
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        out = Path(handle.name)
     subprocess.run(
-        pinned(
-            PROXY_CPU,
-            [
-                sys.executable,
-                "-m",
-                "shadowd",
-                "replay",
-                str(capture),
-                "--target",
-                f"candidate={url}",
-                "--loop",
-                "1000000",
-                *args,
-                "--json",
-                str(out),
-            ],
-        ),
+        [
+            sys.executable,
+            "-m",
+            "shadowd",
+            "replay",
+            str(capture),
+            "--target",
+            f"candidate={url}",
+            "--loop",
+            "1000000",
+            *args,
+            "--json",
+            str(out),
+        ],
         check=True,
         capture_output=True,
         cwd=HERE.parent,
+        timeout=600,
     )
     result = json.loads(out.read_text())
     out.unlink()
     return result
 
 
-def wrk(url: str, duration: float) -> float:
+def wrk(url: str, seconds: float) -> float:
     text = subprocess.run(
-        pinned(PROXY_CPU, ["wrk", "-t1", "-c32", f"-d{duration:g}s", url + "/api/items/1"]),
+        ["wrk", "-t2", "-c64", f"-d{seconds:g}s", url + "/api/items/1"],
         capture_output=True,
         text=True,
         check=True,
+        timeout=seconds + 60,
     ).stdout
     return float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    seconds = f"{args.seconds:g}"
     procs = Processes()
     port = free_port()
-    escaped = BODY.replace("'", "\\'")
+    escaped = LIVE.replace("'", "\\'")
     procs.nginx(
-        f"server {{ listen 127.0.0.1:{port}; default_type application/json;"
-        f" location / {{ return 200 '{escaped}'; }} }}",
-        LOAD_CPU,
+        f"server {{ listen 127.0.0.1:{port}; keepalive_requests 1000000;"
+        f" default_type application/json; location / {{ return 200 '{escaped}'; }} }}",
+        workers="auto",
     )
+    rows: dict[str, list[float]] = {}
+    diffed: list[float] = []
+    accuracy: dict[int, list[tuple[float, float, float]]] = {}
     try:
         wait_port(port)
         url = f"http://127.0.0.1:{port}"
         with tempfile.TemporaryDirectory() as tmp:
             capture = Path(tmp) / "bench.shadow"
             make_capture(capture)
-            wrk_rate = wrk(url, args.duration)
-            closed = replay(capture, url, "--concurrency", "32", "--duration", f"{args.duration}")
-            rows = []
-            for rate in (1000, 2000, 5000):
-                result = replay(capture, url, "--rate", str(rate), "--duration", f"{args.duration}")
-                lat = result["latency"]["candidate"]
-                rows.append(
-                    (
-                        rate,
-                        result["achieved_rate"],
-                        lat["corrected"].get("p99", 0),
-                        lat["uncorrected"].get("p99", 0),
-                    )
+            for run in range(args.runs):
+                print(f"run {run + 1}/{args.runs}", file=sys.stderr, flush=True)
+                rows.setdefault("wrk -t2 -c64", []).append(wrk(url, args.seconds))
+                full = replay(capture, url, "--concurrency", "64", "--duration", seconds)
+                rows.setdefault("replay, comparison on", []).append(full["achieved_rate"])
+                totals = full["report"]["totals"]
+                diffed.append(totals["exchanges"] / max(1, full["completed"]))
+                bare = replay(
+                    capture, url, "--concurrency", "64", "--duration", seconds, "--no-diff"
                 )
+                rows.setdefault("replay --no-diff", []).append(bare["achieved_rate"])
+                one = replay(
+                    capture, url, "--concurrency", "64", "--duration", seconds, "--workers", "1"
+                )
+                rows.setdefault("replay --workers 1, comparison on", []).append(
+                    one["achieved_rate"]
+                )
+                for rate in (1000, 5000, 20000):
+                    result = replay(capture, url, "--rate", str(rate), "--duration", seconds)
+                    lat = result["latency"]["candidate"]
+                    accuracy.setdefault(rate, []).append(
+                        (
+                            result["achieved_rate"],
+                            lat["corrected"].get("p99", 0),
+                            lat["uncorrected"].get("p99", 0),
+                        )
+                    )
     finally:
         procs.stop()
-    print(f"\nmaximum rate, 32 in flight, {args.duration:g}s, one process each:")
-    print(f"  wrk -t1 -c32           {wrk_rate:>10,.0f} req/s")
-    print(
-        f"  shadowd replay -c 32   {closed['achieved_rate']:>10,.0f} req/s   "
-        f"({closed['achieved_rate'] / wrk_rate:.2f}x wrk)"
-    )
-    print(f"\nrate accuracy over {args.duration:g}s (open loop):")
-    print(
-        f"  {'asked':>7}{'achieved':>11}{'error':>9}{'p99 corrected ms':>19}"
-        f"{'p99 uncorrected ms':>21}"
-    )
-    for asked, achieved, p99c, p99u in rows:
+    wrk_rate = statistics.median(rows["wrk -t2 -c64"])
+    print(f"\n### Replay: top rate, 64 in flight, {seconds} s, medians of {args.runs}")
+    print("| load generator | req/s | vs wrk |")
+    print("| --- | ---: | ---: |")
+    for name, rates in rows.items():
+        rate = statistics.median(rates)
+        print(f"| {name} | {rate:,.0f} | {rate / wrk_rate:.2f}x |")
+    print(f"\nshare of answers diffed with comparison on: {statistics.median(diffed):.1%}")
+    print(f"\n### Replay: rate accuracy over {seconds} s (open loop, medians)")
+    print("| asked req/s | achieved | error | p99 corrected ms | p99 uncorrected ms |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for asked, results in accuracy.items():
+        achieved = statistics.median(r[0] for r in results)
+        p99c = statistics.median(r[1] for r in results)
+        p99u = statistics.median(r[2] for r in results)
         print(
-            f"  {asked:>7,}{achieved:>11,.1f}{(achieved - asked) / asked:>9.2%}"
-            f"{p99c * 1000:>19.2f}{p99u * 1000:>21.2f}"
+            f"| {asked:,} | {achieved:,.1f} | {(achieved - asked) / asked:+.2%} | "
+            f"{p99c * 1000:.2f} | {p99u * 1000:.2f} |"
         )
     return 0
 
