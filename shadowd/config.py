@@ -69,6 +69,7 @@ class IngressConfig:
     max_request_body_bytes: int = 10 * MIB
     max_header_bytes: int = 64 * 1024
     idle_timeout: float = 75.0  # seconds a keep-alive client connection may stay idle
+    header_timeout: float = 60.0  # seconds to send a whole request head (nginx's default)
 
 
 @dataclass(frozen=True, slots=True)

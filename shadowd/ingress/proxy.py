@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 import httptools
 
 from shadowd.exchange import (
-    ERROR_TIMEOUT,
+    ERROR_INTERNAL,
     PRIMARY,
+    TIMEOUT_KINDS,
     Answer,
     Headers,
 )
@@ -27,7 +28,12 @@ from shadowd.ingress.responses import error_response
 from shadowd.redact import redact_target
 from shadowd.upstream.collect import BodyKeeper
 from shadowd.upstream.connection import Call
-from shadowd.upstream.request import HOP_BY_HOP, IDEMPOTENT_METHODS, connection_listed
+from shadowd.upstream.request import (
+    ALWAYS_LENGTH_METHODS,
+    HOP_BY_HOP,
+    IDEMPOTENT_METHODS,
+    connection_listed,
+)
 
 if TYPE_CHECKING:
     from shadowd.ingress.server import Ingress
@@ -39,6 +45,10 @@ _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _STATUS_LINES = {code: b"HTTP/1.1 %d " % code for code in range(100, 600)}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Requests read ahead of their answer on one connection. Each costs its head and body in
+# memory, and answering them is in order anyway: past this the client is refused (503).
+MAX_PIPELINED = 128
 
 
 class ClientConnection(RequestReader):
@@ -61,6 +71,9 @@ class ClientConnection(RequestReader):
         self._keeper: BodyKeeper | None = None
         self._answer: Answer | None = None
         self._primary_started = 0.0
+        self._serving = False  # the dispatch loop is running (local answers re-enter it)
+        self._writing_paused = False  # the client's socket buffer is full (latched)
+        self._final: bytes | None = None  # a refusal owed after the queued answers
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -82,41 +95,76 @@ class ClientConnection(RequestReader):
         return True
 
     def pause_writing(self) -> None:
-        # The client reads slower than the primary answers: stop reading the primary.
+        # The client reads slower than the primary answers: stop reading the primary. Latched,
+        # as the next call may have no connection yet; it is paused as soon as it gets one.
+        self._writing_paused = True
         call = self._call
-        if call is not None and call.connection is not None:
-            call.connection.pause_reading()
+        if call is not None:
+            call.pause()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         call = self._call
-        if call is not None and call.connection is not None:
-            call.connection.resume_reading()
+        if call is not None:
+            call.resume()
 
     # -- RequestReader ---------------------------------------------------------------------
     def request_received(self, request: ParsedRequest) -> None:
-        self._queue.append(request)
-        if len(self._queue) == 1:
-            self._dispatch(request)
+        queue = self._queue
+        if len(queue) >= MAX_PIPELINED:
+            self._reject(503, "pipeline_full", "too many pipelined requests")
+            return
+        queue.append(request)
+        if len(queue) == 1:
+            self._serve()
         else:
             self._pause_reading()  # pipelined: answer in order, one at a time
 
     def busy(self) -> bool:
         return bool(self._queue)
 
+    def mid_answer(self) -> bool:
+        return self._head_sent and self._current is not None
+
+    def answer_later(self, answer: bytes) -> None:
+        self._final = answer
+
     def upgrade_requested(self) -> None:
-        # Protocol upgrades (WebSocket) are not relayed: the request is answered as a plain
-        # one and the connection closes after it.
-        if self._queue:
-            self._queue[-1].keep_alive = False
-            self._close_after = True
+        # Protocol upgrades (WebSocket, CONNECT) are not relayed: what follows the request is
+        # not HTTP/1. The request is answered as a plain one and the connection closes.
         self._pause_reading()
+        if self._closed:
+            return
+        queue = self._queue
+        if queue:
+            last = queue[-1]
+            last.keep_alive = False
+            if last is self._current:
+                self._close_after = True
+        else:
+            self.close_lingering()  # answered already, locally
 
     # -- relaying to the primary ----------------------------------------------------------
+    def _serve(self) -> None:
+        """Start on the queued requests, in order. A loop, not recursion: a request answered
+        locally completes inside ``_dispatch`` and the next one is taken here."""
+        if self._serving:
+            return
+        self._serving = True
+        try:
+            queue = self._queue
+            while queue and self._current is None and not self._closed:
+                self._dispatch(queue[0])
+        finally:
+            self._serving = False
+
     def _dispatch(self, req: ParsedRequest) -> None:
         ingress = self._ingress
         method = req.method
         url = req.url
         if method == b"CONNECT":
+            # What follows a CONNECT is a tunnel's bytes, not requests: end the connection.
+            req.keep_alive = False
             self._answer_locally(405, "bad_request", "CONNECT is not supported by this proxy")
             return
         if not url.startswith(b"/"):
@@ -125,6 +173,9 @@ class ClientConnection(RequestReader):
                 self._answer_locally(400, "bad_request", "request target must be a path")
                 return
         headers, has_host = self._forwarded_headers(req)
+        if req.framed and not req.body and method not in ALWAYS_LENGTH_METHODS:
+            # An explicit empty body (DELETE with Content-Length: 0) stays explicit.
+            headers.append((b"Content-Length", b"0"))
         self._current = req
         self._status = 0
         self._head_sent = False
@@ -137,9 +188,13 @@ class ClientConnection(RequestReader):
             self._keeper = BodyKeeper(ingress.config.diff.max_body_bytes)
         payload = ingress.primary_template.build(method, url, headers, req.body, has_host)
         self._primary_started = time.perf_counter()
-        self._call = ingress.primary_pool.send(
+        call = ingress.primary_pool.send(
             payload, self, head_only=method == b"HEAD", retryable=method in IDEMPOTENT_METHODS
         )
+        if not call.done:  # a pool that is closing answers at once, through on_response_error
+            self._call = call
+            if self._writing_paused:
+                call.pause()
 
     def _forwarded_headers(self, req: ParsedRequest) -> tuple[Headers, bool]:
         """The client's end-to-end headers with the X-Forwarded-* conventions applied."""
@@ -245,21 +300,21 @@ class ClientConnection(RequestReader):
             self._ingress.mirror.primary_answered(pending, answer)
         self._request_done()
 
-    def _log_access(self) -> None:
+    def _log_access(self, error: str = "") -> None:
         req = self._current
         if req is None:
             return
-        ACCESS_LOG.info(
-            "access",
-            extra={
-                "client": self._client,
-                "method": req.method.decode("latin-1"),
-                "target": redact_target(req.url.decode("latin-1")),
-                "status": self._status,
-                "ms": round((time.perf_counter() - self._primary_started) * 1000, 3),
-                "mirrored": self._pending is not None,
-            },
-        )
+        extra = {
+            "client": self._client,
+            "method": req.method.decode("latin-1"),
+            "target": redact_target(req.url.decode("latin-1")),
+            "status": self._status,
+            "ms": round((time.perf_counter() - self._primary_started) * 1000, 3),
+            "mirrored": self._pending is not None,
+        }
+        if error:
+            extra["error"] = error  # why the primary gave no answer: pool_timeout, connect, ...
+        ACCESS_LOG.info("access", extra=extra)
 
     def on_response_flush(self) -> None:
         out = self._out
@@ -288,34 +343,56 @@ class ClientConnection(RequestReader):
             # Part of the answer is already with the client: only closing tells it so.
             self.transport.abort()  # type: ignore[union-attr]
             return
-        if kind == ERROR_TIMEOUT:
-            self._answer_locally(504, "primary_timeout", "primary did not answer in time")
+        if kind in TIMEOUT_KINDS:
+            self._answer_locally(
+                504, "primary_timeout", "primary did not answer in time", error=kind
+            )
+        elif kind == ERROR_INTERNAL:
+            self._answer_locally(500, "internal_error", "internal error", error=kind)
         else:
-            self._answer_locally(502, "primary_unreachable", "primary is unreachable")
+            self._answer_locally(502, "primary_unreachable", "primary is unreachable", error=kind)
 
     # -- endings ---------------------------------------------------------------------------
-    def _answer_locally(self, status: int, reason: str, message: str) -> None:
+    def _answer_locally(self, status: int, reason: str, message: str, error: str = "") -> None:
         """A short error answer of our own, for a request that was read in full."""
-        self._ingress.metrics.ingress_rejected(reason)
-        self._ingress.metrics.ingress_request(status)
+        ingress = self._ingress
+        ingress.metrics.ingress_rejected(reason)
+        ingress.metrics.ingress_request(status)
         req = self._queue[0] if self._queue else None
-        close = req is None or not req.keep_alive
+        close = req is None or not req.keep_alive or ingress.draining
         self.transport.write(error_response(status, message, close=close))  # type: ignore[union-attr]
         self._close_after = close
+        if ingress.access_log and req is not None:
+            self._status = status
+            self._current = req
+            self._log_access(error)
         self._request_done()
 
     def _request_done(self) -> None:
         self._current = None
-        if self._queue:
-            self._queue.popleft()
+        queue = self._queue
+        if queue:
+            queue.popleft()
         if self._close_after or self._ingress.draining:
-            self._closed = True
-            self.transport.close()  # type: ignore[union-attr]
+            if queue or self._reading_paused or self._parser.should_upgrade():
+                self.close_lingering()  # requests (or a tunnel's bytes) left unread
+            else:
+                self._closed = True
+                self.transport.close()  # type: ignore[union-attr]
             return
-        if self._queue:
-            self._dispatch(self._queue[0])
+        if queue:
+            self._serve()
+            return
+        if self._final is not None:
+            self.transport.write(self._final)  # type: ignore[union-attr]
+            self.close_lingering()
             return
         self.idle_since = self._ingress.now
+        if self._head_started:
+            self._head_started = self.idle_since  # its deadline runs from now on
+        if self._continue_owed:
+            self._continue_owed = False
+            self.transport.write(_CONTINUE)  # type: ignore[union-attr]
         self._resume_reading()
 
 
