@@ -169,3 +169,39 @@ async def test_trailers_and_an_empty_delete_body_reach_a_real_primary_correctly(
     assert "X-User-Id" not in upload["headers"]
     assert upload["headers"].getall("Host") == ["shop"]
     assert delete["headers"].get("Content-Length") == "0"
+
+
+async def test_tap_mode_copies_drop_trailers_and_keep_an_explicit_empty_length(
+    make_backend, start_shadowd
+):
+    primary, candidate = make_backend(), make_backend()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="fine")
+
+    primary.route("*", "/{tail:.*}", ok)
+    candidate.route("*", "/{tail:.*}", ok)
+    await primary.start()
+    await candidate.start()
+    shadowd = await start_shadowd(
+        primary.url,
+        candidate.url,
+        ingress={"mode": "tap"},
+        mirror={"methods": frozenset({"OPTIONS"})},
+    )
+    reader, writer = await asyncio.open_connection(*address(shadowd.url))
+    writer.write(
+        b"OPTIONS /a HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\nX-User-Id: admin\r\nHost: evil\r\n\r\n"
+        b"OPTIONS /b HTTP/1.1\r\nHost: shop\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    data = await read_to_close(reader, 5.0)
+    writer.close()
+    assert data.count(b"HTTP/1.1 204 No Content") == 2
+    await shadowd.settled(2)
+    for backend in (primary, candidate):
+        assert len(backend.seen) == 2
+        for seen in backend.seen:
+            assert seen["headers"].get("Content-Length") == "0"
+            assert "X-User-Id" not in seen["headers"]
+            assert seen["headers"].getall("Host") == ["shop"]

@@ -428,3 +428,13 @@ async def test_an_http2_preface_gets_505_naming_http2(caplog):
     assert ingress.rejected("http_version") == 1
     assert ingress.rejected("bad_request") == 0
     assert any("HTTP/2" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_internal_error_handling_the_answer_is_a_500_not_a_502():
+    conn, transport, ingress = connect()
+    conn.data_received(GET)
+    (call,) = ingress.primary_pool.calls
+    call.finish_error("internal")
+    assert parse_answers(bytes(transport.data))[0][0] == 500
+    assert ingress.rejected("internal_error") == 1
+    assert ingress.rejected("primary_unreachable") == 0

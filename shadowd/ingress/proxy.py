@@ -363,6 +363,8 @@ class ClientConnection(RequestReader):
         self.transport.write(error_response(status, message, close=close))  # type: ignore[union-attr]
         self._close_after = close
         if ingress.access_log and req is not None:
+            if not error:  # refused before any primary call: no time was spent on one
+                self._primary_started = time.perf_counter()
             self._status = status
             self._current = req
             self._log_access(error)
