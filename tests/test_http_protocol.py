@@ -438,3 +438,41 @@ async def test_an_internal_error_handling_the_answer_is_a_500_not_a_502():
     assert parse_answers(bytes(transport.data))[0][0] == 500
     assert ingress.rejected("internal_error") == 1
     assert ingress.rejected("primary_unreachable") == 0
+
+
+async def test_a_half_close_after_pipelined_requests_still_gets_every_answer():
+    conn, transport, ingress = connect()
+    conn.data_received(GET * 3)
+    assert conn.eof_received() is True  # keep the connection open to answer
+    for i in range(3):
+        assert not transport.ended
+        answer(ingress.primary_pool.calls[i], b"answer %d" % i)
+    answers = parse_answers(bytes(transport.data))
+    assert [body for _, _, body in answers] == [b"answer 0", b"answer 1", b"answer 2"]
+    assert answers[-1][1][b"connection"] == b"close"
+    assert transport.ended
+
+
+async def test_one_endless_header_line_is_refused_before_it_is_all_read():
+    conn, transport, ingress = connect(max_header_bytes=64 * 1024)
+    conn.data_received(b"GET /a HTTP/1.1\r\nHost: shop\r\nX-Endless: ")
+    fed = 0
+    while not transport.ended and fed < 10 * 1024 * 1024:
+        conn.data_received(b"y" * 16384)
+        fed += 16384
+    assert fed <= 96 * 1024  # not 10 MiB gathered by the parser first
+    assert [status for status, _, _ in parse_answers(bytes(transport.data))] == [431]
+    assert ingress.rejected("headers_too_large") == 1
+
+
+async def test_many_requests_split_across_reads_are_not_mistaken_for_a_large_head():
+    conn, transport, ingress = connect(max_header_bytes=1024)
+    post = b"POST /a HTTP/1.1\r\nHost: shop\r\nContent-Length: 3000\r\n\r\n" + b"z" * 3000
+    for i in range(20):
+        # each read ends mid-body or right at a request's end, or mid-head
+        conn.data_received(post[:40])
+        conn.data_received(post[40:2000])
+        conn.data_received(post[2000:])
+        answer(ingress.primary_pool.calls[i])
+    assert ingress.rejected("headers_too_large") == 0
+    assert len(parse_answers(bytes(transport.data))) == 20

@@ -70,7 +70,13 @@ class RequestReader(asyncio.Protocol, abc.ABC):
         self._head_bytes = 0
         self._framed = False
         # between a message's first byte and its blank line; on_header outside it is a trailer
-        self._in_head = True
+        self._in_head = False
+        self._in_body = False  # between the blank line and the message's end
+        # llhttp hands a header line over only once it is complete, and httptools gathers it
+        # until then: the bytes of the head read so far are bounded here, chunk by chunk
+        # (those of the chunk it began in aside, so as never to count a previous request's).
+        self._head_raw = 0
+        self._head_began_here = False
         # when the head being read started arriving (0: none is); bounded by header_timeout
         self._head_started = 0.0
         self._continue_owed = False
@@ -115,8 +121,9 @@ class RequestReader(asyncio.Protocol, abc.ABC):
     def data_received(self, data: bytes) -> None:
         if self._rejected:
             return  # the parser stopped at the refused request; the rest is not read
-        if self._in_head and not self._head_started:
+        if not self._in_body and not self._head_started:
             self._head_started = self._ingress.now
+        self._head_began_here = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -130,6 +137,10 @@ class RequestReader(asyncio.Protocol, abc.ABC):
                     self._refuse_http2()
                 else:
                     self._reject(400, "bad_request", "malformed HTTP request")
+        if self._in_head and not self._head_began_here and not self._rejected:
+            self._head_raw += len(data)
+            if self._head_raw > self._limits.max_header_bytes:
+                self._reject(431, "headers_too_large", "request header fields too large")
         # A half-sent request counts as idle too; once one is being answered, the
         # primary's deadline applies instead.
         self.idle_since = 0.0 if self.busy() else self._ingress.now
@@ -143,6 +154,8 @@ class RequestReader(asyncio.Protocol, abc.ABC):
         self._head_bytes = 0
         self._framed = False
         self._in_head = True
+        self._head_raw = 0
+        self._head_began_here = True
         if not self._head_started:
             self._head_started = self._ingress.now
 
@@ -164,6 +177,7 @@ class RequestReader(asyncio.Protocol, abc.ABC):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_body = True
         self._head_started = 0.0
         if self._rejected:
             return
@@ -208,7 +222,7 @@ class RequestReader(asyncio.Protocol, abc.ABC):
         self._body.append(chunk)
 
     def on_message_complete(self) -> None:
-        self._in_head = True
+        self._in_body = False
         self._continue_owed = False
         if self._rejected:
             return

@@ -87,11 +87,14 @@ class ClientConnection(RequestReader):
     def eof_received(self) -> bool | None:
         # A client that half-closes after its last request still gets the answers to what
         # it sent; the connection closes after them.
-        if not self._queue:
+        queue = self._queue
+        if not queue:
             return None
-        for request in self._queue:
-            request.keep_alive = False
-        self._close_after = True
+        # Only after the last one: closing after the current answer would lose the others.
+        last = queue[-1]
+        last.keep_alive = False
+        if last is self._current:
+            self._close_after = True
         return True
 
     def pause_writing(self) -> None:
