@@ -78,9 +78,29 @@ async def test_the_call_deadline_passing_while_connecting_is_a_connect_timeout()
     assert answer.error == ERROR_CONNECT_TIMEOUT
 
 
-async def test_waiting_for_a_pooled_connection_is_a_pool_timeout_and_a_slow_answer_a_timeout(
-    make_backend,
-):
+async def test_waiting_for_a_pooled_connection_is_a_pool_timeout():
+    # The only connection slot is taken by a connect that hangs (it outlives its call's
+    # deadline), so the second call waits in the pool until its own deadline.
+    listener, fillers = full_backlog_listener()
+    port = listener.getsockname()[1]
+    target = target_from_url(
+        "primary",
+        f"http://127.0.0.1:{port}",
+        timeout=0.3,
+        connect_timeout=5.0,
+        max_connections=1,
+    )
+    pool = UpstreamPool(target, TaskGroup())
+    try:
+        first, second = await asyncio.gather(call(pool), call(pool))
+    finally:
+        pool.close()
+        for sock in [*fillers, listener]:
+            sock.close()
+    assert (first.error, second.error) == (ERROR_CONNECT_TIMEOUT, ERROR_POOL_TIMEOUT)
+
+
+async def test_an_answer_that_does_not_come_in_time_is_a_timeout(make_backend):
     release = asyncio.Event()
     backend = make_backend()
 
@@ -90,18 +110,13 @@ async def test_waiting_for_a_pooled_connection_is_a_pool_timeout_and_a_slow_answ
 
     backend.route("GET", "/hang", hang)
     await backend.start()
-    target = target_from_url("primary", backend.url, timeout=0.5, max_connections=1)
-    pool = UpstreamPool(target, TaskGroup())
+    pool = UpstreamPool(target_from_url("primary", backend.url, timeout=0.3), TaskGroup())
     try:
-        first = asyncio.create_task(call(pool, b"/hang"))
-        await backend.wait_for_requests(1)  # the only connection is taken
-        second = await call(pool, b"/hang")
-        first_answer = await first
+        answer = await call(pool, b"/hang")
     finally:
         release.set()
         pool.close()
-    assert second.error == ERROR_POOL_TIMEOUT
-    assert first_answer.error == ERROR_TIMEOUT
+    assert answer.error == ERROR_TIMEOUT
 
 
 async def test_the_client_gets_504_and_the_metrics_tell_the_kinds_apart(
@@ -116,26 +131,32 @@ async def test_the_client_gets_504_and_the_metrics_tell_the_kinds_apart(
 
     backend.route("GET", "/hang", hang)
     await backend.start()
-    shadowd = await start_shadowd(
-        backend.url,
-        backend.url,
-        primary_options={"timeout": 0.5, "max_connections": 1},
-        mirror={"sample_rate": 0.0},
+    listener, fillers = full_backlog_listener()
+    hanging_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    options = {"timeout": 0.3, "connect_timeout": 5.0, "max_connections": 1}
+    stuck = await start_shadowd(
+        hanging_url, backend.url, primary_options=options, mirror={"sample_rate": 0.0}
+    )
+    slow = await start_shadowd(
+        backend.url, backend.url, primary_options=options, mirror={"sample_rate": 0.0}
     )
     try:
         async with aiohttp.ClientSession() as session:
 
-            async def get() -> int:
-                async with session.get(shadowd.url + "/hang") as answer:
+            async def get(url: str) -> int:
+                async with session.get(url + "/hang") as answer:
                     return answer.status
 
-            first = asyncio.create_task(get())
-            await backend.wait_for_requests(1)
-            statuses = [await get(), await first]
+            statuses = await asyncio.gather(get(stuck.url), get(stuck.url), get(slow.url))
     finally:
         release.set()
-    assert statuses == [504, 504]
-    errors = shadowd.daemon.metrics._errors
+        for sock in [*fillers, listener]:
+            sock.close()
+    assert statuses == [504, 504, 504]
+    errors = stuck.daemon.metrics._errors
+    assert errors[("primary", "connect_timeout")]._value.get() == 1
     assert errors[("primary", "pool_timeout")]._value.get() == 1
+    assert errors[("primary", "timeout")]._value.get() == 0
+    errors = slow.daemon.metrics._errors
     assert errors[("primary", "timeout")]._value.get() == 1
-    assert errors[("primary", "connect_timeout")]._value.get() == 0
+    assert errors[("primary", "pool_timeout")]._value.get() == 0
