@@ -28,7 +28,7 @@ LINGER_SECONDS = 5.0
 
 
 class ParsedRequest:
-    __slots__ = ("body", "framed", "headers", "http11", "keep_alive", "method", "url")
+    __slots__ = ("body", "framed", "headers", "http11", "keep_alive", "method", "upgrade", "url")
 
     def __init__(
         self,
@@ -39,6 +39,7 @@ class ParsedRequest:
         keep_alive: bool,
         http11: bool,
         framed: bool = False,
+        upgrade: bytes = b"",
     ) -> None:
         self.method = method
         self.url = url
@@ -48,6 +49,7 @@ class ParsedRequest:
         self.http11 = http11
         # The client declared a body (Content-Length or Transfer-Encoding), maybe an empty one.
         self.framed = framed
+        self.upgrade = upgrade  # the Upgrade header's value ("websocket"), b"" without one
 
 
 class RequestReader(asyncio.Protocol, abc.ABC):
@@ -69,6 +71,7 @@ class RequestReader(asyncio.Protocol, abc.ABC):
         self._body_size = 0
         self._head_bytes = 0
         self._framed = False
+        self._upgrade = b""
         # between a message's first byte and its blank line; on_header outside it is a trailer
         self._in_head = False
         self._in_body = False  # between the blank line and the message's end
@@ -97,8 +100,9 @@ class RequestReader(asyncio.Protocol, abc.ABC):
         """Whether part of an answer has been written and the rest has not."""
         return False
 
-    def upgrade_requested(self) -> None:
-        """The last request asked for a protocol upgrade, which shadowd does not relay."""
+    def upgrade_requested(self, rest: bytes) -> None:
+        """The last request asked for a protocol upgrade; ``rest``: what the client sent
+        after it (not HTTP/1 any more). Here: not relayed, the connection stops reading."""
         self._pause_reading()
 
     def answer_later(self, answer: bytes) -> None:
@@ -126,8 +130,8 @@ class RequestReader(asyncio.Protocol, abc.ABC):
         self._head_began_here = False
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.upgrade_requested()
+        except httptools.HttpParserUpgrade as exc:
+            self.upgrade_requested(data[exc.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             # llhttp wraps what our own callbacks raised: a bug here, not bad input.
             self._internal_error(exc.__context__ or exc)
@@ -153,6 +157,7 @@ class RequestReader(asyncio.Protocol, abc.ABC):
         self._body_size = 0
         self._head_bytes = 0
         self._framed = False
+        self._upgrade = b""
         self._in_head = True
         self._head_raw = 0
         self._head_began_here = True
@@ -198,6 +203,8 @@ class RequestReader(asyncio.Protocol, abc.ABC):
                 hosts += 1
             elif lname == b"transfer-encoding":
                 self._framed = True
+            elif lname == b"upgrade":
+                self._upgrade = value
             elif lname == b"expect" and value.lower() == b"100-continue":
                 expect_continue = True
         if hosts > 1:
@@ -237,6 +244,8 @@ class RequestReader(asyncio.Protocol, abc.ABC):
                 parser.should_keep_alive(),
                 parser.get_http_version() != "1.0",
                 self._framed,
+                # llhttp stops at an upgrade only with "Connection: upgrade" as well
+                self._upgrade if self._upgrade and parser.should_upgrade() else b"",
             )
         )
 

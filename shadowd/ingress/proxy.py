@@ -9,6 +9,7 @@ HTTP/1.1 client). Nothing on this path waits for the mirror targets.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -34,6 +35,7 @@ from shadowd.upstream.request import (
     IDEMPOTENT_METHODS,
     connection_listed,
 )
+from shadowd.upstream.tunnel import UpstreamTunnel, open_tunnel
 
 if TYPE_CHECKING:
     from shadowd.ingress.server import Ingress
@@ -74,6 +76,10 @@ class ClientConnection(RequestReader):
         self._serving = False  # the dispatch loop is running (local answers re-enter it)
         self._writing_paused = False  # the client's socket buffer is full (latched)
         self._final: bytes | None = None  # a refusal owed after the queued answers
+        self._tunnel: UpstreamTunnel | None = None  # a relayed WebSocket's primary side
+        self._tunnel_open = False  # 101 relayed: the sockets are joined
+        self._tunnel_task: asyncio.Task[None] | None = None
+        self._upgrade_rest = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -83,6 +89,10 @@ class ClientConnection(RequestReader):
         if self._pending is not None:
             self._ingress.mirror.abandon(self._pending, "client_gone")
             self._pending = None
+        if self._tunnel is not None:
+            self._tunnel.close()
+        elif self._tunnel_task is not None:
+            self._tunnel_task.cancel()  # still connecting
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its last request still gets the answers to what
@@ -132,9 +142,11 @@ class ClientConnection(RequestReader):
     def answer_later(self, answer: bytes) -> None:
         self._final = answer
 
-    def upgrade_requested(self) -> None:
-        # Protocol upgrades (WebSocket, CONNECT) are not relayed: what follows the request is
-        # not HTTP/1. The request is answered as a plain one and the connection closes.
+    def upgrade_requested(self, rest: bytes) -> None:
+        # What follows the request is not HTTP/1. A WebSocket upgrade is relayed (``rest``
+        # goes to the primary once the tunnel is open); other upgrades are answered as a
+        # plain request, CONNECT with 405, and the connection closes after the answer.
+        self._upgrade_rest = rest
         self._pause_reading()
         if self._closed:
             return
@@ -176,6 +188,9 @@ class ClientConnection(RequestReader):
                 self._answer_locally(400, "bad_request", "request target must be a path")
                 return
         headers, has_host = self._forwarded_headers(req)
+        if req.upgrade and method == b"GET" and req.upgrade.lower() == b"websocket":
+            self._start_tunnel(req, url, headers, has_host)
+            return
         if req.framed and not req.body and method not in ALWAYS_LENGTH_METHODS:
             # An explicit empty body (DELETE with Content-Length: 0) stays explicit.
             headers.append((b"Content-Length", b"0"))
@@ -198,6 +213,74 @@ class ClientConnection(RequestReader):
             self._call = call
             if self._writing_paused:
                 call.pause()
+
+    # -- WebSocket: a tunnel to the primary (TunnelClient) ----------------------------------
+    def _start_tunnel(self, req: ParsedRequest, url: bytes, headers: Headers, has_host: bool):
+        """Relay a WebSocket upgrade on a primary connection of its own (never mirrored)."""
+        ingress = self._ingress
+        self._current = req
+        self._status = 0
+        self._head_sent = False
+        self._close_after = True
+        self._pending = None
+        self._keeper = None
+        headers.append((b"Connection", b"Upgrade"))
+        headers.append((b"Upgrade", req.upgrade))
+        payload = ingress.primary_template.build(b"GET", url, headers, b"", has_host)
+        self._primary_started = time.perf_counter()
+        self._tunnel_task = asyncio.get_running_loop().create_task(
+            open_tunnel(ingress.primary_pool, payload, self)
+        )
+
+    def tunnel_connected(self, upstream: UpstreamTunnel) -> None:
+        self._tunnel = upstream
+        if self._closed:
+            upstream.close()
+
+    def tunnel_answer(self, data: bytes, status: int) -> None:
+        if self._closed:
+            return
+        self._status = status
+        self._head_sent = True
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def tunnel_open(self, upstream: UpstreamTunnel, rest: bytes) -> None:
+        transport = self.transport
+        if self._closed or transport is None or upstream.transport is None:
+            upstream.close()
+            return
+        self._tunnel_open = True
+        self._ingress.metrics.ingress_request(101)
+        if self._ingress.access_log:
+            self._log_access()
+        upstream.client_transport = transport
+        if rest:
+            transport.write(rest)
+        transport.set_protocol(_ClientSide(self, upstream))
+        if self._upgrade_rest:
+            upstream.transport.write(self._upgrade_rest)
+            self._upgrade_rest = b""
+        if self._writing_paused:
+            upstream.transport.pause_reading()
+        self._reading_paused = False
+        transport.resume_reading()
+
+    def tunnel_failed(self, kind: str) -> None:
+        if self._closed:
+            return
+        self.on_response_error(kind)
+
+    def tunnel_closed(self) -> None:
+        if self._closed:
+            return
+        if not self._tunnel_open:  # an answer other than 101, relayed in full
+            self._ingress.metrics.ingress_request(self._status)
+            if self._ingress.access_log:
+                self._log_access()
+            self._request_done()
+            return
+        self._closed = True
+        self.transport.close()  # type: ignore[union-attr]
 
     def _forwarded_headers(self, req: ParsedRequest) -> tuple[Headers, bool]:
         """The client's end-to-end headers with the X-Forwarded-* conventions applied."""
@@ -399,6 +482,41 @@ class ClientConnection(RequestReader):
             self._continue_owed = False
             self.transport.write(_CONTINUE)  # type: ignore[union-attr]
         self._resume_reading()
+
+
+class _ClientSide(asyncio.Protocol):
+    """The client's socket once its WebSocket is open: bytes go to the primary unchanged."""
+
+    __slots__ = ("_conn", "_upstream")
+
+    def __init__(self, conn: ClientConnection, upstream: UpstreamTunnel) -> None:
+        self._conn = conn
+        self._upstream = upstream
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._upstream.transport
+        if transport is not None:
+            transport.write(data)
+
+    def eof_received(self) -> bool | None:
+        # WebSocket has its own closing handshake: a FIN means that side is done, and
+        # keeping half-open tunnels would leave both sockets waiting for each other.
+        self._upstream.close()
+        return None
+
+    def pause_writing(self) -> None:
+        transport = self._upstream.transport
+        if transport is not None:
+            transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        transport = self._upstream.transport
+        if transport is not None:
+            transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._upstream.close()
+        self._conn.connection_lost(exc)
 
 
 def _origin_form(url: bytes) -> bytes | None:

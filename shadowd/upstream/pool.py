@@ -54,6 +54,10 @@ class UpstreamPool:
         self._dispatch(call)
         return call
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self._ssl
+
     def retry(self, call: Call) -> None:
         self._dispatch(call)
 
