@@ -51,3 +51,27 @@ async def test_an_exception_in_a_sink_is_an_internal_error_with_a_traceback(make
     assert kind == ERROR_INTERNAL  # not "protocol": the target's bytes were fine
     (record,) = [r for r in caplog.records if r.name == "shadowd.upstream"]
     assert record.exc_info is not None and record.exc_info[0] is KeyError
+
+
+async def test_an_unasked_101_from_a_target_is_a_protocol_error():
+    async def switch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(switch, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(target_from_url("primary", f"http://127.0.0.1:{port}"), TaskGroup())
+    sink = BrokenSink()
+    pool.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", sink)
+    try:
+        async with asyncio.timeout(5):
+            kind = await sink.errors
+    finally:
+        pool.close()
+        server.close()
+    assert kind == "protocol"

@@ -184,7 +184,9 @@ class UpstreamConnection(asyncio.Protocol):
             )
             self._fail(ERROR_INTERNAL)
             return
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # An upgrade nobody asked for (pooled requests never carry Upgrade) is as wrong
+            # as bad bytes; uncaught, it would escape data_received.
             self._fail(ERROR_PROTOCOL)
             return
         if self._call is call and not call.done:
