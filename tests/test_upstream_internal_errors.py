@@ -60,8 +60,8 @@ async def test_an_unasked_101_from_a_target_is_a_protocol_error():
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
         )
         await writer.drain()
-        await reader.read()
         writer.close()
+        await writer.wait_closed()
 
     server = await asyncio.start_server(switch, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -74,4 +74,5 @@ async def test_an_unasked_101_from_a_target_is_a_protocol_error():
     finally:
         pool.close()
         server.close()
+        await server.wait_closed()
     assert kind == "protocol"

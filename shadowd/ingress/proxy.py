@@ -24,7 +24,7 @@ from shadowd.exchange import (
     Answer,
     Headers,
 )
-from shadowd.ingress.http import ParsedRequest, RequestReader, forwardable_headers
+from shadowd.ingress.http import CONTINUE, ParsedRequest, RequestReader, forwardable_headers
 from shadowd.ingress.responses import error_response
 from shadowd.redact import redact_target
 from shadowd.upstream.collect import BodyKeeper
@@ -47,7 +47,6 @@ _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _STATUS_LINES = {code: b"HTTP/1.1 %d " % code for code in range(100, 600)}
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Requests read ahead of their answer on one connection. Each costs its head and body in
 # memory, and answering them is in order anyway: past this the client is refused (503).
 MAX_PIPELINED = 128
@@ -129,7 +128,8 @@ class ClientConnection(RequestReader):
             return
         queue.append(request)
         if len(queue) == 1:
-            self._serve()
+            # The only one: a local answer empties the queue, nothing to loop over.
+            self._dispatch(request)
         else:
             self._pause_reading()  # pipelined: answer in order, one at a time
 
@@ -480,7 +480,7 @@ class ClientConnection(RequestReader):
             self._head_started = self.idle_since  # its deadline runs from now on
         if self._continue_owed:
             self._continue_owed = False
-            self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+            self.transport.write(CONTINUE)  # type: ignore[union-attr]
         self._resume_reading()
 
 
