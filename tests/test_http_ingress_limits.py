@@ -217,3 +217,38 @@ async def test_tap_mode_copies_drop_trailers_and_keep_an_explicit_empty_length(
             assert seen["headers"].get("Content-Length") == "0"
             assert "X-User-Id" not in seen["headers"]
             assert seen["headers"].getall("Host") == ["shop"]
+
+
+async def test_an_oversized_request_after_50_pipelined_gets_answered_last_on_a_socket(
+    primary, start_shadowd
+):
+    shadowd = await start_shadowd(
+        primary.url, primary.url, ingress={"max_request_body_bytes": 1000}
+    )
+    reader, writer = await asyncio.open_connection(*address(shadowd.url))
+    writer.write(
+        b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n" * 50
+        + b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n"
+        + b"z" * 200_000  # unread input when shadowd closes: must not reset the answers
+    )
+    data = await read_to_close(reader, 10.0)
+    writer.close()
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
+    assert statuses == [b"200"] * 50 + [b"413"]
+    assert data.endswith(b"request body too large\n")
+
+
+async def test_connect_then_pipelined_requests_on_a_socket_get_405_and_close(
+    primary, start_shadowd
+):
+    shadowd = await start_shadowd(primary.url, primary.url)
+    reader, writer = await asyncio.open_connection(*address(shadowd.url))
+    writer.write(
+        b"CONNECT shop:443 HTTP/1.1\r\nHost: shop:443\r\n\r\n"
+        + b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n" * 3
+    )
+    data = await read_to_close(reader, 5.0)
+    writer.close()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", data) == [b"405"]
+    assert b"Connection: close" in data
+    assert primary.seen == []
