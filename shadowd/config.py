@@ -70,6 +70,7 @@ class IngressConfig:
     max_request_body_bytes: int = 10 * MIB
     max_header_bytes: int = 64 * 1024
     idle_timeout: float = 75.0  # seconds a keep-alive client connection may stay idle
+    header_timeout: float = 60.0  # seconds to send a whole request head (nginx's default)
     # Ingress (data plane) processes sharing the listener; 0 = "auto", one per core.
     workers: int = 0
 

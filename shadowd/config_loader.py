@@ -76,6 +76,7 @@ INGRESS = {
     "max_request_body_bytes": ("max_request_body_bytes", size),
     "max_header_bytes": ("max_header_bytes", size),
     "idle_timeout": ("idle_timeout", duration),
+    "header_timeout": ("header_timeout", duration),
     "workers": ("workers", worker_count),
 }
 ANALYSIS = {

@@ -71,12 +71,25 @@ class Answer:
 
 
 # Why an answer is missing. Kept small and closed: these become metric label values.
-ERROR_TIMEOUT = "timeout"
+ERROR_TIMEOUT = "timeout"  # the request was sent; the whole answer did not arrive in time
+ERROR_POOL_TIMEOUT = "pool_timeout"  # the deadline passed waiting for a free connection
+ERROR_CONNECT_TIMEOUT = "connect_timeout"  # the deadline passed while connecting
 ERROR_CONNECT = "connect"
 ERROR_RESET = "reset"  # the connection closed or reset before the answer was complete
 ERROR_PROTOCOL = "protocol"  # the bytes were not valid HTTP/1.x
 ERROR_TOO_LARGE = "too_large"  # reserved: an answer refused for its size
-ERROR_KINDS = (ERROR_TIMEOUT, ERROR_CONNECT, ERROR_RESET, ERROR_PROTOCOL, ERROR_TOO_LARGE)
+ERROR_INTERNAL = "internal"  # shadowd itself failed handling the answer (a bug, logged)
+ERROR_KINDS = (
+    ERROR_TIMEOUT,
+    ERROR_CONNECT,
+    ERROR_RESET,
+    ERROR_PROTOCOL,
+    ERROR_TOO_LARGE,
+    ERROR_POOL_TIMEOUT,
+    ERROR_CONNECT_TIMEOUT,
+    ERROR_INTERNAL,
+)
+TIMEOUT_KINDS = frozenset({ERROR_TIMEOUT, ERROR_POOL_TIMEOUT, ERROR_CONNECT_TIMEOUT})
 
 
 @dataclass(slots=True)

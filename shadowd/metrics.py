@@ -54,6 +54,10 @@ REJECT_REASONS = (
     "max_connections",
     "primary_unreachable",
     "primary_timeout",
+    "pipeline_full",  # too many pipelined requests waiting on one connection
+    "header_timeout",  # the request head did not arrive within ingress.header_timeout
+    "http_version",  # HTTP/2 (prior knowledge) or another version shadowd does not speak
+    "internal_error",  # a bug in shadowd, logged with its traceback
     OTHER,
 )
 CAPTURE_DROP_REASONS = ("buffer_full", "write_error", OTHER)

@@ -9,6 +9,7 @@ HTTP/1.1 client). Nothing on this path waits for the mirror targets.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -17,17 +18,24 @@ from typing import TYPE_CHECKING
 import httptools
 
 from shadowd.exchange import (
-    ERROR_TIMEOUT,
+    ERROR_INTERNAL,
     PRIMARY,
+    TIMEOUT_KINDS,
     Answer,
     Headers,
 )
-from shadowd.ingress.http import ParsedRequest, RequestReader, forwardable_headers
+from shadowd.ingress.http import CONTINUE, ParsedRequest, RequestReader, forwardable_headers
 from shadowd.ingress.responses import error_response
 from shadowd.redact import redact_target
 from shadowd.upstream.collect import BodyKeeper
 from shadowd.upstream.connection import Call
-from shadowd.upstream.request import HOP_BY_HOP, IDEMPOTENT_METHODS, connection_listed
+from shadowd.upstream.request import (
+    ALWAYS_LENGTH_METHODS,
+    HOP_BY_HOP,
+    IDEMPOTENT_METHODS,
+    connection_listed,
+)
+from shadowd.upstream.tunnel import UpstreamTunnel, open_tunnel
 
 if TYPE_CHECKING:
     from shadowd.ingress.server import Ingress
@@ -39,6 +47,9 @@ _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _STATUS_LINES = {code: b"HTTP/1.1 %d " % code for code in range(100, 600)}
+# Requests read ahead of their answer on one connection. Each costs its head and body in
+# memory, and answering them is in order anyway: past this the client is refused (503).
+MAX_PIPELINED = 128
 
 
 class ClientConnection(RequestReader):
@@ -61,6 +72,13 @@ class ClientConnection(RequestReader):
         self._keeper: BodyKeeper | None = None
         self._answer: Answer | None = None
         self._primary_started = 0.0
+        self._serving = False  # the dispatch loop is running (local answers re-enter it)
+        self._writing_paused = False  # the client's socket buffer is full (latched)
+        self._final: bytes | None = None  # a refusal owed after the queued answers
+        self._tunnel: UpstreamTunnel | None = None  # a relayed WebSocket's primary side
+        self._tunnel_open = False  # 101 relayed: the sockets are joined
+        self._tunnel_task: asyncio.Task[None] | None = None
+        self._upgrade_rest = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -70,32 +88,47 @@ class ClientConnection(RequestReader):
         if self._pending is not None:
             self._ingress.mirror.abandon(self._pending, "client_gone")
             self._pending = None
+        if self._tunnel is not None:
+            self._tunnel.close()
+        elif self._tunnel_task is not None:
+            self._tunnel_task.cancel()  # still connecting
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its last request still gets the answers to what
         # it sent; the connection closes after them.
-        if not self._queue:
+        queue = self._queue
+        if not queue:
             return None
-        for request in self._queue:
-            request.keep_alive = False
-        self._close_after = True
+        # Only after the last one: closing after the current answer would lose the others.
+        last = queue[-1]
+        last.keep_alive = False
+        if last is self._current:
+            self._close_after = True
         return True
 
     def pause_writing(self) -> None:
-        # The client reads slower than the primary answers: stop reading the primary.
+        # The client reads slower than the primary answers: stop reading the primary. Latched,
+        # as the next call may have no connection yet; it is paused as soon as it gets one.
+        self._writing_paused = True
         call = self._call
-        if call is not None and call.connection is not None:
-            call.connection.pause_reading()
+        if call is not None:
+            call.pause()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         call = self._call
-        if call is not None and call.connection is not None:
-            call.connection.resume_reading()
+        if call is not None:
+            call.resume()
 
     # -- RequestReader ---------------------------------------------------------------------
     def request_received(self, request: ParsedRequest) -> None:
-        self._queue.append(request)
-        if len(self._queue) == 1:
+        queue = self._queue
+        if len(queue) >= MAX_PIPELINED:
+            self._reject(503, "pipeline_full", "too many pipelined requests")
+            return
+        queue.append(request)
+        if len(queue) == 1:
+            # The only one: a local answer empties the queue, nothing to loop over.
             self._dispatch(request)
         else:
             self._pause_reading()  # pipelined: answer in order, one at a time
@@ -103,20 +136,50 @@ class ClientConnection(RequestReader):
     def busy(self) -> bool:
         return bool(self._queue)
 
-    def upgrade_requested(self) -> None:
-        # Protocol upgrades (WebSocket) are not relayed: the request is answered as a plain
-        # one and the connection closes after it.
-        if self._queue:
-            self._queue[-1].keep_alive = False
-            self._close_after = True
+    def mid_answer(self) -> bool:
+        return self._head_sent and self._current is not None
+
+    def answer_later(self, answer: bytes) -> None:
+        self._final = answer
+
+    def upgrade_requested(self, rest: bytes) -> None:
+        # What follows the request is not HTTP/1. A WebSocket upgrade is relayed (``rest``
+        # goes to the primary once the tunnel is open); other upgrades are answered as a
+        # plain request, CONNECT with 405, and the connection closes after the answer.
+        self._upgrade_rest = rest
         self._pause_reading()
+        if self._closed:
+            return
+        queue = self._queue
+        if queue:
+            last = queue[-1]
+            last.keep_alive = False
+            if last is self._current:
+                self._close_after = True
+        else:
+            self.close_lingering()  # answered already, locally
 
     # -- relaying to the primary ----------------------------------------------------------
+    def _serve(self) -> None:
+        """Start on the queued requests, in order. A loop, not recursion: a request answered
+        locally completes inside ``_dispatch`` and the next one is taken here."""
+        if self._serving:
+            return
+        self._serving = True
+        try:
+            queue = self._queue
+            while queue and self._current is None and not self._closed:
+                self._dispatch(queue[0])
+        finally:
+            self._serving = False
+
     def _dispatch(self, req: ParsedRequest) -> None:
         ingress = self._ingress
         method = req.method
         url = req.url
         if method == b"CONNECT":
+            # What follows a CONNECT is a tunnel's bytes, not requests: end the connection.
+            req.keep_alive = False
             self._answer_locally(405, "bad_request", "CONNECT is not supported by this proxy")
             return
         if not url.startswith(b"/"):
@@ -125,6 +188,12 @@ class ClientConnection(RequestReader):
                 self._answer_locally(400, "bad_request", "request target must be a path")
                 return
         headers, has_host = self._forwarded_headers(req)
+        if req.upgrade and method == b"GET" and req.upgrade.lower() == b"websocket":
+            self._start_tunnel(req, url, headers, has_host)
+            return
+        if req.framed and not req.body and method not in ALWAYS_LENGTH_METHODS:
+            # An explicit empty body (DELETE with Content-Length: 0) stays explicit.
+            headers.append((b"Content-Length", b"0"))
         self._current = req
         self._status = 0
         self._head_sent = False
@@ -137,9 +206,81 @@ class ClientConnection(RequestReader):
             self._keeper = BodyKeeper(ingress.config.diff.max_body_bytes)
         payload = ingress.primary_template.build(method, url, headers, req.body, has_host)
         self._primary_started = time.perf_counter()
-        self._call = ingress.primary_pool.send(
+        call = ingress.primary_pool.send(
             payload, self, head_only=method == b"HEAD", retryable=method in IDEMPOTENT_METHODS
         )
+        if not call.done:  # a pool that is closing answers at once, through on_response_error
+            self._call = call
+            if self._writing_paused:
+                call.pause()
+
+    # -- WebSocket: a tunnel to the primary (TunnelClient) ----------------------------------
+    def _start_tunnel(self, req: ParsedRequest, url: bytes, headers: Headers, has_host: bool):
+        """Relay a WebSocket upgrade on a primary connection of its own (never mirrored)."""
+        ingress = self._ingress
+        self._current = req
+        self._status = 0
+        self._head_sent = False
+        self._close_after = True
+        self._pending = None
+        self._keeper = None
+        headers.append((b"Connection", b"Upgrade"))
+        headers.append((b"Upgrade", req.upgrade))
+        payload = ingress.primary_template.build(b"GET", url, headers, b"", has_host)
+        self._primary_started = time.perf_counter()
+        self._tunnel_task = asyncio.get_running_loop().create_task(
+            open_tunnel(ingress.primary_pool, payload, self)
+        )
+
+    def tunnel_connected(self, upstream: UpstreamTunnel) -> None:
+        self._tunnel = upstream
+        if self._closed:
+            upstream.close()
+
+    def tunnel_answer(self, data: bytes, status: int) -> None:
+        if self._closed:
+            return
+        self._status = status
+        self._head_sent = True
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def tunnel_open(self, upstream: UpstreamTunnel, rest: bytes) -> None:
+        transport = self.transport
+        if self._closed or transport is None or upstream.transport is None:
+            upstream.close()
+            return
+        self._tunnel_open = True
+        self._ingress.metrics.ingress_request(101)
+        if self._ingress.access_log:
+            self._log_access()
+        upstream.client_transport = transport
+        if rest:
+            transport.write(rest)
+        transport.set_protocol(_ClientSide(self, upstream))
+        if self._upgrade_rest:
+            upstream.transport.write(self._upgrade_rest)
+            self._upgrade_rest = b""
+        if self._writing_paused:
+            upstream.transport.pause_reading()
+        self._reading_paused = False
+        transport.resume_reading()
+
+    def tunnel_failed(self, kind: str) -> None:
+        if self._closed:
+            return
+        self.on_response_error(kind)
+
+    def tunnel_closed(self) -> None:
+        if self._closed:
+            return
+        if not self._tunnel_open:  # an answer other than 101, relayed in full
+            self._ingress.metrics.ingress_request(self._status)
+            if self._ingress.access_log:
+                self._log_access()
+            self._request_done()
+            return
+        self._closed = True
+        self.transport.close()  # type: ignore[union-attr]
 
     def _forwarded_headers(self, req: ParsedRequest) -> tuple[Headers, bool]:
         """The client's end-to-end headers with the X-Forwarded-* conventions applied."""
@@ -245,21 +386,21 @@ class ClientConnection(RequestReader):
             self._ingress.mirror.primary_answered(pending, answer)
         self._request_done()
 
-    def _log_access(self) -> None:
+    def _log_access(self, error: str = "") -> None:
         req = self._current
         if req is None:
             return
-        ACCESS_LOG.info(
-            "access",
-            extra={
-                "client": self._client,
-                "method": req.method.decode("latin-1"),
-                "target": redact_target(req.url.decode("latin-1")),
-                "status": self._status,
-                "ms": round((time.perf_counter() - self._primary_started) * 1000, 3),
-                "mirrored": self._pending is not None,
-            },
-        )
+        extra = {
+            "client": self._client,
+            "method": req.method.decode("latin-1"),
+            "target": redact_target(req.url.decode("latin-1")),
+            "status": self._status,
+            "ms": round((time.perf_counter() - self._primary_started) * 1000, 3),
+            "mirrored": self._pending is not None,
+        }
+        if error:
+            extra["error"] = error  # why the primary gave no answer: pool_timeout, connect, ...
+        ACCESS_LOG.info("access", extra=extra)
 
     def on_response_flush(self) -> None:
         out = self._out
@@ -288,35 +429,94 @@ class ClientConnection(RequestReader):
             # Part of the answer is already with the client: only closing tells it so.
             self.transport.abort()  # type: ignore[union-attr]
             return
-        if kind == ERROR_TIMEOUT:
-            self._answer_locally(504, "primary_timeout", "primary did not answer in time")
+        if kind in TIMEOUT_KINDS:
+            self._answer_locally(
+                504, "primary_timeout", "primary did not answer in time", error=kind
+            )
+        elif kind == ERROR_INTERNAL:
+            self._answer_locally(500, "internal_error", "internal error", error=kind)
         else:
-            self._answer_locally(502, "primary_unreachable", "primary is unreachable")
+            self._answer_locally(502, "primary_unreachable", "primary is unreachable", error=kind)
 
     # -- endings ---------------------------------------------------------------------------
-    def _answer_locally(self, status: int, reason: str, message: str) -> None:
+    def _answer_locally(self, status: int, reason: str, message: str, error: str = "") -> None:
         """A short error answer of our own, for a request that was read in full."""
-        self._ingress.metrics.ingress_rejected(reason)
-        self._ingress.metrics.ingress_request(status)
+        ingress = self._ingress
+        ingress.metrics.ingress_rejected(reason)
+        ingress.metrics.ingress_request(status)
         req = self._queue[0] if self._queue else None
-        close = req is None or not req.keep_alive
+        close = req is None or not req.keep_alive or ingress.draining
         self.transport.write(error_response(status, message, close=close))  # type: ignore[union-attr]
         self._close_after = close
+        if ingress.access_log and req is not None:
+            if not error:  # refused before any primary call: no time was spent on one
+                self._primary_started = time.perf_counter()
+            self._status = status
+            self._current = req
+            self._log_access(error)
         self._request_done()
 
     def _request_done(self) -> None:
         self._current = None
-        if self._queue:
-            self._queue.popleft()
+        queue = self._queue
+        if queue:
+            queue.popleft()
         if self._close_after or self._ingress.draining:
-            self._closed = True
-            self.transport.close()  # type: ignore[union-attr]
+            if queue or self._reading_paused or self._parser.should_upgrade():
+                self.close_lingering()  # requests (or a tunnel's bytes) left unread
+            else:
+                self._closed = True
+                self.transport.close()  # type: ignore[union-attr]
             return
-        if self._queue:
-            self._dispatch(self._queue[0])
+        if queue:
+            self._serve()
+            return
+        if self._final is not None:
+            self.transport.write(self._final)  # type: ignore[union-attr]
+            self.close_lingering()
             return
         self.idle_since = self._ingress.now
+        if self._head_started:
+            self._head_started = self.idle_since  # its deadline runs from now on
+        if self._continue_owed:
+            self._continue_owed = False
+            self.transport.write(CONTINUE)  # type: ignore[union-attr]
         self._resume_reading()
+
+
+class _ClientSide(asyncio.Protocol):
+    """The client's socket once its WebSocket is open: bytes go to the primary unchanged."""
+
+    __slots__ = ("_conn", "_upstream")
+
+    def __init__(self, conn: ClientConnection, upstream: UpstreamTunnel) -> None:
+        self._conn = conn
+        self._upstream = upstream
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._upstream.transport
+        if transport is not None:
+            transport.write(data)
+
+    def eof_received(self) -> bool | None:
+        # WebSocket has its own closing handshake: a FIN means that side is done, and
+        # keeping half-open tunnels would leave both sockets waiting for each other.
+        self._upstream.close()
+        return None
+
+    def pause_writing(self) -> None:
+        transport = self._upstream.transport
+        if transport is not None:
+            transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        transport = self._upstream.transport
+        if transport is not None:
+            transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._upstream.close()
+        self._conn.connection_lost(exc)
 
 
 def _origin_form(url: bytes) -> bytes | None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from shadowd.exchange import Headers
 from shadowd.ingress.http import ParsedRequest, RequestReader, forwardable_headers
+from shadowd.upstream.request import ALWAYS_LENGTH_METHODS
 
 if TYPE_CHECKING:
     from shadowd.ingress.server import Ingress
@@ -62,6 +63,8 @@ class TapConnection(RequestReader):
             if lname == b"host":
                 value = strip_shadow_suffix(value)
             kept.append((name, value))
+        if request.framed and not request.body and request.method not in ALWAYS_LENGTH_METHODS:
+            kept.append((b"Content-Length", b"0"))  # an explicit empty body stays explicit
         self._copy_if_wanted(request, url, kept, has_host)
 
 

@@ -8,14 +8,17 @@ proxy budget, so answers are parsed here with llhttp (httptools) and handed to a
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
-from shadowd.exchange import ERROR_PROTOCOL, ERROR_RESET, ERROR_TIMEOUT, Headers
+from shadowd.exchange import ERROR_INTERNAL, ERROR_PROTOCOL, ERROR_RESET, ERROR_TIMEOUT, Headers
 
 if TYPE_CHECKING:
     from shadowd.upstream.pool import UpstreamPool
+
+LOG = logging.getLogger("shadowd.upstream")
 
 
 class ResponseSink(Protocol):
@@ -38,9 +41,11 @@ class Call:
     """One request on its way to a target: what to send, who hears the answer, its deadline."""
 
     __slots__ = (
+        "connecting",
         "connection",
         "done",
         "head_only",
+        "paused",
         "payload",
         "retryable",
         "sink",
@@ -57,6 +62,18 @@ class Call:
         self.timer: asyncio.TimerHandle | None = None
         self.started = 0.0
         self.done = False
+        self.paused = False  # the sink cannot take more: do not read the answer for now
+        self.connecting = False  # a connection is being opened for it (for the timeout kind)
+
+    def pause(self) -> None:
+        self.paused = True
+        if self.connection is not None:
+            self.connection.pause_reading()
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.connection is not None:
+            self.connection.resume_reading()
 
     def cancel(self) -> None:
         """Nobody wants the answer any more: stop, and spend the connection if it is mid-answer."""
@@ -87,6 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_headers",
         "_informational",
         "_parser",
+        "_paused",
         "_pool",
         "_reason",
         "_status_code",
@@ -108,6 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._status_keep_alive = False
         self._body_until_close = False
         self._got_bytes = False
+        self._paused = False
         self.closed = False
         self.served = 0  # answers completed on this connection (0: never reused)
 
@@ -115,10 +134,16 @@ class UpstreamConnection(asyncio.Protocol):
     def start(self, call: Call) -> None:
         self._call = call
         call.connection = self
+        call.connecting = False
         self._headers = []
         self._got_bytes = False
         self._body_until_close = False
         assert self.transport is not None
+        # The sink may have filled up before this connection was attached (pipelining).
+        if call.paused:
+            self.pause_reading()
+        elif self._paused:
+            self.resume_reading()
         self.transport.write(call.payload)
 
     def abort(self) -> None:
@@ -127,11 +152,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self._paused:
+            self._paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self._paused:
+            self._paused = False
             self.transport.resume_reading()
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -147,7 +174,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
+        except httptools.HttpParserCallbackError as exc:
+            # What a sink raised, wrapped by llhttp: our bug, not the target's bad bytes.
+            cause = exc.__context__ or exc
+            LOG.error(
+                "internal error while handling an answer",
+                exc_info=(type(cause), cause, cause.__traceback__),
+                extra={"target": self._pool.target.name},
+            )
+            self._fail(ERROR_INTERNAL)
+            return
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # An upgrade nobody asked for (pooled requests never carry Upgrade) is as wrong
+            # as bad bytes; uncaught, it would escape data_received.
             self._fail(ERROR_PROTOCOL)
             return
         if self._call is call and not call.done:

@@ -1,7 +1,9 @@
 """Keep-alive connections to one target, shared by every request sent there.
 
 Bounded: at most ``max_connections`` open; beyond that, calls wait their turn (their deadline
-still runs). Every call has a deadline that covers waiting, connecting and answering.
+still runs). Every call has a deadline that covers waiting, connecting and answering; when it
+passes, the error says which: ``pool_timeout`` (no free connection), ``connect_timeout``
+(connecting, also past ``connect_timeout``), ``timeout`` (sent, the answer did not complete).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import ssl
 from collections import deque
 
 from shadowd.config import TargetConfig
-from shadowd.exchange import ERROR_CONNECT, ERROR_TIMEOUT
+from shadowd.exchange import ERROR_CONNECT, ERROR_CONNECT_TIMEOUT, ERROR_POOL_TIMEOUT
 from shadowd.tasks import TaskGroup
 from shadowd.upstream.connection import Call, ResponseSink, UpstreamConnection
 
@@ -51,6 +53,10 @@ class UpstreamPool:
         call.timer = self._loop.call_later(self.target.timeout, self._on_timeout, call)
         self._dispatch(call)
         return call
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self._ssl
 
     def retry(self, call: Call) -> None:
         self._dispatch(call)
@@ -99,6 +105,7 @@ class UpstreamPool:
             call.finish_error(ERROR_CONNECT)
         elif self._open < self.target.max_connections:
             self._open += 1
+            call.connecting = True
             self._tasks.spawn(self._connect(call), name=f"connect-{self.target.name}")
         else:
             self._waiting.append(call)
@@ -109,7 +116,9 @@ class UpstreamPool:
             waiting.popleft()
         if waiting and not self._closing and self._open < self.target.max_connections:
             self._open += 1
-            self._tasks.spawn(self._connect(waiting.popleft()), name=f"connect-{self.target.name}")
+            call = waiting.popleft()
+            call.connecting = True
+            self._tasks.spawn(self._connect(call), name=f"connect-{self.target.name}")
 
     async def _connect(self, call: Call) -> None:
         target = self.target
@@ -124,7 +133,7 @@ class UpstreamPool:
                 )
         except TimeoutError:
             self._open -= 1
-            call.finish_error(ERROR_TIMEOUT)
+            call.finish_error(ERROR_CONNECT_TIMEOUT)
             self._serve_waiting()
             return
         except (OSError, ssl.SSLError):
@@ -132,6 +141,7 @@ class UpstreamPool:
             call.finish_error(ERROR_CONNECT)
             self._serve_waiting()
             return
+        call.connecting = False
         if call.done:  # its deadline passed while connecting: the connection serves others
             self.release(conn)
         else:
@@ -144,4 +154,4 @@ class UpstreamPool:
         if call.connection is not None:
             call.connection.on_timeout()
         else:
-            call.finish_error(ERROR_TIMEOUT)  # still waiting or connecting
+            call.finish_error(ERROR_CONNECT_TIMEOUT if call.connecting else ERROR_POOL_TIMEOUT)

@@ -26,6 +26,10 @@ HOP_BY_HOP = frozenset(
 # under them before any answer byte arrived.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
+# Methods whose requests carry a Content-Length even when the body is empty (RFC 9110 §8.6:
+# a user agent should send one when the method defines a meaning for a body).
+ALWAYS_LENGTH_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
 
 def connection_listed(headers: Headers) -> frozenset[bytes]:
     """Header names a ``Connection`` header declares hop-by-hop (besides the fixed ones)."""
@@ -66,7 +70,9 @@ class RequestTemplate:
     def build(
         self, method: bytes, target: bytes, headers: Headers, body: bytes, has_host: bool
     ) -> bytes:
-        """The whole request as bytes. ``headers`` are already free of hop-by-hop fields."""
+        """The whole request as bytes. ``headers`` are already free of hop-by-hop fields and
+        of Content-Length, except an explicit ``Content-Length: 0`` for a method outside
+        ``ALWAYS_LENGTH_METHODS`` (then ``body`` is empty and no second one is added)."""
         parts = [method, b" ", self._prefix, target, b" HTTP/1.1\r\n"]
         drop = self._drop
         append = parts.append
@@ -86,7 +92,7 @@ class RequestTemplate:
         if not has_host:
             append(self._default_host)  # HTTP/1.0 clients may omit Host; 1.1 targets need one
         append(self._extra)
-        if body or method in (b"POST", b"PUT", b"PATCH"):
+        if body or method in ALWAYS_LENGTH_METHODS:
             append(b"Content-Length: %d\r\n\r\n" % len(body))
             append(body)
         else:
