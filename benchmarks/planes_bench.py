@@ -156,7 +156,10 @@ WORDS = [
     "tango",
 ]
 SUFFIXES = ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op", "qr", "st"]
-ENDPOINT_PATHS = [f"/api/{w}-{s}/items" for w in WORDS for s in SUFFIXES]
+# Distinct first segments: shadowd learns a parameter where one path position takes more than
+# 20 values under the same prefix (ids that are not numbers), but never in the first segment,
+# so these stay 200 route templates, as 200 real routes would.
+ENDPOINT_PATHS = [f"/{w}-{s}/items" for w in WORDS for s in SUFFIXES]
 assert len(set(ENDPOINT_PATHS)) == ENDPOINTS
 
 
