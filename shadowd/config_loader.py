@@ -83,6 +83,7 @@ ANALYSIS = {
     "workers": ("workers", worker_count),
     "queue_bytes": ("queue_bytes", size),
     "snapshot_interval": ("snapshot_interval", duration),
+    "nice": ("nice", integer(0, 19)),
 }
 TARGET = {
     "url": ("url", string),
