@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from shadowd.bounds import bounded
 from shadowd.config import EndpointsConfig
 
 OTHER = "other"
@@ -42,7 +43,8 @@ def templated_segment(segment: str) -> str:
 
 
 def auto_template(path: str) -> str:
-    return "/".join(templated_segment(s) for s in path.split("/"))
+    # Cut: a path can be as long as the ingress admits, and the name is in every series.
+    return bounded("/".join(templated_segment(s) for s in path.split("/")))
 
 
 class _RouteTemplate:
