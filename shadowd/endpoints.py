@@ -43,8 +43,7 @@ def templated_segment(segment: str) -> str:
 
 
 def auto_template(path: str) -> str:
-    # Cut: a path can be as long as the ingress admits, and the name is in every series.
-    return bounded("/".join(templated_segment(s) for s in path.split("/")))
+    return "/".join(templated_segment(s) for s in path.split("/"))
 
 
 class _RouteTemplate:
@@ -78,7 +77,8 @@ class EndpointClassifier:
         name = self._cache.get(key)
         if name is not None:
             return name
-        name = self._name(method, path)
+        # Cut: a path can be as long as the ingress admits, and the name is in every series.
+        name = bounded(self._name(method, path))
         if name not in self._known:
             if len(self._known) >= self._max:
                 self.overflowed += 1
