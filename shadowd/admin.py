@@ -243,10 +243,10 @@ def _cross_site(request: web.Request) -> web.Response | None:
     return None
 
 
-def _guard(token: bytes | None, hosts: HostCheck) -> Any:
+def _guard(token: bytes | None, hosts: Callable[[], HostCheck]) -> Any:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        refused = _misdirected(request, hosts)
+        refused = _misdirected(request, hosts())
         if refused is not None:
             return refused
         if token is not None and request.path not in OPEN_PATHS and not _authorized(request, token):
@@ -338,8 +338,18 @@ def create_admin_app(control: AdminControl) -> web.Application:
             return web.Response(text=page.read_text(), content_type="text/html")
         return json_response({"routes": list(ROUTES)})
 
-    admin = control.config.admin
-    hosts = HostCheck(admin.listen.host, admin.allowed_hosts)
+    # The socket keeps the listen address it started with; allowed_hosts follows a reload.
+    listen_host = control.config.admin.listen.host
+    checks: dict[tuple[str, ...], HostCheck] = {}
+
+    def hosts() -> HostCheck:
+        allowed = control.config.admin.allowed_hosts
+        check = checks.get(allowed)
+        if check is None:
+            checks.clear()
+            check = checks[allowed] = HostCheck(listen_host, allowed)
+        return check
+
     app = web.Application(middlewares=[_guard(token, hosts)])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

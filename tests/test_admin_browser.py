@@ -45,8 +45,13 @@ async def dump_dom(url: str, profile, *extra: str) -> str:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(60):
-        out, err = await process.communicate()
+    try:
+        async with asyncio.timeout(45):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:  # timed out: no browser left behind
+            process.kill()
+            await process.wait()
     assert process.returncode == 0, err.decode()[-2000:]
     return out.decode()
 
