@@ -64,6 +64,24 @@ _SECRET_NAME = re.compile(
     r"credential|signature|cookie|authorization",
     re.IGNORECASE,
 )
+# Literal pieces of _SECRET_NAME: every name it matches contains one of them. A regex search
+# with that alternation costs ~200 µs on 3 KB; lower() and these substring searches ~3 µs.
+_SECRET_PIECES = (
+    b"token",
+    b"secret",
+    b"passw",
+    b"pwd",
+    b"passphrase",
+    b"apikey",
+    b"api-key",
+    b"api_key",
+    b"private",
+    b"session",
+    b"credential",
+    b"signature",
+    b"cookie",
+    b"authorization",
+)
 _WORDS = re.compile(r"[^a-z0-9]+")
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 # A decoded body larger than this cannot be checked in reasonable time: not kept.
@@ -235,8 +253,15 @@ class Redaction:
         self.query_params = frozenset(p.lower() for p in query_params)
         self.body_fields = tuple(body_fields)
         self._paths = [parse_path(p) for p in self.body_fields]
+        # Bytes whose absence from a body proves a listed path cannot match in it (the
+        # quoted last member name); None when some path names no member (``$[*]``).
+        needles = [next((s for s in reversed(p) if isinstance(s, str)), None) for p in self._paths]
+        self._needles: list[bytes] | None = (
+            None if None in needles else [orjson.dumps(n) for n in needles if n is not None]
+        )
         self.key = key
         self._count = count or (lambda what, n: None)
+        self._header_names: dict[bytes, bool] = {}
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> Redaction:
@@ -263,14 +288,22 @@ class Redaction:
 
     def header_pairs(self, headers: Iterable[Any]) -> list[list[bytes]]:
         """Raw ``[name, value]`` pairs, secret values replaced."""
+        # Header names repeat on every record: each is judged once (a bounded memo).
+        known = self._header_names
         out = []
         for name, value in headers:
-            text = bytes(name).decode("latin-1")
-            if self.secret_header(text):
-                self._count(f"header:{text.lower()}", 1)
-                out.append([bytes(name), self._marker(bytes(value)).encode()])
+            raw = bytes(name)
+            secret = known.get(raw)
+            if secret is None:
+                secret = self.secret_header(raw.decode("latin-1"))
+                if len(known) >= 4096:
+                    known.clear()
+                known[raw] = secret
+            if secret:
+                self._count(f"header:{raw.decode('latin-1').lower()}", 1)
+                out.append([raw, self._marker(bytes(value)).encode()])
             else:
-                out.append([bytes(name), bytes(value)])
+                out.append([raw, bytes(value)])
         return out
 
     # -- query strings and forms ---------------------------------------------------------
@@ -340,12 +373,30 @@ class Redaction:
                 count += 1
         return count
 
+    def _may_hold_secrets(self, body: bytes) -> bool:
+        # Parsing and walking a 3 KB document costs ~150 µs; this search a few, and most
+        # bodies name no secret at all. Escapes (\u0070assword, pass%77ord) could spell a
+        # name the search misses: such bodies take the slow path.
+        if b"\\u" in body or b"%" in body:
+            return True
+        lowered = body.lower()
+        if any(piece in lowered for piece in _SECRET_PIECES):
+            return True
+        needles = self._needles
+        return needles is None or any(needle in body for needle in needles)
+
     def _plain_body(self, body: bytes, media: bytes) -> tuple[bytes, int]:
-        if media == b"application/x-www-form-urlencoded":
+        form = media == b"application/x-www-form-urlencoded"
+        json_like = media == b"application/json" or media.endswith(b"+json")
+        if not json_like and not form and body.lstrip()[:1] in (b"{", b"["):
+            json_like = True
+        text_like = media.startswith(b"text/") or media in _TEXT_MEDIA
+        if not (form or json_like or text_like) or not self._may_hold_secrets(body):
+            return body, 0  # images, archives...: no names to go by; or no secret name
+        if form:
             text, count = self._pairs(body.decode("latin-1"), is_secret_field)
             return (text.encode("latin-1"), count) if count else (body, 0)
-        looks_json = media == b"application/json" or media.endswith(b"+json")
-        if looks_json or body.lstrip()[:1] in (b"{", b"["):
+        if json_like:
             try:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError:
@@ -353,8 +404,6 @@ class Redaction:
             else:
                 count = self._json(doc)
                 return (orjson.dumps(doc), count) if count else (body, 0)
-        elif not media.startswith(b"text/") and media not in _TEXT_MEDIA:
-            return body, 0
         text = body.decode("latin-1")
         scrubbed, count = _TEXT_SECRET.subn(_text_marker, text)
         return (scrubbed.encode("latin-1"), count) if count else (body, 0)

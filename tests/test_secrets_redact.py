@@ -94,6 +94,13 @@ def test_form_bodies_and_text_bodies():
     assert b"S3" not in broken_json
 
 
+def test_escaped_names_are_still_found_and_binary_bodies_are_left_alone():
+    escaped = b'{"\\u0070assword": "S1", "x": 1}'
+    assert orjson.loads(Redaction().body(escaped, JSON))["password"] == MARKER
+    png = b"\x89PNG password=S2"
+    assert Redaction().body(png, [(b"Content-Type", b"image/png")]) == png
+
+
 @pytest.mark.parametrize(
     ("encoding", "compress", "decompress"),
     [
