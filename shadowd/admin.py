@@ -233,7 +233,7 @@ def _cross_site(request: web.Request) -> web.Response | None:
     if (origin is not None and not _same_origin(origin, request.headers.get("Host"))) or (
         fetch_site is not None and fetch_site not in ("same-origin", "none")
     ):
-        return error_response(403, f"cross-origin requests may not {request.path}")
+        return error_response(403, f"cross-origin requests may not {request.method} {request.path}")
     if request.content_type != "application/json":
         return error_response(
             415,

@@ -269,3 +269,27 @@ async def test_the_dashboard_kill_switch_still_works_in_the_browser(shop, tmp_pa
     finally:
         process.kill()
         await process.wait()
+
+
+async def test_state_changes_need_json_and_their_own_origin(shop):
+    own = shop.admin_url
+    cases = [
+        ({"Origin": "http://127.0.0.1:1"}, 403),
+        ({"Origin": "null"}, 403),
+        ({"Origin": own, "Sec-Fetch-Site": "same-site"}, 403),
+        ({"Origin": own, "Content-Type": "text/plain"}, 415),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        ({"Origin": own, "Sec-Fetch-Site": "same-origin"}, 200),  # the dashboard
+        ({}, 200),  # the CLI, curl, scripts
+    ]
+    async with aiohttp.ClientSession() as session:
+        for headers, expected in cases:
+            headers = {"Content-Type": "application/json", **headers}
+            async with session.post(
+                own + "/api/v1/mirror", data=b'{"enabled": true}', headers=headers
+            ) as answer:
+                assert answer.status == expected, headers
+            async with session.post(own + "/api/v1/reset", data=b"{}", headers=headers) as answer:
+                assert answer.status == expected, headers
+                if expected == 403:
+                    assert "cross-origin requests may not POST" in (await answer.json())["error"]
