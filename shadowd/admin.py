@@ -2,14 +2,17 @@
 
 Separate from the ingress and on loopback by default. With ``[admin] token_file`` set, every
 route but ``/healthz``, ``/readyz`` and the dashboard page needs
-``Authorization: Bearer <token>``. Every answer but ``/metrics`` and the dashboard is JSON;
-every error is ``{"error": "..."}``. The routes are listed in ``ROUTES`` and docs/api.md.
+``Authorization: Bearer <token>``. Every route checks ``Host`` (``_misdirected``), and the
+routes that change something ``Content-Type`` and ``Origin`` (``_cross_site``). Every answer but
+``/metrics`` and the dashboard is JSON; every error is ``{"error": "..."}``. The routes are
+listed in ``ROUTES`` and docs/api.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -134,15 +137,129 @@ def _authorized(request: web.Request, token: bytes) -> bool:
     )
 
 
-def _guard(token: bytes | None) -> Any:
+# -- what a browser can be made to send -------------------------------------------------------
+# A page from any site can make the operator's browser send a "simple" request (a form POST,
+# a no-cors fetch with a text/plain body) to the admin API, and a DNS-rebinding page can even
+# read the answers, under its own host name. So every route checks Host, and the routes that
+# change something want a JSON body (a cross-site page cannot send that without a CORS
+# preflight, which this API never grants) and no Origin but its own.
+STATE_CHANGING = frozenset({("POST", "/api/v1/reset"), ("POST", "/api/v1/mirror")})
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _split_host(value: str) -> tuple[str, str]:
+    """``[::1]:8471`` → ("::1", "8471"); ``Example.COM.`` → ("example.com", "")."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        host, port = value, ""
+    return host.rstrip("."), port
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_loopback(host: str) -> bool:
+    address = _address(host)
+    if address is None:
+        # Browsers resolve *.localhost to loopback themselves, never through DNS.
+        return host == "localhost" or host.endswith(".localhost")
+    return address.is_loopback
+
+
+class HostCheck:
+    """Which ``Host`` values the admin API answers: its listen address (any loopback spelling
+    when it listens on loopback; any IP address when it listens on all of them) and the
+    names in ``[admin] allowed_hosts``. A rebinding page reaches the API under a DNS name of
+    its own, which is none of these. Ports are not compared: a port forward
+    (``kubectl port-forward``, ``ssh -L``) changes the port, not the name."""
+
+    def __init__(self, listen_host: str, allowed: tuple[str, ...] = ()) -> None:
+        self.allowed = frozenset(_split_host(name)[0] for name in allowed)
+        host = _split_host(listen_host)[0] if listen_host.startswith("[") else listen_host
+        self.listen = host.lower().rstrip(".")
+        self.listen_address = _address(self.listen)
+        self.loopback = _is_loopback(self.listen)
+        self.everywhere = self.listen_address is not None and self.listen_address.is_unspecified
+
+    def allows(self, value: str | None) -> bool:
+        if value is None:
+            return True  # HTTP/1.0 without Host: not a browser
+        host, _ = _split_host(value)
+        if host in self.allowed or host == self.listen:
+            return True
+        address = _address(host)
+        if (self.loopback or self.everywhere) and _is_loopback(host):
+            return True
+        if self.everywhere:
+            return address is not None  # an address literal cannot be rebound
+        return address is not None and address == self.listen_address
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep or host is None or "/" in rest:
+        return False  # "null" (sandboxed frames, file: pages) and anything malformed
+    origin_host, origin_port = _split_host(rest)
+    request_host, request_port = _split_host(host)
+    default = _DEFAULT_PORTS.get(scheme, "")
+    return (origin_host, origin_port or default) == (request_host, request_port or default)
+
+
+def _misdirected(request: web.Request, hosts: HostCheck) -> web.Response | None:
+    if hosts.allows(request.headers.get("Host")):
+        return None
+    return error_response(
+        421,
+        f"this admin API does not answer for Host {request.headers.get('Host')!r}: "
+        "use its listen address or a name from [admin] allowed_hosts",
+    )
+
+
+def _cross_site(request: web.Request) -> web.Response | None:
+    """Why a state-changing request that may come from another site's page is refused."""
+    if (request.method, request.path) not in STATE_CHANGING:
+        return None
+    origin = request.headers.get("Origin")
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if (origin is not None and not _same_origin(origin, request.headers.get("Host"))) or (
+        fetch_site is not None and fetch_site not in ("same-origin", "none")
+    ):
+        return error_response(403, f"cross-origin requests may not {request.method} {request.path}")
+    if request.content_type != "application/json":
+        return error_response(
+            415,
+            f"{request.method} {request.path} needs Content-Type: application/json "
+            "(curl: -H 'Content-Type: application/json')",
+        )
+    return None
+
+
+def _guard(token: bytes | None, hosts: Callable[[], HostCheck]) -> Any:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = _misdirected(request, hosts())
+        if refused is not None:
+            return refused
         if token is not None and request.path not in OPEN_PATHS and not _authorized(request, token):
             return error_response(
                 401,
                 "a valid bearer token is required (Authorization: Bearer <token>)",
                 headers={"WWW-Authenticate": 'Bearer realm="shadowd"'},
             )
+        refused = _cross_site(request)
+        if refused is not None:
+            return refused
         try:
             return await handler(request)
         except web.HTTPNotFound:
@@ -223,7 +340,19 @@ def create_admin_app(control: AdminControl) -> web.Application:
             return web.Response(text=page.read_text(), content_type="text/html")
         return json_response({"routes": list(ROUTES)})
 
-    app = web.Application(middlewares=[_guard(token)])
+    # The socket keeps the listen address it started with; allowed_hosts follows a reload.
+    listen_host = control.config.admin.listen.host
+    checks: dict[tuple[str, ...], HostCheck] = {}
+
+    def hosts() -> HostCheck:
+        allowed = control.config.admin.allowed_hosts
+        check = checks.get(allowed)
+        if check is None:
+            checks.clear()
+            check = checks[allowed] = HostCheck(listen_host, allowed)
+        return check
+
+    app = web.Application(middlewares=[_guard(token, hosts)])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+from shadowd.bounds import MAX_NAME_CHARS, bounded
 from shadowd.config import Config
 from shadowd.diff.engine import MAX_DIFFERENCES
 from shadowd.diff.model import Difference, ExchangeDiff
@@ -32,7 +33,7 @@ from shadowd.diff.timing import parse_server_timing
 from shadowd.endpoints import OTHER
 from shadowd.exchange import Answer, Exchange, Headers
 from shadowd.metrics import Metrics
-from shadowd.redact import MARKER, is_secret_name, redact_target, redact_value_at
+from shadowd.redact import MARKER, Redaction
 
 OTHER_FIELD = "<other>"
 LATENCY_MIN_US = 1
@@ -232,6 +233,8 @@ class EndpointStats:
 
     def field(self, path: str, limit: int) -> tuple[str, FieldStats]:
         """The stats of a field path (``<other>`` once ``limit`` paths are known)."""
+        if len(path) > MAX_NAME_CHARS:
+            path = bounded(path)
         stats = self.fields.get(path)
         if stats is not None:
             return path, stats
@@ -327,7 +330,7 @@ class Aggregator:
                 len(samples) < samples.maxlen or received - stats.last_sample_at >= SAMPLE_INTERVAL
             ):
                 stats.last_sample_at = received
-                samples.append(_sample(exchange, diff))
+                samples.append(_sample(exchange, diff, self.config))
         if diff.secondary:
             stats.noisy += 1
             totals.noisy += 1
@@ -394,23 +397,42 @@ def _server_timing(stats: EndpointStats, target: str, headers: Headers) -> None:
 
 
 # -- samples ----------------------------------------------------------------------------------
-def is_sample_secret(name: str) -> bool:
-    """Header names whose values samples never show: the redaction list of ``shadowd.redact``,
-    and any name that mentions a key (``X-Api-Key``, ``X-Signing-Key``...)."""
-    return is_secret_name(name) or "key" in name.lower()
+_DEFAULT_POLICY = Redaction()
+_policy_cache: tuple[Any, Redaction] = (None, _DEFAULT_POLICY)
+
+
+def sample_policy(config: Config | None) -> Redaction:
+    """The redaction samples apply: ``shadowd.redact``'s rules plus the ``[capture]`` lists
+    (an analysis worker holds the whole config, so samples honour them as the capture does).
+    Samples always show ``[redacted]``, never a keyed hash."""
+    global _policy_cache
+    capture = config.capture if config is not None else None
+    if capture is None:
+        return _DEFAULT_POLICY
+    cached_for, policy = _policy_cache
+    if cached_for is not capture:
+        policy = Redaction.from_config(capture)
+        _policy_cache = (capture, policy)
+    return policy
+
+
+def is_sample_secret(name: str, policy: Redaction = _DEFAULT_POLICY) -> bool:
+    """Header names whose values samples never show (``shadowd.redact``'s header rule)."""
+    return policy.secret_header(name)
 
 
 def _cut(text: str) -> str:
     return text if len(text) <= SAMPLE_VALUE_CHARS else text[:SAMPLE_VALUE_CHARS] + "…"
 
 
-def sample_headers(headers: Headers) -> list[list[str]]:
+def sample_headers(headers: Headers, policy: Redaction = _DEFAULT_POLICY) -> list[list[str]]:
     """Request headers as a sample shows them: at most ``SAMPLE_HEADERS``, secrets replaced
     by ``[redacted]``, long values cut."""
     shown = []
     for name, value in headers[:SAMPLE_HEADERS]:
         text = name.decode("latin-1")
-        shown.append([text, MARKER if is_sample_secret(text) else _cut(value.decode("latin-1"))])
+        secret = policy.secret_header(text)
+        shown.append([_cut(text), MARKER if secret else _cut(value.decode("latin-1"))])
     return shown
 
 
@@ -423,8 +445,9 @@ def _answer_summary(answer: Answer) -> dict[str, Any]:
     }
 
 
-def _sample(exchange: Exchange, diff: ExchangeDiff) -> dict[str, Any]:
+def _sample(exchange: Exchange, diff: ExchangeDiff, config: Config | None = None) -> dict[str, Any]:
     """A divergent exchange as the samples endpoint shows it, secrets redacted, bounded."""
+    policy = sample_policy(config)
     secondary = exchange.secondary
     noise_by_path: dict[str, Difference] = {d.path: d for d in diff.secondary or ()}
     # Where the secondary's diff has no difference at a path, the secondary agrees with the
@@ -438,15 +461,15 @@ def _sample(exchange: Exchange, diff: ExchangeDiff) -> dict[str, Any]:
     differences = []
     for d in diff.candidate[:SAMPLE_DIFFERENCES]:
         entry: dict[str, Any] = {
-            "path": d.path,
-            "generic_path": d.generic_path,
+            "path": bounded(d.path),
+            "generic_path": bounded(d.generic_path),
             "kind": d.kind.value,
-            "primary": redact_value_at(d.path, d.reference),
-            "candidate": redact_value_at(d.path, d.other),
+            "primary": policy.value_at(d.path, d.reference),
+            "candidate": policy.value_at(d.path, d.other),
         }
         noise = noise_by_path.get(d.path)
         if noise is not None:
-            entry["secondary"] = redact_value_at(d.path, noise.other)
+            entry["secondary"] = policy.value_at(d.path, noise.other)
         elif secondary_agrees:
             entry["secondary"] = entry["primary"]
         differences.append(entry)
@@ -455,9 +478,9 @@ def _sample(exchange: Exchange, diff: ExchangeDiff) -> dict[str, Any]:
         "exchange": exchange.id,
         "time": request.received_at,
         "request": {
-            "method": request.method,
-            "target": _cut(redact_target(request.target)),
-            "headers": sample_headers(request.headers),
+            "method": _cut(request.method),
+            "target": _cut(policy.target(request.target)),
+            "headers": sample_headers(request.headers, policy),
         },
         "answers": {name: _answer_summary(a) for name, a in exchange.answers.items()},
         "differences": differences,

@@ -169,6 +169,7 @@ class CaptureConfig:
 class AdminConfig:
     listen: Listen = Listen("127.0.0.1", 8471)
     token_file: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides the listen address
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,6 +149,7 @@ CAPTURE = {
 ADMIN = {
     "listen": ("listen", listen),
     "token_file": ("token_file", token_file),
+    "allowed_hosts": ("allowed_hosts", strings()),
 }
 VERDICT = {
     "min_exchanges": ("min_exchanges", integer(0)),

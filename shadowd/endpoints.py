@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+from shadowd.bounds import bounded
 from shadowd.config import EndpointsConfig
 
 OTHER = "other"
@@ -91,7 +92,8 @@ class EndpointClassifier:
         name = self._cache.get(key)
         if name is not None:
             return name
-        name = self._name(method, path)
+        # Cut: a path can be as long as the ingress admits, and the name is in every series.
+        name = bounded(self._name(method, path))
         if name not in self._known:
             if len(self._known) >= self._max:
                 self.overflowed += 1

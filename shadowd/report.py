@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from shadowd.aggregate import Aggregator, EndpointStats, latency_summary
+from shadowd.bounds import bounded
 from shadowd.noise import DIVERGENT, FieldCounts, decide_fields
 
 QUANTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
@@ -116,8 +117,9 @@ def _endpoint(stats: EndpointStats) -> dict[str, Any]:
         "unlisted_differences": stats.overflow,
         "bodies_compared_by_digest": stats.by_digest,
         "rules_absorbed": dict(stats.absorbed),
+        # Metric names come from the targets' Server-Timing headers: as long as a header.
         "server_timing": {
-            metric: {
+            bounded(metric): {
                 target: {"mean_ms": total / count, "count": count}
                 for target, (total, count) in by_target.items()
             }

@@ -85,6 +85,7 @@ class Admin:
         self, method: str, path: str, *, token: str | None = None, **kwargs: Any
     ) -> tuple[int, Any, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        headers.update(kwargs.pop("headers", {}))
         async with (
             aiohttp.ClientSession() as session,
             session.request(method, self.url + path, headers=headers, **kwargs) as answer,
@@ -294,7 +295,7 @@ async def test_samples_of_an_unknown_endpoint_are_404_json(admin):
 
 # -- reset ------------------------------------------------------------------------------------
 async def test_reset_clears_the_report_and_says_what_was_cleared(admin):
-    status, _, body = await admin.post("/api/v1/reset")
+    status, _, body = await admin.post("/api/v1/reset", json={})
     assert (status, body) == (200, {"cleared": {"endpoints": 1, "exchanges": 5}})
     _, _, report = await admin.get("/api/v1/report")
     assert report["totals"]["exchanges"] == 0
@@ -302,7 +303,7 @@ async def test_reset_clears_the_report_and_says_what_was_cleared(admin):
 
 
 async def test_reset_leaves_prometheus_counters_alone(admin):
-    await admin.post("/api/v1/reset")
+    await admin.post("/api/v1/reset", json={})
     value = admin.daemon.metrics.registry.get_sample_value
     assert value("shadowd_divergent_exchanges_total", {"endpoint": USERS}) == 5
 
@@ -329,7 +330,9 @@ async def test_mirror_can_be_turned_off(admin):
 
 
 async def test_mirror_refuses_a_body_that_is_not_json(admin):
-    status, _, body = await admin.post("/api/v1/mirror", data=b"off")
+    status, _, body = await admin.post(
+        "/api/v1/mirror", data=b"off", headers={"Content-Type": "application/json"}
+    )
     assert status == 400
     assert '{"enabled": false}' in body["error"]
     assert admin.daemon.enabled is True

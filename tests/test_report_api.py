@@ -123,7 +123,7 @@ async def test_token_is_required_except_for_probes(shadowd):
 
 async def test_reset_really_clears(shadowd):
     async with aiohttp.ClientSession(headers=AUTH) as session:
-        async with session.post(shadowd.admin_url + "/api/v1/reset") as answer:
+        async with session.post(shadowd.admin_url + "/api/v1/reset", json={}) as answer:
             assert (await answer.json())["cleared"]["exchanges"] == 30
     _, report = await get(shadowd.admin_url + "/api/v1/report")
     assert report["totals"]["exchanges"] == 0
@@ -133,6 +133,12 @@ async def test_reset_really_clears(shadowd):
 async def test_kill_switch_validates_and_toggles(shadowd):
     async with aiohttp.ClientSession(headers=AUTH) as session:
         async with session.post(shadowd.admin_url + "/api/v1/mirror", data=b"off") as answer:
+            assert answer.status == 415  # not JSON: a browser form could send that
+        async with session.post(
+            shadowd.admin_url + "/api/v1/mirror",
+            data=b"off",
+            headers={"Content-Type": "application/json"},
+        ) as answer:
             assert answer.status == 400
         async with session.post(
             shadowd.admin_url + "/api/v1/mirror", json={"enabled": False}

@@ -8,7 +8,8 @@ buckets with numpy when the series are collected (a scrape, or a worker's report
 families collected are exactly those the objects would give, names and labels included.
 
 Endpoint labels are capped at ``[endpoints] max`` values; the rest go to ``other``, and
-overflowing names are not remembered (the dicts stay bounded).
+overflowing names are not remembered (the dicts stay bounded). Each label is at most
+``shadowd.bounds.MAX_NAME_CHARS`` characters.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
+from shadowd.bounds import bounded
 from shadowd.diff.model import ExchangeDiff
 from shadowd.endpoints import OTHER
 from shadowd.exchange import Exchange
@@ -91,8 +93,15 @@ class ExchangeSeries:
             series.noisy += 1
 
     def _series(self, endpoint: str) -> _Endpoint:
+        # Names are cut where they are made (``shadowd.endpoints``); records from elsewhere (a
+        # capture file, a GoReplay file) are cut here too, and names equal once cut share one
+        # series: Prometheus refuses two series with the same labels.
+        label = bounded(endpoint)
+        series = self._endpoints.get(label)
+        if series is not None:
+            return series
         if len(self._endpoints) < self._max_endpoints:
-            series = self._endpoints[endpoint] = _Endpoint(endpoint)
+            series = self._endpoints[label] = _Endpoint(label)
             return series
         if self._other is None:
             self._other = self._endpoints.get(OTHER) or _Endpoint(OTHER)

@@ -3,13 +3,15 @@
 ``submit`` is called on the event loop for every exchange: it only appends to a bounded
 buffer (or counts a drop) and never blocks. A writer thread takes batches from the buffer,
 redacts and encodes them, and appends them to the file: the disk can stall without the
-proxy noticing. Flush policy: one ``write`` + ``flush`` per batch (so readers see whole
-records), ``fsync`` on rotation and on close only.
+proxy noticing. Redaction (``shadowd.capture.redact``, on decoded bodies) happens in that
+thread, before a byte reaches the file. Flush policy: one ``write`` + ``flush`` per batch
+(so readers see whole records), ``fsync`` on rotation and on close only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -25,6 +27,8 @@ from shadowd.exchange import Exchange
 from shadowd.redact import redaction_key
 
 _BATCH = 512
+
+log = logging.getLogger("shadowd.capture")
 
 
 def open_private(path: Path) -> int:
@@ -131,19 +135,32 @@ class CaptureWriter:
             self._maybe_rotate()
         self._finish()
 
+    def _encode(self, batch: list[Exchange]) -> tuple[bytes, int]:
+        frames = []
+        for exchange in batch:
+            try:
+                frames.append(encode_record(self.redactor.apply(record_of(exchange))))
+            except Exception:  # a record that could not be redacted is never written
+                log.exception("capture: exchange %d not recorded: redaction failed", exchange.id)
+                self.dropped += 1
+                self._on_dropped("redact_error")
+        return b"".join(frames), len(frames)
+
     def _write_batch(self, batch: list[Exchange]) -> None:
+        data, records = self._encode(batch)
+        if not records:
+            return
         try:
-            data = b"".join(encode_record(self.redactor.apply(record_of(e))) for e in batch)
             self._write(data)
         except OSError as exc:
             self.error = f"{exc.strerror or exc}"
-            self.dropped += len(batch)
-            for _ in batch:
+            self.dropped += records
+            for _ in range(records):
                 self._on_dropped("write_error")
             return
-        self.written += len(batch)
-        self._file_records += len(batch)
-        self._on_written(len(data), len(batch))
+        self.written += records
+        self._file_records += records
+        self._on_written(len(data), records)
         self._maybe_rotate()
 
     def _maybe_rotate(self) -> None:
