@@ -32,6 +32,7 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_\-=.~]{24,}$")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 _CACHE_LIMIT = 20_000
+_CACHE_PATH_CHARS = 512  # 20,000 cached paths of at most this: ~10 MiB, whatever clients send
 LEARN_DISTINCT = 20  # more distinct values than this at one position: a parameter
 LEARN_PREFIXES = 4096  # (method, prefix) positions watched at most
 _LEARNED = "{id}"
@@ -100,9 +101,10 @@ class EndpointClassifier:
                 name = OTHER
             else:
                 self._known.add(name)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()  # raw paths are unbounded; the cache must not be
-        self._cache[key] = name
+        if len(path) <= _CACHE_PATH_CHARS:  # a long path is classified again, never kept
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()  # raw paths are unbounded; the cache must not be
+            self._cache[key] = name
         return name
 
     def reset(self) -> None:

@@ -226,11 +226,9 @@ async def test_no_secret_reaches_any_surface(shadowd, caplog):
     access = [r for r in caplog.records if r.name == "shadowd.access"]
     assert len(access) == 9
     for record in access:
-        # Known gap: the ingress logs with the built-in names only; [capture]
-        # redact_query_params ("sig" here) does not reach the ingress process yet.
-        leaked = leaks(repr(record.__dict__))
-        assert leaked in ([], [REQUEST_SECRETS["query_configured"]]), leaked
-        assert record.target.count("%5Bredacted%5D") == 2  # token and session: built in
+        assert leaks(repr(record.__dict__)) == []
+        # token and session (built in) and sig (configured)
+        assert record.target.count("%5Bredacted%5D") == 3
 
     # -- the capture file ---------------------------------------------------------------
     await shadowd.daemon.capture.close()

@@ -26,7 +26,6 @@ from shadowd.exchange import (
 )
 from shadowd.ingress.http import CONTINUE, ParsedRequest, RequestReader, forwardable_headers
 from shadowd.ingress.responses import error_response
-from shadowd.redact import redact_target
 from shadowd.upstream.collect import BodyKeeper
 from shadowd.upstream.connection import Call
 from shadowd.upstream.request import (
@@ -393,7 +392,7 @@ class ClientConnection(RequestReader):
         extra = {
             "client": self._client,
             "method": req.method.decode("latin-1"),
-            "target": redact_target(req.url.decode("latin-1")),
+            "target": self._ingress.redaction.target(req.url.decode("latin-1")),
             "status": self._status,
             "ms": round((time.perf_counter() - self._primary_started) * 1000, 3),
             "mirrored": self._pending is not None,

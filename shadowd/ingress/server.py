@@ -13,6 +13,7 @@ from shadowd.ingress.responses import error_response
 from shadowd.ingress.tap import TapConnection
 from shadowd.metrics import Metrics
 from shadowd.mirror import Mirror
+from shadowd.redact import Redaction
 from shadowd.upstream.pool import UpstreamPool
 from shadowd.upstream.request import RequestTemplate
 
@@ -50,6 +51,8 @@ class Ingress:
         self.config = config
         self.primary_template = RequestTemplate(config.primary)
         self.access_log = config.logging.access_log
+        # The access log hides what every other surface hides: built-in and configured names.
+        self.redaction = Redaction.from_config(config)
 
     def _connection_factory(self) -> RequestReader:
         if self.config.ingress.mode == "tap":
