@@ -67,6 +67,7 @@ class Daemon:
                 digest=config.digest,
                 on_written=self.metrics.capture_written,
                 on_dropped=self.metrics.capture_dropped,
+                on_failed=self.metrics.capture_failed,
             )
             await self.capture.start()
             self.diff_stage.listeners.append(self.capture.submit)
@@ -202,6 +203,7 @@ class Daemon:
             "queue_depth": self.mirror.queue_depth,
             "in_flight": self.mirror.in_flight,
             "diff_backlog": self.diff_stage.backlog,
+            "capture": [self.capture.status()] if self.capture is not None else None,
             "dropped": self.metrics.mirror_dropped_counts(),
             "skipped": self.metrics.mirror_skipped_counts(),
         }

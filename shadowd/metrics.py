@@ -141,6 +141,11 @@ class Metrics:
             registry=registry,
         )
         self._capture_dropped = {r: capture_dropped.labels(r) for r in CAPTURE_DROP_REASONS}
+        self._capture_failures = Counter(
+            "shadowd_capture_failures",
+            "Times recording failed (a write, a rotation, opening the file); it recovers by itself",
+            registry=registry,
+        )
         self._diff_failures = Counter(
             "shadowd_diff_failures", "Exchanges the diff stage failed on (a bug)", registry=registry
         )
@@ -198,6 +203,9 @@ class Metrics:
     def capture_written(self, nbytes: int, records: int = 1) -> None:
         self._capture_bytes.inc(nbytes)
         self._capture_records.inc(records)
+
+    def capture_failed(self) -> None:
+        self._capture_failures.inc()
 
     def capture_dropped(self, reason: str) -> None:
         child = self._capture_dropped.get(reason)

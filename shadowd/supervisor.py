@@ -543,6 +543,9 @@ class Supervisor:
             "queue_depth": sum(s.get("queue_depth", 0) for s in ingress),
             "in_flight": sum(s.get("in_flight", 0) for s in ingress),
             "diff_backlog": sum(s.get("backlog", 0) for s in analysis),
+            # recording's health, per analysis worker: failing does not make shadowd unready
+            # (production is fine), but an operator must see it
+            "capture": [s["capture"] for s in analysis if s.get("capture")] or None,
             "dropped": self.metrics.mirror_dropped_counts(),
             "skipped": self.metrics.mirror_skipped_counts(),
             "workers": self.workers_status(),

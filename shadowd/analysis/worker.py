@@ -82,6 +82,7 @@ class AnalysisWorker:
                 digest=config.digest,
                 on_written=self.metrics.capture_written,
                 on_dropped=self.metrics.capture_dropped,
+                on_failed=self.metrics.capture_failed,
             )
             await self.capture.start()
             self.stage.listeners.append(self.capture.submit)
@@ -151,6 +152,7 @@ class AnalysisWorker:
             "seq": seq,
             "metrics": export_families(self.metrics.registry),
             "status": {
+                "capture": self.capture.status() if self.capture is not None else None,
                 "backlog": self.stage.backlog,
                 "diffed": self.stage.diffed,
                 "received": self.stage.received,

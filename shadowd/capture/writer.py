@@ -57,6 +57,7 @@ class CaptureWriter:
         digest: str = "",
         on_written: Callable[[int, int], None] | None = None,
         on_dropped: Callable[[str], None] | None = None,
+        on_failed: Callable[[], None] | None = None,
     ) -> None:
         """``on_written(nbytes, records)`` and ``on_dropped(reason)`` are called from the
         writer thread and from ``submit`` respectively: both must be thread-safe (the
@@ -65,6 +66,8 @@ class CaptureWriter:
         self._digest = digest
         self._on_written = on_written or (lambda nbytes, records: None)
         self._on_dropped = on_dropped or (lambda reason: None)
+        self._on_failed = on_failed or (lambda: None)
+        self._retry_at = 0.0  # after a failure, when to try opening the file again
         self._buffer: deque[Exchange] = deque()
         self._wake = threading.Event()
         self._stopping = False
@@ -76,7 +79,8 @@ class CaptureWriter:
         self.redactor = Redactor(config, redaction_key())
         self.written = 0
         self.dropped = 0
-        self.error: str | None = None
+        self.error: str | None = None  # the last failure, while recording is failing
+        self.failures = 0
 
     # -- event loop side -------------------------------------------------------------------
     def submit(self, exchange: Exchange) -> bool:
@@ -122,18 +126,62 @@ class CaptureWriter:
             view = view[written:]
         self._size += len(data)
 
+    def status(self) -> dict[str, object]:
+        """What operators see (``/api/v1/mirror``, the report): failing or not, and why."""
+        return {
+            "ok": self.error is None,
+            "error": self.error,
+            "failures": self.failures,
+            "written": self.written,
+            "dropped": self.dropped,
+        }
+
     def _run(self) -> None:
+        # Never dies: a failure (rotation, a full disk, a deleted folder) is logged, counted
+        # and shown; records are dropped and counted meanwhile, and the file is opened again
+        # at most once a second until that works.
         buffer = self._buffer
         while True:
             self._wake.wait(timeout=1.0)
             self._wake.clear()
-            while buffer:
-                batch = [buffer.popleft() for _ in range(min(_BATCH, len(buffer)))]
-                self._write_batch(batch)
-            if self._stopping and not buffer:
-                break
-            self._maybe_rotate()
+            try:
+                if self._fd < 0:
+                    self._reopen()
+                while buffer:
+                    batch = [buffer.popleft() for _ in range(min(_BATCH, len(buffer)))]
+                    self._write_batch(batch)
+                if self._stopping and not buffer:
+                    break
+                self._maybe_rotate()
+            except Exception as exc:  # the thread must outlive any failure of the disk
+                self._fail(exc)
+                if self._stopping:
+                    break
         self._finish()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.error = f"{type(exc).__name__}: {exc}"
+        self._on_failed()
+        log.error(
+            "capture failing; records are dropped (counted) until it recovers: %s",
+            self.error,
+            exc_info=exc,
+        )
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+        self._retry_at = time.monotonic() + 1.0
+
+    def _reopen(self) -> None:
+        if time.monotonic() < self._retry_at:
+            return
+        self._open()
+        log.info("capture recovered", extra={"path": str(self.config.path)})
+        self.error = None
 
     def _encode(self, batch: list[Exchange]) -> tuple[bytes, int]:
         frames = []
@@ -147,16 +195,21 @@ class CaptureWriter:
         return b"".join(frames), len(frames)
 
     def _write_batch(self, batch: list[Exchange]) -> None:
+        if self._fd < 0:  # failing: counted, not written
+            self.dropped += len(batch)
+            for _ in batch:
+                self._on_dropped("write_error")
+            return
         data, records = self._encode(batch)
         if not records:
             return
         try:
             self._write(data)
         except OSError as exc:
-            self.error = f"{exc.strerror or exc}"
             self.dropped += records
             for _ in range(records):
                 self._on_dropped("write_error")
+            self._fail(exc)
             return
         self.written += records
         self._file_records += records
