@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 
+from test_capture import exchange
+
 from shadowd.capture import writer as writer_module
 from shadowd.capture.reader import CaptureReader
 from shadowd.capture.writer import CaptureWriter
 from shadowd.config import CaptureConfig
-from test_capture import exchange
 
 
 async def test_a_failed_rotation_is_logged_counted_shown_and_recovered(
@@ -42,7 +43,6 @@ async def test_a_failed_rotation_is_logged_counted_shown_and_recovered(
     assert dropped.count("write_error") == writer.dropped
     files = sorted(tmp_path.iterdir())
     readable = sum(len(list(CaptureReader(f).records())) for f in files)
-    )
     assert readable == writer.written
 
 
