@@ -11,6 +11,7 @@ thread, before a byte reaches the file. Flush policy: one ``write`` + ``flush`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -169,10 +170,8 @@ class CaptureWriter:
             exc_info=exc,
         )
         if self._fd >= 0:
-            try:
+            with contextlib.suppress(OSError):  # the file is already in trouble
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = -1
         self._retry_at = time.monotonic() + 1.0
 
