@@ -408,6 +408,13 @@ class SupervisorMetrics:
         for role in ("ingress", "analysis"):
             self._restarts.labels(role)
             self._alive.labels(role).set(0)
+        self._beyond_noise = Gauge(
+            "shadowd_divergence_beyond_noise_ratio",
+            "Share of an endpoint's exchanges whose candidate differs in a field that noise "
+            "does not explain (the verdict's own measure), at the last judgement",
+            ["endpoint"],
+            registry=registry,
+        )
         self.merged = merged
         registry.register(merged)  # type: ignore[arg-type]
         self._endpoint_label: Callable[[str], str] = lambda name: name
@@ -426,6 +433,15 @@ class SupervisorMetrics:
 
     def observe_verdict(self, verdict: Any) -> None:
         _publish_verdict(self._verdict, self._criteria, verdict, self._endpoint_label)
+
+    def observe_report(self, report: dict[str, Any]) -> None:
+        """Per endpoint, the divergence that noise does not explain: what an alert should
+        fire on (the raw divergent ratio also counts ids and clocks that differ anyway)."""
+        self._beyond_noise.clear()
+        for endpoint in report.get("endpoints", ()):
+            self._beyond_noise.labels(self._endpoint_label(endpoint["endpoint"])).set(
+                endpoint.get("divergent_beyond_noise_ratio", 0.0)
+            )
 
     def mirror_dropped_counts(self) -> dict[str, int]:
         return self.merged.by_label("shadowd_mirror_dropped_total", "reason")

@@ -620,7 +620,9 @@ class Supervisor:
         return report
 
     def _verdict_inputs(self) -> tuple[dict[str, Any], VerdictEvidence, Config]:
-        return self.report(), self.evidence, self.config
+        report = self.report()
+        self.metrics.observe_report(report)  # on the verdict's timer: gauges stay current
+        return report, self.evidence, self.config
 
     def _endpoint_label(self, endpoint: str) -> str:
         return endpoint if endpoint in self.aggregator.endpoints else OTHER

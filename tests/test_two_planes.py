@@ -343,3 +343,21 @@ async def test_a_port_another_process_listens_on_is_refused_not_shared(targets):
             await supervisor.start()
     finally:
         holder.close()
+
+
+async def test_verdict_gauges_follow_the_statistics_without_being_asked(targets, start_supervisor):
+    supervisor = await start_supervisor(
+        targets["primary"].url,
+        targets["candidate"].url,
+        ingress={"workers": 1},
+        verdict={"min_exchanges": 50},
+    )
+    assert await _get_many(_url(supervisor), 80, connections=4) == [200] * 80
+    assert await supervisor.settle(timeout=15.0)
+    await supervisor.verdicts.judge_now()  # what the 5 s timer does
+    registry = supervisor.metrics.registry
+    assert registry.get_sample_value("shadowd_verdict", {"verdict": "fail"}) == 1
+    beyond = registry.get_sample_value(
+        "shadowd_divergence_beyond_noise_ratio", {"endpoint": "GET /items/{id}"}
+    )
+    assert beyond == 1.0  # the candidate adds $.new to every answer

@@ -124,6 +124,13 @@ class ScheduledVerdict:
             return latest
         return await asyncio.shield(self._judge_soon())
 
+    async def judge_now(self) -> Verdict:
+        """A judgement of the statistics as they stand now (after any one under way)."""
+        if self._running is not None and not self._running.done():
+            with contextlib.suppress(Exception):
+                await self._running
+        return await self._judge_soon()
+
     def _judge_soon(self) -> asyncio.Task[Verdict]:
         if self._running is None or self._running.done():
             self._running = asyncio.get_running_loop().create_task(self._judge(), name="judge")
