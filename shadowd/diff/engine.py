@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from shadowd.config import DiffConfig
-from shadowd.diff.body import diff_bodies
+from shadowd.diff.body import diff_prepared_bodies
 from shadowd.diff.headers import diff_headers
 from shadowd.diff.json_diff import DiffCollector
 from shadowd.diff.model import Difference, DiffKind, ExchangeDiff
+from shadowd.diff.prepared import PreparedAnswer
 from shadowd.diff.rules import EMPTY, RuleSet, rules_for
 from shadowd.diff.timing import diff_server_timing
 from shadowd.exchange import Answer, Exchange
@@ -33,6 +34,19 @@ def compare_answers(
 ) -> tuple[list[Difference], int]:
     """Differences of ``other`` from ``reference`` (capped), and how many were not listed.
     ``rules`` (see ``shadowd.diff.rules``) absorb differences, counted in ``absorbed``."""
+    return _compare(
+        PreparedAnswer(reference, rules), PreparedAnswer(other, rules), config, rules, absorbed
+    )
+
+
+def _compare(
+    ref: PreparedAnswer,
+    oth: PreparedAnswer,
+    config: DiffConfig,
+    rules: RuleSet,
+    absorbed: dict[str, int] | None,
+) -> tuple[list[Difference], int]:
+    reference, other = ref.answer, oth.answer
     out = DiffCollector(MAX_DIFFERENCES)
     if reference.error is not None or other.error is not None:
         if reference.error != other.error:
@@ -46,10 +60,12 @@ def compare_answers(
         return out.differences, out.overflow
     if reference.status != other.status:
         out.add(DiffKind.STATUS, "status", "status", reference.status, other.status)
-    if config.compare_headers:
-        diff_headers(reference.headers, other.headers, _ignored(config), out)
-        diff_server_timing(reference.headers, other.headers, out)
-    diff_bodies(reference, other, out, rules)
+    # Both header comparisons derive from the header list alone: equal lists, nothing to do.
+    if config.compare_headers and reference.headers != other.headers:
+        ignored = _ignored(config)
+        diff_headers(ref.named_headers(ignored), oth.named_headers(ignored), out)
+        diff_server_timing(ref.server_timing(), oth.server_timing(), out)
+    diff_prepared_bodies(ref, oth, out)
     if rules.rules:
         counts = absorbed if absorbed is not None else {}
         return rules.absorb(out.differences, counts), out.overflow
@@ -63,11 +79,16 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
         return ExchangeDiff(candidate=[])
     rules = rules_for(config.rules, exchange.endpoint) if config.rules else EMPTY
     absorbed: dict[str, int] = {}
-    differences, overflow = compare_answers(primary, candidate, config, rules, absorbed)
+    # The primary is compared twice: what it derives (decoded body, parsed document...) is
+    # derived once, in this PreparedAnswer.
+    reference = PreparedAnswer(primary, rules)
+    differences, overflow = _compare(
+        reference, PreparedAnswer(candidate, rules), config, rules, absorbed
+    )
     secondary = exchange.secondary
     noise = None
     if secondary is not None:
-        noise, _ = compare_answers(primary, secondary, config, rules)
+        noise, _ = _compare(reference, PreparedAnswer(secondary, rules), config, rules, None)
     return ExchangeDiff(
         candidate=differences, secondary=noise, overflow=overflow, absorbed=absorbed
     )
