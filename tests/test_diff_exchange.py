@@ -1,0 +1,208 @@
+"""diff_exchange derives each answer once (PreparedAnswer) and compares top-level containers
+by their orjson bytes: neither may change a difference, its order, a cap or a rule count.
+
+The reference is the old way: each pair compared on its own (``compare_answers``, which
+decodes and parses both of its answers afresh), and ``diff_json`` without the top-level
+byte comparison.
+"""
+
+from __future__ import annotations
+
+import gzip
+from unittest import mock
+
+import orjson
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from shadowd.config import DiffConfig, DiffRule
+from shadowd.diff import body as body_module
+from shadowd.diff import engine, prepared
+from shadowd.diff.engine import compare_answers, diff_exchange
+from shadowd.diff.json_diff import DiffCollector, diff_json
+from shadowd.diff.model import ExchangeDiff
+from shadowd.diff.rules import EMPTY, rules_for
+from shadowd.exchange import Answer, Exchange, Request
+
+# Numbers whose == hides a type: True == 1 == 1.0, False == 0 == 0.0.
+swappable = st.sampled_from([True, False, 1, 0, 1.0, 0.0, -0.0, 2, 2.0])
+scalars = st.one_of(
+    st.none(),
+    swappable,
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.text(max_size=6),
+)
+keys = st.sampled_from(["a", "b", "id", "ts", "items", "x y", "n"])
+documents = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(keys, inner, max_size=5),
+    ),
+    max_leaves=24,
+)
+# Answers are mostly objects or arrays of containers: the top level the byte comparison acts on.
+tops = st.one_of(
+    st.dictionaries(keys, documents, min_size=1, max_size=6),
+    st.lists(documents, min_size=1, max_size=5),
+    documents,
+)
+
+
+def twins(value) -> list:
+    """Values == to ``value`` but of another type (what == alone cannot tell apart)."""
+    if type(value) is bool:
+        return [int(value), float(value)]
+    if type(value) is int:
+        return [float(value)] + ([bool(value)] if value in (0, 1) else [])
+    if type(value) is float and value.is_integer() and abs(value) < 2**53:
+        return [int(value)] + ([bool(value)] if value in (0, 1) else [])
+    return []
+
+
+@st.composite
+def mutated(draw, doc):
+    """``doc`` with a few random changes (so that most of it is shared, as in real answers):
+    a scalar replaced (often by one == to it), a key dropped or added, an item appended."""
+    if isinstance(doc, dict):
+        out = {}
+        for key, value in doc.items():
+            if draw(st.integers(0, 9)) == 0:
+                continue  # dropped
+            out[key] = draw(mutated(value)) if draw(st.booleans()) else value
+        if draw(st.integers(0, 5)) == 0:
+            out[draw(keys)] = draw(scalars)
+        return out
+    if isinstance(doc, list):
+        out = [draw(mutated(v)) if draw(st.booleans()) else v for v in doc]
+        if draw(st.integers(0, 5)) == 0:
+            out.append(draw(scalars))
+        return out
+    choice = draw(st.integers(0, 3))
+    if choice == 0:
+        return draw(st.sampled_from(twins(doc) or [doc]))
+    if choice == 1:
+        return draw(scalars)
+    return doc
+
+
+@st.composite
+def exchanges(draw):
+    primary = draw(tops)
+    docs = {"primary": primary}
+    for target in ("candidate", "secondary"):
+        docs[target] = draw(mutated(primary)) if draw(st.integers(0, 4)) else draw(tops)
+    exchange = Exchange(1, Request("GET", "/x", [], b"", 0.0), "GET /x")
+    for target, doc in docs.items():
+        body = orjson.dumps(doc)
+        headers = [(b"Content-Type", draw(st.sampled_from([b"application/json", b""])))]
+        if draw(st.booleans()):
+            body = gzip.compress(body, mtime=0)
+            headers.append((b"Content-Encoding", b"gzip"))
+        if draw(st.integers(0, 9)) == 0:
+            body = body[:-1]  # invalid JSON (or a broken gzip stream)
+        if target == "secondary" and draw(st.integers(0, 4)) == 0:
+            continue  # no secondary answer
+        exchange.answers[target] = Answer(target, 200, headers, body, len(body))
+    return exchange
+
+
+CONFIGS = [
+    DiffConfig(),
+    DiffConfig(
+        rules=(
+            DiffRule("ts", "clock", "ignore", path="$.ts"),
+            DiffRule("order", "unordered", "unordered", path="$.items"),
+            DiffRule("ids", "ids", "set", path="$.*"),
+            DiffRule("near", "rounding", "tolerance", path="$.n", absolute=0.5),
+        )
+    ),
+]
+
+
+def _diff_json_without_bytes(reference, other, out, root="$", strict=None):
+    diff_json(reference, other, out, root)
+
+
+def separately(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
+    """The old diff_exchange: each pair on its own, every body decoded and parsed per pair,
+    documents walked without the top-level byte comparison."""
+    rules = rules_for(config.rules, exchange.endpoint) if config.rules else EMPTY
+    absorbed: dict[str, int] = {}
+    primary, secondary = exchange.primary, exchange.secondary
+    with mock.patch.object(body_module, "diff_json", _diff_json_without_bytes):
+        differences, overflow = compare_answers(
+            primary, exchange.candidate, config, rules, absorbed
+        )
+        noise = None
+        if secondary is not None:
+            noise, _ = compare_answers(primary, secondary, config, rules)
+    return ExchangeDiff(differences, noise, overflow, absorbed)
+
+
+def plain(primary, candidate, secondary) -> Exchange:
+    exchange = Exchange(1, Request("GET", "/x", [], b"", 0.0), "GET /x")
+    for target, doc in (("primary", primary), ("candidate", candidate), ("secondary", secondary)):
+        body = orjson.dumps(doc)
+        exchange.answers[target] = Answer(
+            target, 200, [(b"Content-Type", b"application/json")], body, len(body)
+        )
+    return exchange
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(exchanges(), st.sampled_from(CONFIGS))
+@example(plain({"a": [True], "b": 1}, {"a": [1], "b": 2}, {"a": [1.0], "b": 1}), CONFIGS[0])
+@example(plain([{"n": 1}, {"ts": 1}], [{"n": 1.0}, {"ts": 2}], [{"n": True}]), CONFIGS[1])
+def test_an_exchange_diffs_as_its_pairs_diffed_separately(exchange, config):
+    assert diff_exchange(exchange, config) == separately(exchange, config)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(exchanges())
+def test_same_under_a_small_cap(exchange):
+    with mock.patch.object(engine, "MAX_DIFFERENCES", 2):
+        assert diff_exchange(exchange, CONFIGS[0]) == separately(exchange, CONFIGS[0])
+
+
+def walked(a, b, strict: bool):
+    out = DiffCollector(10_000)
+    diff_json(a, b, out, strict=({}, {}) if strict else None)
+    return out.differences
+
+
+@settings(max_examples=500)
+@given(tops.flatmap(lambda doc: st.tuples(st.just(doc), mutated(doc))))
+@example(({"a": [True], "b": 1}, {"a": [1], "b": 2}))  # a hidden swap, then a change
+@example(([{"k": 1.0}, 1], [{"k": 1}, 2]))
+def test_top_level_byte_comparison_finds_the_same_differences_in_the_same_order(pair):
+    a, b = pair
+    assert walked(a, b, strict=True) == walked(a, b, strict=False)
+
+
+def test_a_bool_number_swap_in_a_top_level_container_is_still_found():
+    a = {"flags": {"on": True, "n": 1}, "items": [1, 2.0]}
+    b = {"flags": {"on": 1, "n": 1.0}, "items": [True, 2]}
+    assert a == b  # what == alone would say
+    found = [(d.path, d.kind.value) for d in walked(a, b, strict=True)]
+    assert found == [("$.flags.on", "type"), ("$.items[0]", "type")]
+    assert walked(a, b, strict=True) == walked(a, b, strict=False)
+
+
+def test_the_primary_body_is_decoded_and_parsed_once_per_exchange():
+    doc = {"id": 1, "items": [{"p": i} for i in range(5)]}
+    exchange = Exchange(1, Request("GET", "/x", [], b"", 0.0), "GET /x")
+    for i, target in enumerate(("primary", "candidate", "secondary")):
+        body = gzip.compress(orjson.dumps({**doc, "id": i}), mtime=0)
+        headers = [(b"Content-Type", b"application/json"), (b"Content-Encoding", b"gzip")]
+        exchange.answers[target] = Answer(target, 200, headers, body, len(body))
+    with (
+        mock.patch.object(prepared.orjson, "loads", wraps=orjson.loads) as loads,
+        mock.patch.object(prepared, "decode", wraps=prepared.decode) as decoded,
+    ):
+        diff = diff_exchange(exchange, DiffConfig())
+    assert [d.path for d in diff.candidate] == ["$.id"]
+    assert [d.path for d in diff.secondary] == ["$.id"]
+    assert loads.call_count == 3
+    assert decoded.call_count == 3
