@@ -10,7 +10,8 @@ Times are microseconds per pair, the median of --repeat rounds.
 A second table times whole 3-target exchanges (``diff_exchange``: candidate and secondary
 each against the primary) whose three bodies are one ~3.4 KB answer differing only in
 volatile fields (request id, timestamp in ms, server time taken), as a real service's
-answers do; its floor is orjson parsing the three (decoded) bodies.
+answers do; its floor is orjson parsing the three (decoded) bodies. It counts CPU time
+(at least 9 alternating rounds, medians), so other processes on the machine barely move it.
 """
 
 from __future__ import annotations
@@ -127,12 +128,35 @@ def exchange_table(repeat: int) -> None:
             for a in exchange.answers.values()
         ]
         assert diff_exchange(exchange, config).candidate  # the volatile fields do differ
-        ours = timed(lambda ex=exchange: diff_exchange(ex, config), repeat)
         a, b, c = plain
-        floor = timed(
-            lambda a=a, b=b, c=c: (orjson.loads(a), orjson.loads(b), orjson.loads(c)), repeat
+        ours, floor, ratio = timed_against(
+            lambda ex=exchange: diff_exchange(ex, config),
+            lambda a=a, b=b, c=c: (orjson.loads(a), orjson.loads(b), orjson.loads(c)),
+            max(repeat, 9),
         )
-        print(f"{name:<48}{len(a):>7}{ours:>10.1f}{floor:>9.1f}{ours / floor:>9.2f}x")
+        print(f"{name:<48}{len(a):>7}{ours:>10.1f}{floor:>9.1f}{ratio:>9.2f}x")
+
+
+def timed_against(
+    fn: Callable[[], object], floor: Callable[[], object], repeat: int, calls: int = 2000
+) -> tuple[float, float, float]:
+    """Median µs per call of ``fn`` and of ``floor``, and the median of their per-round
+    ratio. The rounds alternate and count this thread's CPU time, not wall time: the machine
+    is shared, and a neighbour's load would otherwise decide the ratio."""
+    fn()
+    floor()
+    mine, theirs, ratios = [], [], []
+    for _ in range(repeat):
+        started = time.thread_time()
+        for _ in range(calls):
+            fn()
+        mine.append((time.thread_time() - started) / calls * 1e6)
+        started = time.thread_time()
+        for _ in range(calls):
+            floor()
+        theirs.append((time.thread_time() - started) / calls * 1e6)
+        ratios.append(mine[-1] / theirs[-1])
+    return statistics.median(mine), statistics.median(theirs), statistics.median(ratios)
 
 
 def timed(fn: Callable[[], object], repeat: int, budget: float = 0.2) -> float:

@@ -121,7 +121,7 @@ CONFIGS = [
 ]
 
 
-def _diff_json_without_bytes(reference, other, out, root="$", strict=None):
+def _diff_json_without_bytes(reference, other, out, root="$", reference_bytes=None):
     diff_json(reference, other, out, root)
 
 
@@ -168,7 +168,7 @@ def test_same_under_a_small_cap(exchange):
 
 def walked(a, b, strict: bool):
     out = DiffCollector(10_000)
-    diff_json(a, b, out, strict=({}, {}) if strict else None)
+    diff_json(a, b, out, reference_bytes={} if strict else None)
     return out.differences
 
 

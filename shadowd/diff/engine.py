@@ -34,8 +34,13 @@ def compare_answers(
 ) -> tuple[list[Difference], int]:
     """Differences of ``other`` from ``reference`` (capped), and how many were not listed.
     ``rules`` (see ``shadowd.diff.rules``) absorb differences, counted in ``absorbed``."""
+    ignored = _ignored(config)
     return _compare(
-        PreparedAnswer(reference, rules), PreparedAnswer(other, rules), config, rules, absorbed
+        PreparedAnswer(reference, rules, ignored),
+        PreparedAnswer(other, rules, ignored),
+        config,
+        rules,
+        absorbed,
     )
 
 
@@ -62,8 +67,7 @@ def _compare(
         out.add(DiffKind.STATUS, "status", "status", reference.status, other.status)
     # Both header comparisons derive from the header list alone: equal lists, nothing to do.
     if config.compare_headers and reference.headers != other.headers:
-        ignored = _ignored(config)
-        diff_headers(ref.named_headers(ignored), oth.named_headers(ignored), out)
+        diff_headers(ref.named_headers(), oth.named_headers(), out)
         diff_server_timing(ref.server_timing(), oth.server_timing(), out)
     diff_prepared_bodies(ref, oth, out)
     if rules.rules:
@@ -81,14 +85,17 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
     absorbed: dict[str, int] = {}
     # The primary is compared twice: what it derives (decoded body, parsed document...) is
     # derived once, in this PreparedAnswer.
-    reference = PreparedAnswer(primary, rules)
+    ignored = _ignored(config)
+    reference = PreparedAnswer(primary, rules, ignored)
     differences, overflow = _compare(
-        reference, PreparedAnswer(candidate, rules), config, rules, absorbed
+        reference, PreparedAnswer(candidate, rules, ignored), config, rules, absorbed
     )
     secondary = exchange.secondary
     noise = None
     if secondary is not None:
-        noise, _ = _compare(reference, PreparedAnswer(secondary, rules), config, rules, None)
+        noise, _ = _compare(
+            reference, PreparedAnswer(secondary, rules, ignored), config, rules, None
+        )
     return ExchangeDiff(
         candidate=differences, secondary=noise, overflow=overflow, absorbed=absorbed
     )

@@ -64,6 +64,17 @@ def shown(value: Any) -> Any:
     return value
 
 
+# Difference is a frozen dataclass, whose __init__ sets each field through
+# object.__setattr__ (0.43 µs a difference); DiffCollector.add sets its slots directly and
+# makes the same object in 0.22 µs (a few differences per exchange, ~6 in the bench's).
+_new = object.__new__
+_set_path = Difference.path.__set__  # type: ignore[attr-defined]
+_set_generic = Difference.generic_path.__set__  # type: ignore[attr-defined]
+_set_kind = Difference.kind.__set__  # type: ignore[attr-defined]
+_set_reference = Difference.reference.__set__  # type: ignore[attr-defined]
+_set_other = Difference.other.__set__  # type: ignore[attr-defined]
+
+
 class DiffCollector:
     """Collects differences up to ``limit``; counts the rest."""
 
@@ -79,7 +90,13 @@ class DiffCollector:
 
     def add(self, kind: DiffKind, path: str, generic: str, reference: Any, other: Any) -> None:
         if len(self.differences) < self.limit:
-            self.differences.append(Difference(path, generic, kind, reference, other))
+            d = _new(Difference)  # Difference(path, generic, kind, reference, other), faster
+            _set_path(d, path)
+            _set_generic(d, generic)
+            _set_kind(d, kind)
+            _set_reference(d, reference)
+            _set_other(d, other)
+            self.differences.append(d)
         else:
             self.overflow += 1
 
@@ -89,17 +106,18 @@ def diff_json(
     other: Any,
     out: DiffCollector,
     root: str = "$",
-    strict: tuple[dict[int, bytes | None], dict[int, bytes | None]] | None = None,
+    reference_bytes: dict[int, Any] | None = None,
 ) -> None:
     """Add the differences between two parsed JSON values to ``out``.
 
-    ``strict``: one memo per document (see ``_diff_top``), kept by the caller while the
-    documents live; without it the top level is compared like any other level.
+    ``reference_bytes``: a memo of the reference's top-level bytes (see ``_diff_top``), kept
+    by the caller while ``reference`` lives; without it, the top level is walked like any
+    other level.
     """
-    if strict is None:
+    if reference_bytes is None:
         _diff(reference, other, root, root, out, 0)
     else:
-        _diff_top(reference, other, root, out, strict[0], strict[1])
+        _diff_top(reference, other, root, out, reference_bytes)
     # Python holds True == 1, so containers == called equal may hide a bool/number swap.
     # One orjson.dumps of all of them per side confirms them together (per-pair dumps cost
     # more than the whole walk); only when that fails are they checked one by one.
@@ -127,8 +145,11 @@ def _scalar(a: Any, b: Any, path: str, generic: str, out: DiffCollector) -> None
     ta = type(a)
     tb = type(b)
     if ta is tb or (ta in _NUMBERS and tb in _NUMBERS):
-        if a != b:
-            out.add(_CHANGED, path, generic, shown(a), shown(b))
+        if a != b:  # scalars: only strings are shown otherwise than they are
+            if ta is str:
+                out.add(_CHANGED, path, generic, shown(a), shown(b))
+            else:
+                out.add(_CHANGED, path, generic, a, b)
     else:
         out.add(_TYPE, path, generic, shown(a), shown(b))
 
@@ -187,64 +208,54 @@ def _diff(a: Any, b: Any, path: str, generic: str, out: DiffCollector, depth: in
 # Roots with more children than this are walked by _diff: per-child orjson.dumps calls
 # would cost more than one == each plus the single batched confirmation.
 _TOP_CHILDREN = 64
+_MISS = object()
 
 
-def _strict(value: Any, memo: dict[int, bytes | None]) -> bytes | None:
-    """``value``'s orjson bytes, computed once per document; None past orjson's depth."""
-    key = id(value)
+def _bytes(value: Any) -> bytes | None:
+    """``value``'s orjson bytes; None past orjson's depth (254 levels), which then goes the
+    == way (and its confirmation fails as it always did)."""
     try:
-        return memo[key]
-    except KeyError:
-        try:
-            found: bytes | None = orjson.dumps(value)
-        except orjson.JSONEncodeError:  # nested deeper than orjson writes (254)
-            found = None
-        memo[key] = found
-        return found
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
 
 
-def _diff_top(
-    a: Any,
-    b: Any,
-    root: str,
-    out: DiffCollector,
-    memo_a: dict[int, bytes | None],
-    memo_b: dict[int, bytes | None],
-) -> None:
+def _diff_top(a: Any, b: Any, root: str, out: DiffCollector, memo: dict[int, Any]) -> None:
     """``_diff`` at the root, but containers are compared by their orjson bytes first.
 
     Equal bytes mean equal and of the same types (no True/1 or 1/1.0 swap hides in them), so
-    they need neither == nor the confirmation. The bytes of a document's top-level containers
-    are memoized by id: an exchange compares the primary's document twice and serializes it
-    once. On the 3.4 KB exchange of benchmarks/diff_bench.py this takes ~3 dumps of the
-    containers instead of 2 == and 4 dumps (13 µs -> 8 µs). Containers whose bytes differ get
-    exactly what _diff does (==-equal ones are confirmed later, in the same order), so the
-    differences and their order are the same as without ``strict``.
+    they need neither == nor the confirmation. The reference's bytes are memoized by id in
+    ``memo``: an exchange compares the primary's document twice and serializes it once. On
+    the 3.4 KB exchange of benchmarks/diff_bench.py that is 3 dumps of the top-level
+    containers instead of 2 == and 4 dumps (14 µs -> 8.5 µs). Containers whose bytes differ
+    get exactly what _diff does (==-equal ones are confirmed after the walk, in the same
+    order), so the differences and their order are those of ``_diff``.
     """
     ta = type(a)
     tb = type(b)
-    if ta is dict and tb is dict:
-        if len(a) > _TOP_CHILDREN:
-            _diff(a, b, root, root, out, 0)
-            return
+    if ta is dict and tb is dict and len(a) <= _TOP_CHILDREN:
+        get = memo.get
         for key, va in a.items():
             if key in b:
                 vb = b[key]
                 tva = type(va)
-                if tva in _CONTAINERS and type(vb) is tva:
-                    sa = _strict(va, memo_a)
-                    if sa is not None and sa == _strict(vb, memo_b):
+                if tva is type(vb):
+                    if tva is dict or tva is list:
+                        ba = get(id(va), _MISS)
+                        if ba is _MISS:
+                            ba = memo[id(va)] = _bytes(va)
+                        if ba is not None and ba == _bytes(vb):
+                            continue
+                        if va == vb:  # a True/1 or 1/1.0 swap: confirmed later, as by _diff
+                            out.unconfirmed.append((va, vb, root, root, key, 1))
+                            continue
+                        path = root + key_segment(key)
+                        _diff(va, vb, path, path, out, 1)
                         continue
-                    if va == vb:  # a True/1 or 1/1.0 swap: confirmed after the walk, as by _diff
-                        out.unconfirmed.append((va, vb, root, root, key, 1))
+                    if va == vb:
                         continue
-                    segment = key_segment(key)
-                    _diff(va, vb, root + segment, root + segment, out, 1)
-                elif tva is type(vb) and va == vb:
-                    continue
-                else:
-                    segment = key_segment(key)
-                    _scalar(va, vb, root + segment, root + segment, out)
+                path = root + key_segment(key)
+                _scalar(va, vb, path, path, out)
             else:
                 segment = key_segment(key)
                 out.add(_MISSING, root + segment, root + segment, shown(va), None)
@@ -254,29 +265,30 @@ def _diff_top(
                     segment = key_segment(key)
                     out.add(_EXTRA, root + segment, root + segment, None, shown(vb))
         return
-    if ta is list and tb is list:
+    if ta is list and tb is list and min(len(a), len(b)) <= _TOP_CHILDREN:
         la, lb = len(a), len(b)
-        if min(la, lb) > _TOP_CHILDREN:
-            _diff(a, b, root, root, out, 0)
-            return
         if la != lb:
             out.add(_LENGTH, root, root, la, lb)
         generic_item = root + "[*]"
+        get = memo.get
         for i in range(min(la, lb)):
             va = a[i]
             vb = b[i]
             tva = type(va)
-            if tva in _CONTAINERS and type(vb) is tva:
-                sa = _strict(va, memo_a)
-                if sa is not None and sa == _strict(vb, memo_b):
+            if tva is type(vb):
+                if tva is dict or tva is list:
+                    ba = get(id(va), _MISS)
+                    if ba is _MISS:
+                        ba = memo[id(va)] = _bytes(va)
+                    if ba is not None and ba == _bytes(vb):
+                        continue
+                    if va == vb:
+                        out.unconfirmed.append((va, vb, root, root, i, 1))
+                        continue
+                    _diff(va, vb, f"{root}[{i}]", generic_item, out, 1)
                     continue
                 if va == vb:
-                    out.unconfirmed.append((va, vb, root, root, i, 1))
                     continue
-                _diff(va, vb, f"{root}[{i}]", generic_item, out, 1)
-            elif tva is type(vb) and va == vb:
-                continue
-            else:
-                _scalar(va, vb, f"{root}[{i}]", generic_item, out)
+            _scalar(va, vb, f"{root}[{i}]", generic_item, out)
         return
     _diff(a, b, root, root, out, 0)

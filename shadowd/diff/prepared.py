@@ -43,67 +43,75 @@ class PreparedAnswer:
         "_decoded",
         "_doc",
         "_first",
-        "_lowered",
+        "_ignored",
         "_media",
         "_named",
-        "_named_ignored",
         "_timing",
+        "_timing_lines",
         "answer",
         "rules",
-        "strict",
+        "top_bytes",
     )
 
-    def __init__(self, answer: Answer, rules: RuleSet = EMPTY) -> None:
+    def __init__(
+        self, answer: Answer, rules: RuleSet = EMPTY, ignored: frozenset[bytes] = frozenset()
+    ) -> None:
         self.answer = answer
         self.rules = rules
-        self._lowered: list[tuple[bytes, bytes]] | None = None
+        self._ignored = ignored  # header names (lower case) left out of named_headers
         self._first: dict[bytes, bytes] | None = None
-        self._named: dict[bytes, bytes] | None = None
-        self._named_ignored: frozenset[bytes] | None = None
+        self._named: dict[bytes, bytes] = {}
+        self._timing_lines: list[tuple[bytes, bytes]] = []
         self._timing: dict[str, dict[str, str | float]] | None = None
         self._decoded: bytes | None = None
         self._media: str | None = None
         self._doc: Any = _UNSET
-        # id(top-level container of the document) -> its orjson bytes, None when orjson
-        # cannot write it (see shadowd.diff.json_diff.diff_json).
-        self.strict: dict[int, bytes | None] = {}
+        # id(top-level container of the document) -> its orjson bytes, or None when orjson
+        # cannot write it (shadowd.diff.json_diff._diff_top); the document keeps ids valid.
+        self.top_bytes: dict[int, bytes | None] = {}
 
     # -- headers ---------------------------------------------------------------------------
-    def _lower(self) -> list[tuple[bytes, bytes]]:
-        lowered = self._lowered
-        if lowered is None:
-            lowered = self._lowered = [(name.lower(), value) for name, value in self.answer.headers]
-        return lowered
+    def _scan(self) -> dict[bytes, bytes]:
+        """One pass over the headers for all that is read of them (lower-casing each name
+        once): first values, compared headers, Server-Timing lines."""
+        first: dict[bytes, bytes] = {}
+        named = self._named
+        ignored = self._ignored
+        for name, value in self.answer.headers:
+            lname = name.lower()
+            if lname not in first:
+                first[lname] = value
+            if lname == _SERVER_TIMING:
+                self._timing_lines.append((lname, value))
+            if lname in ignored or lname in HOP_BY_HOP:
+                continue
+            if lname in named:
+                named[lname] = named[lname] + b", " + value  # repeated: compare the list
+            else:
+                named[lname] = value
+        self._first = first
+        return first
 
     def header(self, name: bytes) -> bytes | None:
         """``Answer.header``: the first value of a header (``name`` in lower case)."""
         first = self._first
         if first is None:
-            first = self._first = {}
-            for lname, value in self._lower():
-                if lname not in first:
-                    first[lname] = value
+            first = self._scan()
         return first.get(name)
 
-    def named_headers(self, ignored: frozenset[bytes]) -> dict[bytes, bytes]:
-        """Compared headers by lower-case name, repeated ones joined (``ignored`` and hop-by-hop
-        ones left out)."""
-        if self._named is None or self._named_ignored is not ignored:
-            merged: dict[bytes, bytes] = {}
-            for lname, value in self._lower():
-                if lname in ignored or lname in HOP_BY_HOP:
-                    continue
-                if lname in merged:
-                    merged[lname] = merged[lname] + b", " + value  # repeated: compare the list
-                else:
-                    merged[lname] = value
-            self._named, self._named_ignored = merged, ignored
+    def named_headers(self) -> dict[bytes, bytes]:
+        """Compared headers by lower-case name, repeated ones joined (the ``ignored`` and
+        hop-by-hop ones left out)."""
+        if self._first is None:
+            self._scan()
         return self._named
 
     def server_timing(self) -> dict[str, dict[str, str | float]]:
         timing = self._timing
         if timing is None:
-            lines = [pair for pair in self._lower() if pair[0] == _SERVER_TIMING]
+            if self._first is None:
+                self._scan()
+            lines = self._timing_lines
             timing = self._timing = parse_server_timing(lines) if lines else {}
         return timing
 
