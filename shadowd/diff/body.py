@@ -82,7 +82,7 @@ def diff_prepared_bodies(ref: PreparedAnswer, oth: PreparedAnswer, out: DiffColl
             DiffKind.CONTENT_TYPE, "body.content-type", "body.content-type", ref_media, oth_media
         )
     if _is_json(ref_media, ref_body) and _is_json(oth_media, oth_body):
-        ref_doc, oth_doc = ref.document(), oth.document()
+        ref_doc, oth_doc = ref.document(), oth.document(ref)
         if ref_doc is not INVALID and oth_doc is not INVALID:
             diff_json(ref_doc, oth_doc, out, reference_bytes=ref.top_bytes)
             return

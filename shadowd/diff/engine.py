@@ -11,17 +11,20 @@ from shadowd.diff.prepared import PreparedAnswer
 from shadowd.diff.rules import EMPTY, RuleSet, rules_for
 from shadowd.diff.timing import diff_server_timing
 from shadowd.exchange import Answer, Exchange
+from shadowd.upstream.request import HOP_BY_HOP
 
 MAX_DIFFERENCES = 100  # per pair; the rest are counted, not listed
 
-_IGNORED_CACHE: dict[frozenset[str], frozenset[bytes]] = {}
+_SKIPPED_CACHE: dict[frozenset[str], frozenset[bytes]] = {}
 
 
-def _ignored(config: DiffConfig) -> frozenset[bytes]:
+def _skipped(config: DiffConfig) -> frozenset[bytes]:
+    """Header names never compared: ``ignore_headers`` and hop-by-hop ones (lower case)."""
     names = config.ignore_headers
-    cached = _IGNORED_CACHE.get(names)
+    cached = _SKIPPED_CACHE.get(names)
     if cached is None:
-        cached = _IGNORED_CACHE[names] = frozenset(n.lower().encode("latin-1") for n in names)
+        cached = frozenset(n.lower().encode("latin-1") for n in names) | HOP_BY_HOP
+        _SKIPPED_CACHE[names] = cached
     return cached
 
 
@@ -34,10 +37,10 @@ def compare_answers(
 ) -> tuple[list[Difference], int]:
     """Differences of ``other`` from ``reference`` (capped), and how many were not listed.
     ``rules`` (see ``shadowd.diff.rules``) absorb differences, counted in ``absorbed``."""
-    ignored = _ignored(config)
+    skipped = _skipped(config)
     return _compare(
-        PreparedAnswer(reference, rules, ignored),
-        PreparedAnswer(other, rules, ignored),
+        PreparedAnswer(reference, rules, skipped),
+        PreparedAnswer(other, rules, skipped),
         config,
         rules,
         absorbed,
@@ -85,16 +88,16 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
     absorbed: dict[str, int] = {}
     # The primary is compared twice: what it derives (decoded body, parsed document...) is
     # derived once, in this PreparedAnswer.
-    ignored = _ignored(config)
-    reference = PreparedAnswer(primary, rules, ignored)
+    skipped = _skipped(config)
+    reference = PreparedAnswer(primary, rules, skipped)
     differences, overflow = _compare(
-        reference, PreparedAnswer(candidate, rules, ignored), config, rules, absorbed
+        reference, PreparedAnswer(candidate, rules, skipped), config, rules, absorbed
     )
     secondary = exchange.secondary
     noise = None
     if secondary is not None:
         noise, _ = _compare(
-            reference, PreparedAnswer(secondary, rules, ignored), config, rules, None
+            reference, PreparedAnswer(secondary, rules, skipped), config, rules, None
         )
     return ExchangeDiff(
         candidate=differences, secondary=noise, overflow=overflow, absorbed=absorbed

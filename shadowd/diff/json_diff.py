@@ -162,6 +162,7 @@ def _diff(a: Any, b: Any, path: str, generic: str, out: DiffCollector, depth: in
             out.add(_CHANGED, path, generic, shown(a), shown(b))
         return
     if ta is dict and tb is dict:
+        missing = 0
         for key, va in a.items():
             if key in b:
                 vb = b[key]
@@ -176,9 +177,11 @@ def _diff(a: Any, b: Any, path: str, generic: str, out: DiffCollector, depth: in
                 else:  # the common case: a changed scalar, handled without recursing
                     _scalar(va, vb, path + segment, generic + segment, out)
             else:
+                missing += 1
                 segment = key_segment(key)
                 out.add(_MISSING, path + segment, generic + segment, shown(va), None)
-        if len(b) != len(a) or b.keys() != a.keys():
+        # b has keys a lacks iff it has more than the len(a) - missing keys both have.
+        if len(b) > len(a) - missing:
             for key, vb in b.items():
                 if key not in a:
                     segment = key_segment(key)
@@ -211,7 +214,7 @@ _TOP_CHILDREN = 64
 _MISS = object()
 
 
-def _bytes(value: Any) -> bytes | None:
+def json_bytes(value: Any) -> bytes | None:
     """``value``'s orjson bytes; None past orjson's depth (254 levels), which then goes the
     == way (and its confirmation fails as it always did)."""
     try:
@@ -235,16 +238,19 @@ def _diff_top(a: Any, b: Any, root: str, out: DiffCollector, memo: dict[int, Any
     tb = type(b)
     if ta is dict and tb is dict and len(a) <= _TOP_CHILDREN:
         get = memo.get
+        missing = 0
         for key, va in a.items():
             if key in b:
                 vb = b[key]
+                if va is vb:  # shared by PreparedAnswer.document: the same value
+                    continue
                 tva = type(va)
                 if tva is type(vb):
                     if tva is dict or tva is list:
                         ba = get(id(va), _MISS)
                         if ba is _MISS:
-                            ba = memo[id(va)] = _bytes(va)
-                        if ba is not None and ba == _bytes(vb):
+                            ba = memo[id(va)] = json_bytes(va)
+                        if ba is not None and ba == json_bytes(vb):
                             continue
                         if va == vb:  # a True/1 or 1/1.0 swap: confirmed later, as by _diff
                             out.unconfirmed.append((va, vb, root, root, key, 1))
@@ -257,9 +263,10 @@ def _diff_top(a: Any, b: Any, root: str, out: DiffCollector, memo: dict[int, Any
                 path = root + key_segment(key)
                 _scalar(va, vb, path, path, out)
             else:
+                missing += 1
                 segment = key_segment(key)
                 out.add(_MISSING, root + segment, root + segment, shown(va), None)
-        if len(b) != len(a) or b.keys() != a.keys():
+        if len(b) > len(a) - missing:
             for key, vb in b.items():
                 if key not in a:
                     segment = key_segment(key)
@@ -274,13 +281,15 @@ def _diff_top(a: Any, b: Any, root: str, out: DiffCollector, memo: dict[int, Any
         for i in range(min(la, lb)):
             va = a[i]
             vb = b[i]
+            if va is vb:
+                continue
             tva = type(va)
             if tva is type(vb):
                 if tva is dict or tva is list:
                     ba = get(id(va), _MISS)
                     if ba is _MISS:
-                        ba = memo[id(va)] = _bytes(va)
-                    if ba is not None and ba == _bytes(vb):
+                        ba = memo[id(va)] = json_bytes(va)
+                    if ba is not None and ba == json_bytes(vb):
                         continue
                     if va == vb:
                         out.unconfirmed.append((va, vb, root, root, i, 1))

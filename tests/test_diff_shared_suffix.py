@@ -1,0 +1,120 @@
+"""PreparedAnswer.document(reference) parses only what precedes the members a body shares,
+byte for byte, with its reference's compact body, and takes those members from the
+reference's document. The result must be what orjson.loads of the whole body gives: the
+same keys in the same order, the same values of the same types, INVALID exactly when the
+body is not JSON, whatever comes before the shared members.
+"""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from shadowd.config import DiffConfig, DiffRule
+from shadowd.diff.prepared import INVALID, PreparedAnswer
+from shadowd.diff.rules import EMPTY, rules_for
+from shadowd.exchange import Answer
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(alphabet='ab,:"\\{}[] é', max_size=6),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from("abk"), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+keys = st.sampled_from(["a", "b", "k", "items", 'q"x', "a,b", "", "é"])
+objects = st.dictionaries(keys, values, min_size=2, max_size=6)
+# Text that may come before the shared members: valid member lists, and every way of being
+# inside a string, an array, a nested object, after a key or a backslash.
+pieces = st.sampled_from(
+    ['{', '"a":1', ",", " ", '"k":', '"x":"ab', "\\", '"', "[", "]", "{", "}", '"items":[1]',
+     '"a":{"b":', "1", "true", '"q\\"x":0', ":", "\n"]
+)  # fmt: skip
+prefixes = st.lists(pieces, max_size=7).map("".join)
+
+
+def answer(body: bytes) -> Answer:
+    return Answer("x", 200, [(b"Content-Type", b"application/json")], body, len(body))
+
+
+def parsed_whole(body: bytes):
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return INVALID
+
+
+def same(doc, expected) -> bool:
+    if expected is INVALID or doc is INVALID:
+        return doc is expected
+    return list(doc) == list(expected) and orjson.dumps(doc) == orjson.dumps(expected)
+
+
+def check(reference_body: bytes, body: bytes, config: DiffConfig | None = None) -> None:
+    rules = rules_for(config.rules, "GET /x") if config is not None else EMPTY
+    reference = PreparedAnswer(answer(reference_body), rules)
+    other = PreparedAnswer(answer(body), rules)
+    assert same(other.document(reference), parsed_whole(body))
+    assert same(reference.document(), parsed_whole(reference_body))
+
+
+@settings(max_examples=600)
+@given(objects, st.data())
+@example({"a": 1, "b": 2}, None)
+def test_a_body_ending_with_the_references_members_parses_as_a_whole(doc, data):
+    reference_body = orjson.dumps(doc)
+    reference = PreparedAnswer(answer(reference_body))
+    layout = reference.layout()
+    assert layout is not None  # orjson's own bytes are compact orjson
+    if data is None:
+        comma, prefix = layout[0][0], '{"b":3'
+    else:
+        comma, _ = data.draw(st.sampled_from(layout))
+        prefix = data.draw(prefixes)
+    check(reference_body, prefix.encode() + reference_body[comma:])
+
+
+@settings(max_examples=300)
+@given(objects, objects)
+def test_two_documents_parse_as_a_whole(a, b):
+    # Their bodies share a suffix only by chance, or when b's last members are a's.
+    check(orjson.dumps(a), orjson.dumps(b))
+    check(orjson.dumps(a), orjson.dumps({**b, **a}))
+    check(orjson.dumps({**a, **b}), orjson.dumps(a))
+
+
+def test_later_duplicate_keys_win_and_keep_their_first_place_in_orjson():
+    # _shared_suffix relies on it: a shared member overrides an earlier one of the same key.
+    assert list(orjson.loads(b'{"a":1,"b":2,"a":3}').items()) == [("a", 3), ("b", 2)]
+    check(b'{"x":0,"a":[1,true]}', b'{"a":2,"x":5,"a":[1,true]}')
+
+
+def test_the_shared_members_are_the_references_own_objects():
+    reference = PreparedAnswer(answer(b'{"id":"r1","items":[{"p":1.5}],"page":{"n":2}}'))
+    other = PreparedAnswer(answer(b'{"id":"r2","items":[{"p":1.5}],"page":{"n":2}}'))
+    doc = other.document(reference)
+    assert doc == {"id": "r2", "items": [{"p": 1.5}], "page": {"n": 2}}
+    assert doc["items"] is reference.document()["items"]
+
+
+def test_what_is_not_compact_orjson_or_is_reordered_is_parsed_whole():
+    assert PreparedAnswer(answer(b'{"a": 1, "b": 2}')).layout() is None  # spaces
+    assert PreparedAnswer(answer(b'{"a":1.50,"b":2}')).layout() is None  # not orjson's 1.5
+    assert PreparedAnswer(answer(b'[{"a":1},{"b":2}]')).layout() is None  # not an object
+    assert PreparedAnswer(answer(b'{"a":1}')).layout() is None  # nothing to share
+    rules = rules_for((DiffRule("o", "order", "unordered", path="$.b"),), "GET /x")
+    assert PreparedAnswer(answer(b'{"a":1,"b":[2,1]}'), rules).layout() is None
+
+
+def test_invalid_json_before_the_shared_members_is_invalid():
+    reference_body = b'{"a":1,"b":[1,2]}'
+    for prefix in (b'{"a":', b'{"a":"x', b'["a",1', b"", b"{", b"{ ", b'{"a":1,', b'{"a":{"c":1'):
+        check(reference_body, prefix + b',"b":[1,2]}')
