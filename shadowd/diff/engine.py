@@ -36,7 +36,8 @@ def compare_answers(
     absorbed: dict[str, int] | None = None,
 ) -> tuple[list[Difference], int]:
     """Differences of ``other`` from ``reference`` (capped), and how many were not listed.
-    ``rules`` (see ``shadowd.diff.rules``) absorb differences, counted in ``absorbed``."""
+    ``rules`` (see ``shadowd.diff.rules``) absorb differences, counted in ``absorbed``; what
+    they absorb is neither listed nor counted as unlisted (it never reaches the cap)."""
     skipped = _skipped(config)
     return _compare(
         PreparedAnswer(reference, rules, skipped),
@@ -55,17 +56,19 @@ def _compare(
     absorbed: dict[str, int] | None,
 ) -> tuple[list[Difference], int]:
     reference, other = ref.answer, oth.answer
-    out = DiffCollector(MAX_DIFFERENCES)
     if reference.error is not None or other.error is not None:
-        if reference.error != other.error:
-            out.add(
-                DiffKind.ERROR,
-                "error",
-                "error",
-                reference.error or reference.status,
-                other.error or other.status,
-            )
-        return out.differences, out.overflow
+        if reference.error != other.error:  # no rule absorbs a missing answer
+            return [
+                Difference(
+                    "error",
+                    "error",
+                    DiffKind.ERROR,
+                    reference.error or reference.status,
+                    other.error or other.status,
+                )
+            ], 0
+        return [], 0
+    out = DiffCollector(MAX_DIFFERENCES, rules, absorbed)
     if reference.status != other.status:
         out.add(DiffKind.STATUS, "status", "status", reference.status, other.status)
     # Both header comparisons derive from the header list alone: equal lists, nothing to do.
@@ -73,9 +76,6 @@ def _compare(
         diff_headers(ref.named_headers(), oth.named_headers(), out)
         diff_server_timing(ref.server_timing(), oth.server_timing(), out)
     diff_prepared_bodies(ref, oth, out)
-    if rules.rules:
-        counts = absorbed if absorbed is not None else {}
-        return rules.absorb(out.differences, counts), out.overflow
     return out.differences, out.overflow
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from shadowd.diff.model import Difference, DiffKind
+from shadowd.diff.rules import RuleSet
 
 MAX_DEPTH = 64
 MAX_STRING = 200
@@ -76,29 +77,48 @@ _set_other = Difference.other.__set__  # type: ignore[attr-defined]
 
 
 class DiffCollector:
-    """Collects differences up to ``limit``; counts the rest."""
+    """Collects differences up to ``limit``; counts the rest.
 
-    __slots__ = ("differences", "limit", "overflow", "unconfirmed")
+    ``rules`` (the endpoint's ``[[diff.rules]]``) absorb differences as they come, counted
+    per rule name in ``absorbed``: before the cap, so that ignorable differences never use
+    it up and push a real one out of the list.
+    """
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("absorbed", "differences", "limit", "overflow", "rules", "unconfirmed")
+
+    def __init__(
+        self, limit: int, rules: RuleSet | None = None, absorbed: dict[str, int] | None = None
+    ) -> None:
         self.differences: list[Difference] = []
         self.limit = limit
         self.overflow = 0
+        self.rules = rules.rules if rules is not None and rules.rules else None
+        self.absorbed: dict[str, int] = absorbed if absorbed is not None else {}
         # Containers that == called equal, awaiting confirmation (see diff_json):
         # (reference, other, parent path, parent generic path, key or index, depth)
         self.unconfirmed: list[tuple[Any, Any, str, str, Any, int]] = []
 
     def add(self, kind: DiffKind, path: str, generic: str, reference: Any, other: Any) -> None:
-        if len(self.differences) < self.limit:
-            d = _new(Difference)  # Difference(path, generic, kind, reference, other), faster
-            _set_path(d, path)
-            _set_generic(d, generic)
-            _set_kind(d, kind)
-            _set_reference(d, reference)
-            _set_other(d, other)
-            self.differences.append(d)
-        else:
+        rules = self.rules
+        if rules is None and len(self.differences) >= self.limit:
             self.overflow += 1
+            return
+        d = _new(Difference)  # Difference(path, generic, kind, reference, other), faster
+        _set_path(d, path)
+        _set_generic(d, generic)
+        _set_kind(d, kind)
+        _set_reference(d, reference)
+        _set_other(d, other)
+        if rules is not None:
+            for rule in rules:
+                if rule.absorbs(d):
+                    name = rule.rule.name
+                    self.absorbed[name] = self.absorbed.get(name, 0) + 1
+                    return
+            if len(self.differences) >= self.limit:
+                self.overflow += 1
+                return
+        self.differences.append(d)
 
 
 def diff_json(
