@@ -186,7 +186,12 @@ def test_a_bool_number_swap_in_a_top_level_container_is_still_found():
     b = {"flags": {"on": 1, "n": 1.0}, "items": [True, 2]}
     assert a == b  # what == alone would say
     found = [(d.path, d.kind.value) for d in walked(a, b, strict=True)]
-    assert found == [("$.flags.on", "type"), ("$.items[0]", "type")]
+    assert found == [
+        ("$.flags.on", "type"),
+        ("$.flags.n", "number_type"),
+        ("$.items[0]", "type"),
+        ("$.items[1]", "number_type"),
+    ]
     assert walked(a, b, strict=True) == walked(a, b, strict=False)
 
 

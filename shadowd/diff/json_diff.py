@@ -3,9 +3,12 @@
 Paths are JSONPath-like: ``$``, ``$.a.b``, ``$.items[3].price``, ``$["a b"]``. Each
 difference has its exact path and a generic one with indices as ``[*]`` for aggregation.
 Equal subtrees are skipped before anything is allocated for them: one ``==`` (done in C by
-the dicts and lists themselves); because Python holds ``True == 1``, the containers it
-called equal are confirmed together at the end with one ``orjson.dumps`` per side (also C).
-Changed scalars are handled in the loop over their parent, without a recursive call.
+the dicts and lists themselves); because Python holds ``True == 1`` and ``1 == 1.0``, the
+containers it called equal are confirmed together at the end with one ``orjson.dumps`` per
+side (also C). At the top level, containers are compared by their orjson bytes straight away
+(``_diff_top``). Changed scalars are handled in the loop over their parent, without a
+recursive call. ``true`` vs ``1`` is a ``type`` difference; ``100`` vs ``100.0`` is a
+``number_type`` one (same number, but integer vs not).
 
 Arrays of different lengths get one ``array_length`` difference at the array, then their
 common prefix is compared element by element (an element inserted at the front therefore
@@ -29,8 +32,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEY_CACHE: dict[str, str] = {}
 _KEY_CACHE_LIMIT = 50_000
 
-_TYPE, _CHANGED, _MISSING, _EXTRA, _LENGTH = (
+_TYPE, _NUMBER_TYPE, _CHANGED, _MISSING, _EXTRA, _LENGTH = (
     DiffKind.TYPE,
+    DiffKind.NUMBER_TYPE,
     DiffKind.CHANGED,
     DiffKind.MISSING,
     DiffKind.EXTRA,
@@ -138,7 +142,8 @@ def diff_json(
         _diff(reference, other, root, root, out, 0)
     else:
         _diff_top(reference, other, root, out, reference_bytes)
-    # Python holds True == 1, so containers == called equal may hide a bool/number swap.
+    # Python holds True == 1 == 1.0, so containers == called equal may hide a bool/number or
+    # an int/float swap.
     # One orjson.dumps of all of them per side confirms them together (per-pair dumps cost
     # more than the whole walk); only when that fails are they checked one by one.
     while out.unconfirmed:
@@ -164,12 +169,15 @@ def _scalar(a: Any, b: Any, path: str, generic: str, out: DiffCollector) -> None
     """Two values of which at least one is not a container, already known to differ."""
     ta = type(a)
     tb = type(b)
-    if ta is tb or (ta in _NUMBERS and tb in _NUMBERS):
+    if ta is tb:
         if a != b:  # scalars: only strings are shown otherwise than they are
             if ta is str:
                 out.add(_CHANGED, path, generic, shown(a), shown(b))
             else:
                 out.add(_CHANGED, path, generic, a, b)
+    elif ta in _NUMBERS and tb in _NUMBERS:  # int and float (bool is neither: a TYPE)
+        # 100 vs 100.0: equal, but strictly typed clients refuse a float for an integer.
+        out.add(_CHANGED if a != b else _NUMBER_TYPE, path, generic, a, b)
     else:
         out.add(_TYPE, path, generic, shown(a), shown(b))
 
