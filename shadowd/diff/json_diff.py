@@ -252,15 +252,13 @@ def json_bytes(value: Any) -> bytes | None:
 
 
 def _diff_top(a: Any, b: Any, root: str, out: DiffCollector, memo: dict[int, Any]) -> None:
-    """``_diff`` at the root, but containers are compared by their orjson bytes first.
-
-    Equal bytes mean equal and of the same types (no True/1 or 1/1.0 swap hides in them), so
-    they need neither == nor the confirmation. The reference's bytes are memoized by id in
-    ``memo``: an exchange compares the primary's document twice and serializes it once. On
-    the 3.4 KB exchange of benchmarks/diff_bench.py that is 3 dumps of the top-level
-    containers instead of 2 == and 4 dumps (14 µs -> 8.5 µs). Containers whose bytes differ
-    get exactly what _diff does (==-equal ones are confirmed after the walk, in the same
-    order), so the differences and their order are those of ``_diff``.
+    """``_diff`` at the root, but top-level containers that == calls equal are confirmed
+    at once by their orjson bytes, the reference's memoized by id in ``memo``: an exchange
+    compares the primary's document twice and serializes its containers once (the batched
+    confirmation would serialize them for each comparison). Identical objects (members
+    shared by PreparedAnswer.document) are skipped. The rest is exactly _diff's: unequal
+    containers walked in place, a True/1 or 1/1.0 swap confirmed after the walk, so the
+    differences and their order are those of ``_diff``.
     """
     ta = type(a)
     tb = type(b)
@@ -275,13 +273,12 @@ def _diff_top(a: Any, b: Any, root: str, out: DiffCollector, memo: dict[int, Any
                 tva = type(va)
                 if tva is type(vb):
                     if tva is dict or tva is list:
-                        ba = get(id(va), _MISS)
-                        if ba is _MISS:
-                            ba = memo[id(va)] = json_bytes(va)
-                        if ba is not None and ba == json_bytes(vb):
-                            continue
-                        if va == vb:  # a True/1 or 1/1.0 swap: confirmed later, as by _diff
-                            out.unconfirmed.append((va, vb, root, root, key, 1))
+                        if va == vb:
+                            ba = get(id(va), _MISS)
+                            if ba is _MISS:
+                                ba = memo[id(va)] = json_bytes(va)
+                            if ba is None or ba != json_bytes(vb):  # a swap: as _diff does
+                                out.unconfirmed.append((va, vb, root, root, key, 1))
                             continue
                         path = root + key_segment(key)
                         _diff(va, vb, path, path, out, 1)
@@ -314,13 +311,12 @@ def _diff_top(a: Any, b: Any, root: str, out: DiffCollector, memo: dict[int, Any
             tva = type(va)
             if tva is type(vb):
                 if tva is dict or tva is list:
-                    ba = get(id(va), _MISS)
-                    if ba is _MISS:
-                        ba = memo[id(va)] = json_bytes(va)
-                    if ba is not None and ba == json_bytes(vb):
-                        continue
                     if va == vb:
-                        out.unconfirmed.append((va, vb, root, root, i, 1))
+                        ba = get(id(va), _MISS)
+                        if ba is _MISS:
+                            ba = memo[id(va)] = json_bytes(va)
+                        if ba is None or ba != json_bytes(vb):
+                            out.unconfirmed.append((va, vb, root, root, i, 1))
                         continue
                     _diff(va, vb, f"{root}[{i}]", generic_item, out, 1)
                     continue

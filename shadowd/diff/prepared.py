@@ -35,7 +35,7 @@ INVALID = object()  # the document of a JSON body that does not parse
 _UNSET = object()
 
 _SERVER_TIMING = b"server-timing"
-_LAYOUT_MEMBERS = 64  # as json_diff._TOP_CHILDREN: wider objects are not worth the dumps
+_SHARED_MEMBERS = 64  # as json_diff._TOP_CHILDREN: wider roots are parsed whole
 
 
 class PreparedAnswer:
@@ -46,13 +46,13 @@ class PreparedAnswer:
         "_decoded",
         "_doc",
         "_first",
-        "_layout",
         "_media",
         "_named",
         "_skipped",
         "_timing",
         "_timing_lines",
         "answer",
+        "checked_tails",
         "rules",
         "top_bytes",
     )
@@ -71,10 +71,12 @@ class PreparedAnswer:
         self._decoded: bytes | None = None
         self._media: str | None = None
         self._doc: Any = _UNSET
-        self._layout: Any = _UNSET
         # id(top-level container of the document) -> its orjson bytes, or None when orjson
         # cannot write it (shadowd.diff.json_diff._diff_top); the document keeps ids valid.
         self.top_bytes: dict[int, bytes | None] = {}
+        # start offset in the body -> number of last members checked to be orjson's bytes
+        # from there on (see _shared_suffix)
+        self.checked_tails: dict[int, int] = {}
 
     # -- headers ---------------------------------------------------------------------------
     def _scan(self) -> dict[bytes, bytes]:
@@ -101,8 +103,8 @@ class PreparedAnswer:
     def header(self, name: bytes) -> bytes | None:
         """``Answer.header``: the first value of a header (``name`` in lower case)."""
         first = self._first
-        if first is None:
-            first = self._scan()
+        if first is None:  # headers not compared (or equal): a lookup costs less than _scan
+            return self.answer.header(name)
         return first.get(name)
 
     def named_headers(self) -> dict[bytes, bytes]:
@@ -141,9 +143,9 @@ class PreparedAnswer:
         """The decoded body parsed as JSON, the rules' arrays reordered; ``INVALID`` when it
         does not parse. Only asked for bodies that are JSON (``body.is_json``).
 
-        With a ``reference`` (the answer it is compared with), the members it ends with
-        byte for byte are taken from the reference's document instead of parsed again (see
-        ``_shared_suffix``): the same values, as the same objects.
+        With a ``reference`` (the answer it is compared with), the last members it has in
+        common with it, byte for byte, are taken from the reference's document instead of
+        parsed again (see ``_shared_suffix``): the same values, as the same objects.
         """
         doc = self._doc
         if doc is _UNSET:
@@ -159,87 +161,100 @@ class PreparedAnswer:
             self._doc = doc
         return doc
 
-    def layout(self) -> list[tuple[int, str]] | None:
-        """When the decoded body is exactly orjson's compact form of its document, an object
-        of 2 to ``_LAYOUT_MEMBERS`` members: (offset of the comma before it, key) for each
-        member after the first. None otherwise (other formatting, arrays reordered by rules,
-        a body that is not an object...). The members' bytes are those ``_diff_top``
-        compares, so they are memoized in ``top_bytes`` for it."""
-        layout = self._layout
-        if layout is _UNSET:
-            layout = self._layout = self._compute_layout()
-        return layout
-
-    def _compute_layout(self) -> list[tuple[int, str]] | None:
-        doc = self.document()
-        if type(doc) is not dict or not 2 <= len(doc) <= _LAYOUT_MEMBERS:
-            return None
-        if self.rules.array_rules:
-            return None  # the document is reordered: its bytes are not the body's
-        memo = self.top_bytes
-        parts = []
-        for key, value in doc.items():
-            kind = type(value)
-            if kind is dict or kind is list:
-                found = memo.get(id(value), _UNSET)
-                if found is _UNSET:
-                    found = memo[id(value)] = json_bytes(value)
-            else:
-                found = orjson.dumps(value)
-            if found is None:
-                return None
-            parts.append(orjson.dumps(key) + b":" + found)
-        if b"{" + b",".join(parts) + b"}" != self.decoded():
-            return None
-        layout = []
-        offset = len(parts[0]) + 1  # "{" and the first member: the first comma
-        for part, key in zip(parts[1:], itertools.islice(doc, 1, None), strict=True):
-            layout.append((offset, key))
-            offset += 1 + len(part)
-        return layout
-
     def _shared_suffix(self, reference: PreparedAnswer) -> Any:
-        """This document, parsing only what differs from ``reference``'s, or None.
+        """This document, parsing only what precedes the members it shares with
+        ``reference``'s, or None (then it is parsed whole).
 
-        When the reference's body is compact orjson (``layout``) and this body ends with
-        the reference's from the comma before one of its members on, those last members are
-        this document's too, with the same values:
-        - that comma is outside any string here: inside one, the quote opening the next key
+        Let T be the bytes "," + the reference's last members in orjson's compact form +
+        "}". When this body ends with T, its document ends with those members, with the same
+        values:
+        - T's comma is outside any string here: inside one, the quote opening the next key
           would close the string and the key's text would follow it, which is not JSON;
         - so it separates members of an object (a key follows it), and the closing brace
-          that ends both bodies closes that object: it is the root;
+          that ends both T and the body closes that object: it is the root;
         - the same bytes from the same lexical state are the same tokens, so the same keys
-          and values; a key that also appears earlier keeps its first place and takes the
-          last value, in orjson as in a dict assignment (tests/test_diff_shared_suffix.py).
-        What comes before the comma, closed with a brace, is a valid object with members
-        exactly when the whole body is valid JSON (an empty one means "{" then the comma:
-        not JSON, left to the whole parse). Parsing only it and sharing the reference's
-        values spares the 3.4 KB exchange of benchmarks/diff_bench.py two parses of ~3.2 KB
-        and the byte comparisons of its shared containers: 52 µs -> 33 µs.
+          and values (orjson reads its own bytes back exactly); a key that also appears
+          earlier keeps its first place and takes the last value, in orjson as in a dict
+          assignment (tests/test_diff_shared_suffix.py checks both).
+        What precedes T, closed with a brace, is a valid object with members exactly when
+        the whole body is valid JSON (an empty one means "{" then T's comma: not JSON, left
+        to the whole parse). So that is all that is parsed; the shared members are the
+        reference's own objects (which _diff_top then skips by identity).
+
+        T is looked for in the reference's body, where a compact-JSON service wrote it, from
+        the last member backwards, then checked against orjson's bytes of those members
+        (memoized in ``top_bytes``): the reference's formatting never decides anything, it
+        only finds T cheaply. On the 3.4 KB exchange of benchmarks/diff_bench.py the
+        candidate and the secondary parse ~150 B each instead of 3.4 KB: 52 µs -> 33 µs.
         """
-        layout = reference.layout()
-        if layout is None:
+        ref_doc = reference.document()
+        if type(ref_doc) is not dict or not 2 <= len(ref_doc) <= _SHARED_MEMBERS:
             return None
+        if self.rules.array_rules:
+            return None  # documents are reordered after parsing: not their bytes
         body = self.decoded()
         ref_body = reference.decoded()
         ref_view = memoryview(ref_body)
-        first = next(
-            (i for i, (comma, _) in enumerate(layout) if body.endswith(ref_view[comma:])), None
-        )
-        if first is None:
+        end = len(ref_body)
+        start = -1  # where T starts in the reference's body
+        shared = 0  # how many members T holds
+        for key in reversed(ref_doc):
+            if shared == len(ref_doc) - 1:
+                break  # the first member has no comma before it
+            at = ref_body.rfind(b"," + _key_bytes(key) + b":", 0, end)
+            if at < 0 or not body.endswith(ref_view[at:]):
+                break
+            start, end, shared = at, at, shared + 1
+        if not shared:
             return None
-        comma = layout[first][0]
-        cut = len(body) - (len(ref_body) - comma)
+        if reference.checked_tails.get(start) != shared:  # the secondary finds the same
+            if not _is_orjson_tail(reference, start, shared):
+                return None  # not orjson's form there (or T was found inside a value)
+            reference.checked_tails[start] = shared
         try:
-            doc = orjson.loads(body[:cut] + b"}")
+            doc = orjson.loads(body[: len(body) - (len(ref_body) - start)] + b"}")
         except orjson.JSONDecodeError:
             return INVALID
-        if type(doc) is not dict or not doc:  # "{" alone: the body is "{,...": parse it all
+        if type(doc) is not dict or not doc:
             return None
-        ref_doc = reference.document()
-        for _, key in layout[first:]:
+        for key in itertools.islice(ref_doc, len(ref_doc) - shared, None):
             doc[key] = ref_doc[key]
         return doc
+
+
+def _is_orjson_tail(reference: PreparedAnswer, start: int, shared: int) -> bool:
+    """The reference's body from ``start`` on is "," + its document's last ``shared``
+    members in orjson's compact form + "}"."""
+    ref_doc = reference.document()
+    memo = reference.top_bytes
+    parts = []
+    for key in itertools.islice(reversed(ref_doc), shared):
+        value = ref_doc[key]
+        if type(value) is dict or type(value) is list:
+            found = memo.get(id(value), _UNSET)
+            if found is _UNSET:
+                found = memo[id(value)] = json_bytes(value)
+        else:
+            found = orjson.dumps(value)
+        if found is None:
+            return False
+        parts.append(_key_bytes(key) + b":" + found)
+    parts.reverse()
+    return memoryview(reference.decoded())[start:] == b"," + b",".join(parts) + b"}"
+
+
+_KEY_BYTES: dict[str, bytes] = {}
+_KEY_BYTES_LIMIT = 50_000
+
+
+def _key_bytes(key: str) -> bytes:
+    """A key as orjson writes it (cached: keys repeat)."""
+    found = _KEY_BYTES.get(key)
+    if found is None:
+        if len(_KEY_BYTES) >= _KEY_BYTES_LIMIT:
+            _KEY_BYTES.clear()
+        found = _KEY_BYTES[key] = orjson.dumps(key)
+    return found
 
 
 def decode(body: bytes, encoding: bytes | None) -> bytes:
