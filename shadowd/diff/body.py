@@ -84,7 +84,7 @@ def diff_prepared_bodies(ref: PreparedAnswer, oth: PreparedAnswer, out: DiffColl
     if _is_json(ref_media, ref_body) and _is_json(oth_media, oth_body):
         ref_doc, oth_doc = ref.document(), oth.document(ref)
         if ref_doc is not INVALID and oth_doc is not INVALID:
-            diff_json(ref_doc, oth_doc, out, reference_bytes=ref.top_bytes)
+            diff_json(ref_doc, oth_doc, out)
             return
         if ref_doc is INVALID and oth_doc is INVALID:
             pass  # both broken: compare what they are, bytes

@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 
-from shadowd.diff.json_diff import json_bytes
 from shadowd.diff.rules import EMPTY, RuleSet
 from shadowd.diff.timing import parse_server_timing
 from shadowd.exchange import Answer
@@ -35,7 +34,7 @@ INVALID = object()  # the document of a JSON body that does not parse
 _UNSET = object()
 
 _SERVER_TIMING = b"server-timing"
-_SHARED_MEMBERS = 64  # as json_diff._TOP_CHILDREN: wider roots are parsed whole
+_SHARED_MEMBERS = 64  # wider roots are parsed whole (a dumps per shared member to check)
 
 
 class PreparedAnswer:
@@ -54,7 +53,6 @@ class PreparedAnswer:
         "answer",
         "checked_tails",
         "rules",
-        "top_bytes",
     )
 
     def __init__(
@@ -71,9 +69,6 @@ class PreparedAnswer:
         self._decoded: bytes | None = None
         self._media: str | None = None
         self._doc: Any = _UNSET
-        # id(top-level container of the document) -> its orjson bytes, or None when orjson
-        # cannot write it (shadowd.diff.json_diff._diff_top); the document keeps ids valid.
-        self.top_bytes: dict[int, bytes | None] = {}
         # start offset in the body -> number of last members checked to be orjson's bytes
         # from there on (see _shared_suffix)
         self.checked_tails: dict[int, int] = {}
@@ -179,12 +174,12 @@ class PreparedAnswer:
         What precedes T, closed with a brace, is a valid object with members exactly when
         the whole body is valid JSON (an empty one means "{" then T's comma: not JSON, left
         to the whole parse). So that is all that is parsed; the shared members are the
-        reference's own objects (which _diff_top then skips by identity).
+        reference's own objects (which json_diff._diff then skips by identity).
 
         T is looked for in the reference's body, where a compact-JSON service wrote it, from
         the last member backwards, then checked against orjson's bytes of those members
-        (memoized in ``top_bytes``): the reference's formatting never decides anything, it
-        only finds T cheaply. On the 3.4 KB exchange of benchmarks/diff_bench.py the
+        (once per exchange, ``checked_tails``): the reference's formatting never decides
+        anything, it only finds T cheaply. On the 3.4 KB exchange of benchmarks/diff_bench.py the
         candidate and the secondary parse ~150 B each instead of 3.4 KB: 52 µs -> 33 µs.
         """
         ref_doc = reference.document()
@@ -226,19 +221,12 @@ def _is_orjson_tail(reference: PreparedAnswer, start: int, shared: int) -> bool:
     """The reference's body from ``start`` on is "," + its document's last ``shared``
     members in orjson's compact form + "}"."""
     ref_doc = reference.document()
-    memo = reference.top_bytes
     parts = []
     for key in itertools.islice(reversed(ref_doc), shared):
-        value = ref_doc[key]
-        if type(value) is dict or type(value) is list:
-            found = memo.get(id(value), _UNSET)
-            if found is _UNSET:
-                found = memo[id(value)] = json_bytes(value)
-        else:
-            found = orjson.dumps(value)
-        if found is None:
+        try:
+            parts.append(_key_bytes(key) + b":" + orjson.dumps(ref_doc[key]))
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels)
             return False
-        parts.append(_key_bytes(key) + b":" + found)
     parts.reverse()
     return memoryview(reference.decoded())[start:] == b"," + b",".join(parts) + b"}"
 
