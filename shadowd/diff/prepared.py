@@ -230,7 +230,10 @@ def _is_orjson_tail(reference: PreparedAnswer, start: int, shared: int) -> bool:
         except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels)
             return False
     parts.reverse()
-    return memoryview(reference.decoded())[start:] == b"," + b",".join(parts) + b"}"
+    tail = b"," + b",".join(parts) + b"}"
+    body = reference.decoded()
+    # endswith is a memcmp; memoryview == bytes compares item by item (6 µs for 3.4 KB).
+    return len(body) - start == len(tail) and body.endswith(tail)
 
 
 _KEY_BYTES: dict[str, bytes] = {}
