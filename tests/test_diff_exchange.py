@@ -100,7 +100,7 @@ def exchanges(draw):
         body = orjson.dumps(doc)
         if target != "primary" and type(primary) is dict and draw(st.integers(0, 3)) == 0:
             # the primary's tail after any comma, behind a hand-written start: valid or not,
-            # repeating a key or not (what PreparedAnswer._shared_suffix must get right)
+            # repeating a key or not (what PreparedAnswer._shared_parse must get right)
             cut = draw(st.sampled_from([i for i, c in enumerate(primary_body) if c == 44] or [0]))
             start = draw(st.sampled_from(['{"a":1', '{"n":true', "{", '{"x":"y', '{"a":[', "[1"]))
             body = start.encode() + primary_body[cut:]
@@ -142,7 +142,7 @@ def separately(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
     primary, secondary = exchange.primary, exchange.secondary
     with (
         mock.patch.object(body_module, "diff_json", plain_walk),
-        mock.patch.object(prepared.PreparedAnswer, "_shared_suffix", lambda self, ref: None),
+        mock.patch.object(prepared.PreparedAnswer, "_shared_parse", lambda self, ref: None),
     ):
         differences, overflow = compare_answers(
             primary, exchange.candidate, config, rules, absorbed

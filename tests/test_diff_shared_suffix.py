@@ -90,6 +90,28 @@ def test_a_body_ending_with_the_references_last_members_parses_as_a_whole(doc, d
     check(reference_body, prefix.encode() + reference_body[comma:])
 
 
+@settings(max_examples=600)
+@given(objects, st.data())
+@example({"a": 1, "b": 2}, None)
+def test_a_body_starting_and_ending_with_the_references_members_parses_as_a_whole(doc, data):
+    reference_body = orjson.dumps(doc)
+    ends = commas(doc)
+    if data is None:
+        head, middle, tail = reference_body[: ends[0] + 1], b'"c":0', b"}"
+    else:
+        # up to a comma (or one byte more or less), anything, from a comma (or +-1) or "}"
+        head = reference_body[
+            : data.draw(st.sampled_from(ends)) + data.draw(st.sampled_from([1, 0, 2]))
+        ]
+        middle = data.draw(prefixes).encode()
+        tail = data.draw(
+            st.sampled_from(
+                [reference_body[c + d :] for c in ends for d in (0, 1, -1)] + [b"}", b"} \n", b""]
+            )
+        )
+    check(reference_body, head + middle + tail)
+
+
 @settings(max_examples=300)
 @given(objects, objects)
 def test_two_documents_parse_as_a_whole(a, b):
@@ -100,9 +122,12 @@ def test_two_documents_parse_as_a_whole(a, b):
 
 
 def test_later_duplicate_keys_win_and_keep_their_first_place_in_orjson():
-    # _shared_suffix relies on it: a shared member overrides an earlier one of the same key.
+    # _shared_parse relies on it: a shared member overrides an earlier one of the same key.
     assert list(orjson.loads(b'{"a":1,"b":2,"a":3}').items()) == [("a", 3), ("b", 2)]
     check(b'{"x":0,"a":[1,true]}', b'{"a":2,"x":5,"a":[1,true]}')
+    # ... and a parsed member overrides a shared one before it
+    check(b'{"a":[1],"b":2,"c":3}', b'{"a":[1],"b":5,"a":0,"c":3}')
+    check(b'{"a":[1],"b":2,"c":3}', b'{"a":[1],"c":9,"b":5}')
 
 
 def test_the_shared_members_are_the_references_own_objects():
@@ -125,6 +150,10 @@ def shared(reference_body: bytes, body: bytes, rules=EMPTY) -> bool:
 
 def test_what_is_shared_and_what_is_parsed_whole():
     assert shared(b'{"a":1,"b":[2]}', b'{"a":5,"b":[2]}')
+    assert shared(b'{"b":[2],"a":1}', b'{"b":[2],"a":5}')  # at the start
+    assert shared(b'{"b":[2],"a":1}', b'{"b":[2],"a":5}\n')
+    assert shared(b'{"x":[0],"b":[2],"a":1,"y":{}}', b'{"x":[0],"b":[2],"a":5,"y":{}}')
+    assert not shared(b'{"b":[2],"a":1}', b'{"b":[3],"a":1}')
     assert shared(b'{"a":1,"b":[2]}', b'{"x":{"y":[1,"}"]},"b":[2]}')  # any prefix
     assert shared(b'{"a":1,"b":[2],"c":null}', b'{"a":5,"b":[2],"c":null}')
     assert not shared(b'{"a": 1, "b": [2]}', b'{"a":5,"b":[2]}')  # not found in the reference

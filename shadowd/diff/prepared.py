@@ -6,14 +6,14 @@ its Server-Timing metrics, the body with its Content-Encoding undone, the parsed
 reordered JSON document) depends on that answer and the exchange's rules only, so a
 ``PreparedAnswer`` computes each of them on first use and keeps it for the exchange. Nothing
 is computed that a comparison does not ask for: identical bodies are still never decoded or
-parsed. And a candidate's or secondary's document parses only what precedes the members its
-body shares, byte for byte, with the end of the primary's (``_shared_suffix``): answers of
-one service to one request mostly differ in a few leading fields (ids, clocks).
+parsed. And a candidate's or secondary's document parses only what lies between the members
+its body shares, byte for byte, with the start and the end of the primary's
+(``_shared_parse``): answers of one service to one request mostly differ in a few fields
+(ids, clocks).
 """
 
 from __future__ import annotations
 
-import itertools
 import zlib
 from typing import Any
 
@@ -53,7 +53,7 @@ class PreparedAnswer:
         "_timing",
         "_timing_lines",
         "answer",
-        "checked_tails",
+        "checked",
         "rules",
     )
 
@@ -71,9 +71,9 @@ class PreparedAnswer:
         self._decoded: bytes | None = None
         self._media: str | None = None
         self._doc: Any = _UNSET
-        # start offset in the body -> number of last members checked to be orjson's bytes
-        # from there on (see _shared_suffix)
-        self.checked_tails: dict[int, int] = {}
+        # ("head" or "tail", offset, members) -> whether the body holds those members in
+        # orjson's bytes there (see _shared_parse)
+        self.checked: dict[tuple[str, int, int], bool] = {}
 
     # -- headers ---------------------------------------------------------------------------
     def _scan(self) -> dict[bytes, bytes]:
@@ -142,11 +142,11 @@ class PreparedAnswer:
 
         With a ``reference`` (the answer it is compared with), the last members it has in
         common with it, byte for byte, are taken from the reference's document instead of
-        parsed again (see ``_shared_suffix``): the same values, as the same objects.
+        parsed again (see ``_shared_parse``): the same values, as the same objects.
         """
         doc = self._doc
         if doc is _UNSET:
-            doc = self._shared_suffix(reference) if reference is not None else None
+            doc = self._shared_parse(reference) if reference is not None else None
             if doc is None:
                 try:
                     doc = orjson.loads(self.decoded())
@@ -158,31 +158,33 @@ class PreparedAnswer:
             self._doc = doc
         return doc
 
-    def _shared_suffix(self, reference: PreparedAnswer) -> Any:
-        """This document, parsing only what precedes the members it shares with
-        ``reference``'s, or None (then it is parsed whole).
+    def _shared_parse(self, reference: PreparedAnswer) -> Any:
+        """This document, parsing only what lies between the members it shares with
+        ``reference``'s at its start and at its end, or None (then it is parsed whole).
 
-        Let T be the bytes "," + the reference's last members in orjson's compact form +
-        "}". When this body ends with T, its document ends with those members, with the same
-        values:
-        - T's comma is outside any string here: inside one, the quote opening the next key
-          would close the string and the key's text would follow it, which is not JSON;
-        - so it separates members of an object (a key follows it), and the closing brace
-          that ends both T and the body closes that object: it is the root;
+        Let H be "{" + the reference's first members in orjson's compact form + ",", and T
+        be "," + its last members in that form + "}". When this body starts with H and/or
+        ends with T, its document has those members, with the same values:
+        - H is read from the start of the body as in the reference's: the same tokens;
+        - T's comma is outside any string here (inside one, the quote opening the next key
+          would close the string and the key's text would follow it, which is not JSON), so
+          it separates members of an object (a key follows it), and the closing brace that
+          ends both T and the body closes that object: it is the root;
         - the same bytes from the same lexical state are the same tokens, so the same keys
-          and values (orjson reads its own bytes back exactly); a key that also appears
-          earlier keeps its first place and takes the last value, in orjson as in a dict
-          assignment (tests/test_diff_shared_suffix.py checks both).
-        What precedes T, closed with a brace, is a valid object with members exactly when
-        the whole body is valid JSON (an empty one means "{" then T's comma: not JSON, left
-        to the whole parse). So that is all that is parsed; the shared members are the
-        reference's own objects (which json_diff._diff then skips by identity).
+          and values (orjson reads its own bytes back exactly); a key that appears twice
+          keeps its first place and takes its last value, in orjson as in a dict assignment
+          (tests/test_diff_shared_suffix.py checks both).
+        What lies between, as an object ("{" + it + "}"), is valid with members exactly when
+        the whole body is valid JSON (an empty one means H's comma then T's, or "{" then
+        T's comma: not JSON, left to the whole parse). So that is all that is parsed; the
+        shared members are the reference's own objects (json_diff._diff skips them by
+        identity), assigned in body order: H's, the parsed ones, T's.
 
-        T is looked for in the reference's body, where a compact-JSON service wrote it, from
-        the last member backwards, then checked against orjson's bytes of those members
-        (once per exchange, ``checked_tails``): the reference's formatting never decides
-        anything, it only finds T cheaply. On the 3.4 KB exchange of benchmarks/diff_bench.py the
-        candidate and the secondary parse ~150 B each instead of 3.4 KB: ~52 µs -> ~34 µs.
+        H and T are looked for in the reference's body, where a compact-JSON service wrote
+        them, then checked against orjson's bytes of those members (once per exchange,
+        ``checked``): the reference's formatting never decides anything, it only finds H
+        and T cheaply. On the 3.4 KB exchanges of benchmarks/diff_bench.py the candidate and
+        the secondary parse ~150 B each instead of 3.4 KB: ~52-64 µs -> ~34 µs.
         """
         ref_doc = reference.document()
         if type(ref_doc) is not dict or not 2 <= len(ref_doc) <= _SHARED_MEMBERS:
@@ -192,48 +194,72 @@ class PreparedAnswer:
         body = self.decoded()
         ref_body = reference.decoded()
         ref_view = memoryview(ref_body)
-        end = len(ref_body)
-        start = -1  # where T starts in the reference's body
-        shared = 0  # how many members T holds
-        for key in reversed(ref_doc):
-            if shared == len(ref_doc) - 1:
-                break  # the first member has no comma before it
-            at = ref_body.rfind(b"," + _key_bytes(key) + b":", 0, end)
+        keys = list(ref_doc)
+        n = len(keys)
+        # T: from the last member backwards, while this body ends with the bytes from the
+        # comma before it (the first member has no comma before it).
+        tail = 0
+        tail_at = len(ref_body)  # where T starts in the reference's body
+        while tail < n - 1:
+            at = ref_body.rfind(b"," + _key_bytes(keys[n - 1 - tail]) + b":", 0, tail_at)
             if at < 0 or not body.endswith(ref_view[at:]):
                 break
-            start, end, shared = at, at, shared + 1
-        if not shared:
+            tail, tail_at = tail + 1, at
+        if tail and not reference._checked("tail", tail_at, tail):
+            tail, tail_at = 0, len(ref_body)
+        cut = len(body) - (len(ref_body) - tail_at) if tail else len(body)  # T's comma here
+        # H: from the first member on, while this body starts with the bytes up to the comma
+        # after it; T's members and one byte of something else stay out of it.
+        head = 0
+        head_end = 1  # bytes of the reference's body in H
+        while head < n - 1 - tail:
+            at = ref_body.find(b"," + _key_bytes(keys[head + 1]) + b":", head_end)
+            if at < 0 or at + 1 >= cut or not body.startswith(ref_view[: at + 1]):
+                break
+            head, head_end = head + 1, at + 1
+        if head and not reference._checked("head", head_end, head):
+            head, head_end = 0, 1
+        if not head and not tail:
             return None
-        if reference.checked_tails.get(start) != shared:  # the secondary finds the same
-            if not _is_orjson_tail(reference, start, shared):
-                return None  # not orjson's form there (or T was found inside a value)
-            reference.checked_tails[start] = shared
+        if head:
+            text = b"{" + body[head_end:cut] + (b"}" if tail else b"")
+        else:
+            text = body[:cut] + b"}"
         try:
-            doc = orjson.loads(body[: len(body) - (len(ref_body) - start)] + b"}")
+            middle = orjson.loads(text)
         except orjson.JSONDecodeError:
             return INVALID
-        if type(doc) is not dict or not doc:
+        if type(middle) is not dict or not middle:
             return None
-        for key in itertools.islice(ref_doc, len(ref_doc) - shared, None):
+        doc = {key: ref_doc[key] for key in keys[:head]}
+        doc.update(middle)
+        for key in keys[n - tail :]:
             doc[key] = ref_doc[key]
         return doc
 
+    def _checked(self, end: str, offset: int, members: int) -> bool:
+        """This (reference's) body holds, before ``offset`` (``end`` "head": "{" + members +
+        ",") or from it on ("tail": "," + members + "}"), its document's first or last
+        ``members`` members in orjson's compact form. Memoized: the secondary asks again."""
+        found = self.checked.get((end, offset, members))
+        if found is None:
+            found = self.checked[end, offset, members] = self._is_orjson(end, offset, members)
+        return found
 
-def _is_orjson_tail(reference: PreparedAnswer, start: int, shared: int) -> bool:
-    """The reference's body from ``start`` on is "," + its document's last ``shared``
-    members in orjson's compact form + "}"."""
-    ref_doc = reference.document()
-    parts = []
-    for key in itertools.islice(reversed(ref_doc), shared):
+    def _is_orjson(self, end: str, offset: int, members: int) -> bool:
+        doc = self.document()
+        keys = list(doc)
+        chosen = keys[:members] if end == "head" else keys[len(keys) - members :]
         try:
-            parts.append(_key_bytes(key) + b":" + orjson.dumps(ref_doc[key]))
+            parts = b",".join(_key_bytes(key) + b":" + orjson.dumps(doc[key]) for key in chosen)
         except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels)
             return False
-    parts.reverse()
-    tail = b"," + b",".join(parts) + b"}"
-    body = reference.decoded()
-    # endswith is a memcmp; memoryview == bytes compares item by item (6 µs for 3.4 KB).
-    return len(body) - start == len(tail) and body.endswith(tail)
+        body = self.decoded()
+        # startswith/endswith are a memcmp; memoryview == bytes compares item by item (6 µs
+        # for 3.4 KB).
+        if end == "head":
+            return offset == len(parts) + 2 and body.startswith(b"{" + parts + b",")
+        return len(body) - offset == len(parts) + 2 and body.endswith(b"," + parts + b"}")
 
 
 _KEY_BYTES: dict[str, bytes] = {}
