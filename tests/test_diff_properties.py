@@ -120,8 +120,8 @@ def test_exact_index_in_path_generic_in_aggregation_key():
     )
 
 
-def test_integer_and_float_of_equal_value_are_equal():
-    assert kinds(answer(b'{"n": 1}'), answer(b'{"n": 1.0}')) == []
+def test_integer_and_float_of_equal_value_differ_in_number_type():
+    assert kinds(answer(b'{"n": 1}'), answer(b'{"n": 1.0}')) == [("$.n", "number_type")]
 
 
 def test_odd_keys_are_quoted():

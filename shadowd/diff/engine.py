@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 from shadowd.config import DiffConfig
-from shadowd.diff.body import diff_bodies
+from shadowd.diff.body import diff_prepared_bodies
 from shadowd.diff.headers import diff_headers
 from shadowd.diff.json_diff import DiffCollector
 from shadowd.diff.model import Difference, DiffKind, ExchangeDiff
+from shadowd.diff.prepared import PreparedAnswer
 from shadowd.diff.rules import EMPTY, RuleSet, rules_for
 from shadowd.diff.timing import diff_server_timing
 from shadowd.exchange import Answer, Exchange
+from shadowd.upstream.request import HOP_BY_HOP
 
 MAX_DIFFERENCES = 100  # per pair; the rest are counted, not listed
 
-_IGNORED_CACHE: dict[frozenset[str], frozenset[bytes]] = {}
+_SKIPPED_CACHE: dict[frozenset[str], frozenset[bytes]] = {}
 
 
-def _ignored(config: DiffConfig) -> frozenset[bytes]:
+def _skipped(config: DiffConfig) -> frozenset[bytes]:
+    """Header names never compared: ``ignore_headers`` and hop-by-hop ones (lower case)."""
     names = config.ignore_headers
-    cached = _IGNORED_CACHE.get(names)
+    cached = _SKIPPED_CACHE.get(names)
     if cached is None:
-        cached = _IGNORED_CACHE[names] = frozenset(n.lower().encode("latin-1") for n in names)
+        cached = frozenset(n.lower().encode("latin-1") for n in names) | HOP_BY_HOP
+        _SKIPPED_CACHE[names] = cached
     return cached
 
 
@@ -32,27 +36,46 @@ def compare_answers(
     absorbed: dict[str, int] | None = None,
 ) -> tuple[list[Difference], int]:
     """Differences of ``other`` from ``reference`` (capped), and how many were not listed.
-    ``rules`` (see ``shadowd.diff.rules``) absorb differences, counted in ``absorbed``."""
-    out = DiffCollector(MAX_DIFFERENCES)
+    ``rules`` (see ``shadowd.diff.rules``) absorb differences, counted in ``absorbed``; what
+    they absorb is neither listed nor counted as unlisted (it never reaches the cap)."""
+    skipped = _skipped(config)
+    return _compare(
+        PreparedAnswer(reference, rules, skipped),
+        PreparedAnswer(other, rules, skipped),
+        config,
+        rules,
+        absorbed,
+    )
+
+
+def _compare(
+    ref: PreparedAnswer,
+    oth: PreparedAnswer,
+    config: DiffConfig,
+    rules: RuleSet,
+    absorbed: dict[str, int] | None,
+) -> tuple[list[Difference], int]:
+    reference, other = ref.answer, oth.answer
     if reference.error is not None or other.error is not None:
-        if reference.error != other.error:
-            out.add(
-                DiffKind.ERROR,
-                "error",
-                "error",
-                reference.error or reference.status,
-                other.error or other.status,
-            )
-        return out.differences, out.overflow
+        if reference.error != other.error:  # no rule absorbs a missing answer
+            return [
+                Difference(
+                    "error",
+                    "error",
+                    DiffKind.ERROR,
+                    reference.error or reference.status,
+                    other.error or other.status,
+                )
+            ], 0
+        return [], 0
+    out = DiffCollector(MAX_DIFFERENCES, rules, absorbed)
     if reference.status != other.status:
         out.add(DiffKind.STATUS, "status", "status", reference.status, other.status)
-    if config.compare_headers:
-        diff_headers(reference.headers, other.headers, _ignored(config), out)
-        diff_server_timing(reference.headers, other.headers, out)
-    diff_bodies(reference, other, out, rules)
-    if rules.rules:
-        counts = absorbed if absorbed is not None else {}
-        return rules.absorb(out.differences, counts), out.overflow
+    # Both header comparisons derive from the header list alone: equal lists, nothing to do.
+    if config.compare_headers and reference.headers != other.headers:
+        diff_headers(ref.named_headers(), oth.named_headers(), out)
+        diff_server_timing(ref.server_timing(), oth.server_timing(), out)
+    diff_prepared_bodies(ref, oth, out)
     return out.differences, out.overflow
 
 
@@ -63,11 +86,19 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
         return ExchangeDiff(candidate=[])
     rules = rules_for(config.rules, exchange.endpoint) if config.rules else EMPTY
     absorbed: dict[str, int] = {}
-    differences, overflow = compare_answers(primary, candidate, config, rules, absorbed)
+    # The primary is compared twice: what it derives (decoded body, parsed document...) is
+    # derived once, in this PreparedAnswer.
+    skipped = _skipped(config)
+    reference = PreparedAnswer(primary, rules, skipped)
+    differences, overflow = _compare(
+        reference, PreparedAnswer(candidate, rules, skipped), config, rules, absorbed
+    )
     secondary = exchange.secondary
     noise = None
     if secondary is not None:
-        noise, _ = compare_answers(primary, secondary, config, rules)
+        noise, _ = _compare(
+            reference, PreparedAnswer(secondary, rules, skipped), config, rules, None
+        )
     return ExchangeDiff(
         candidate=differences, secondary=noise, overflow=overflow, absorbed=absorbed
     )

@@ -1,33 +1,16 @@
-"""Comparing headers: names case-insensitively, values exactly, the volatile ones skipped."""
+"""Comparing headers: names case-insensitively, values exactly, the volatile ones skipped.
+
+The headers arrive by lower-case name, ignored and hop-by-hop ones already left out and
+repeated ones joined (``PreparedAnswer.named_headers``).
+"""
 
 from __future__ import annotations
 
 from shadowd.diff.json_diff import DiffCollector
 from shadowd.diff.model import DiffKind
-from shadowd.exchange import Headers
-from shadowd.upstream.request import HOP_BY_HOP
 
 
-def _by_name(headers: Headers, ignored: frozenset[bytes]) -> dict[bytes, bytes]:
-    merged: dict[bytes, bytes] = {}
-    for name, value in headers:
-        lname = name.lower()
-        if lname in ignored or lname in HOP_BY_HOP:
-            continue
-        if lname in merged:
-            merged[lname] = merged[lname] + b", " + value  # repeated: compare the list
-        else:
-            merged[lname] = value
-    return merged
-
-
-def diff_headers(
-    reference: Headers, other: Headers, ignored: frozenset[bytes], out: DiffCollector
-) -> None:
-    if reference == other:
-        return
-    ref = _by_name(reference, ignored)
-    oth = _by_name(other, ignored)
+def diff_headers(ref: dict[bytes, bytes], oth: dict[bytes, bytes], out: DiffCollector) -> None:
     if ref == oth:
         return
     for name, value in ref.items():

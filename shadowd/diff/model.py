@@ -15,12 +15,34 @@ class DiffKind(StrEnum):
     HEADER_EXTRA = "header_extra"  # header absent in reference, present in other
     CONTENT_TYPE = "content_type"  # bodies of different media types
     CHANGED = "changed"  # same JSON type, different value
-    TYPE = "type"  # JSON type differs (e.g. number vs string)
+    TYPE = "type"  # JSON type differs (e.g. number vs string; true vs 1)
+    NUMBER_TYPE = "number_type"  # equal numbers, integer vs not (100 vs 100.0)
     MISSING = "missing"  # present in reference, absent in other
     EXTRA = "extra"  # absent in reference, present in other
     ARRAY_LENGTH = "array_length"  # arrays of different lengths
     BODY = "body"  # non-JSON bodies differ (bytes/size)
     INVALID_JSON = "invalid_json"  # declared or sniffed JSON that does not parse on one side
+
+
+# How likely a difference of each kind breaks a client, higher is worse. NUMBER_TYPE is below
+# TYPE: the value is the same and lenient clients (JavaScript, Python) read both alike, but
+# strictly typed ones (Go, Rust, Java) refuse 100.0 where they decode an integer.
+SEVERITY: dict[DiffKind, int] = {
+    DiffKind.ERROR: 4,
+    DiffKind.STATUS: 4,
+    DiffKind.CONTENT_TYPE: 4,
+    DiffKind.INVALID_JSON: 4,
+    DiffKind.TYPE: 3,
+    DiffKind.MISSING: 3,
+    DiffKind.NUMBER_TYPE: 2,
+    DiffKind.CHANGED: 2,
+    DiffKind.ARRAY_LENGTH: 2,
+    DiffKind.BODY: 2,
+    DiffKind.HEADER: 1,
+    DiffKind.HEADER_MISSING: 1,
+    DiffKind.EXTRA: 0,
+    DiffKind.HEADER_EXTRA: 0,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ wildcards, or header) and what it does:
 - ``set``: like unordered, duplicates collapsed too.
 
 Every absorbed difference is counted per rule, and the report shows the counts, so a rule
-that swallows a real break is visible.
+that swallows a real break is visible. Differences are absorbed as they are found
+(``DiffCollector``), before the per-pair cap: ignorable ones never use it up.
 """
 
 from __future__ import annotations
@@ -92,20 +93,6 @@ class RuleSet:
     def __init__(self, rules: list[CompiledRule]) -> None:
         self.rules = rules
         self.array_rules = [r for r in rules if r.rule.action in ("unordered", "set")]
-
-    def absorb(self, differences: list[Difference], counts: dict[str, int]) -> list[Difference]:
-        """The differences no rule absorbs; ``counts`` gains one per absorbed difference."""
-        if not self.rules:
-            return differences
-        kept = []
-        for d in differences:
-            for rule in self.rules:
-                if rule.absorbs(d):
-                    counts[rule.rule.name] = counts.get(rule.rule.name, 0) + 1
-                    break
-            else:
-                kept.append(d)
-        return kept
 
     def reorder(self, doc: Any) -> Any:
         """Sort (and for sets dedupe) the arrays the unordered/set rules cover, in place."""

@@ -44,9 +44,11 @@ def parse_server_timing(headers: Headers) -> dict[str, dict[str, str | float]]:
     return metrics
 
 
-def diff_server_timing(reference: Headers, other: Headers, out: DiffCollector) -> None:
-    ref = parse_server_timing(reference)
-    oth = parse_server_timing(other)
+Metrics = dict[str, dict[str, str | float]]
+
+
+def diff_server_timing(ref: Metrics, oth: Metrics, out: DiffCollector) -> None:
+    """Differences between two answers' parsed metrics (``parse_server_timing``)."""
     if not ref and not oth:
         return
     for name, fields in ref.items():
