@@ -89,15 +89,19 @@ def record_db_call(seconds: float = 0.0) -> None:
 def record_cache(result: str | bool) -> None:
     """Count one cache lookup of the current request: ``"hit"`` (or True) or ``"miss"``
     (or False). Outside a request it does nothing."""
+    if result is True or result == "hit":
+        hit = True
+    elif result is False or result == "miss":
+        hit = False
+    else:  # a typo must show in development, not only under shadowd
+        raise ValueError(f"record_cache takes 'hit' or 'miss', not {result!r}")
     usage = _usage.get()
     if usage is None:
         return
-    if result is True or result == "hit":
+    if hit:
         usage.hits += 1
-    elif result is False or result == "miss":
-        usage.misses += 1
     else:
-        raise ValueError(f"record_cache takes 'hit' or 'miss', not {result!r}")
+        usage.misses += 1
 
 
 def server_timing() -> str | None:
