@@ -310,6 +310,7 @@ def render_table(report: dict[str, Any], *, width: int = 100, max_fields: int = 
         "err: no complete answer (a 5xx is a status difference); c/p: candidate/primary)",
         width,
     )
+    lines += _usage_lines(report, width)
     for e in report["endpoints"]:
         fields = [f for f in e["fields"] if f["divergent"] or f["noise"]]
         if not fields:
@@ -332,6 +333,32 @@ def render_table(report: dict[str, Any], *, width: int = 100, max_fields: int = 
         if len(fields) > max_fields:
             lines.append(f"  ... {len(fields) - max_fields} more fields (--json for all)")
     return "\n".join(lines)
+
+
+def _usage_lines(report: dict[str, Any], width: int) -> list[str]:
+    """DB calls per request and cache hit ratio per target, for the endpoints whose services
+    report them (the companion middleware); nothing when none does."""
+    rows = [["endpoint", "db calls p/s/c", "db ms p/c", "cache hit p/s/c"]]
+    for e in report["endpoints"]:
+        usage = e.get("usage") or {}
+        if not usage:
+            continue
+
+        def each(key: str, fmt: str, targets: tuple[str, ...], usage=usage) -> str:
+            values = [usage.get(t, {}).get(key) for t in targets if t in usage or t != "secondary"]
+            return "/".join("-" if v is None else format(v, fmt) for v in values)
+
+        rows.append(
+            [
+                e["endpoint"],
+                each("db_calls_per_request", ".3g", ("primary", "secondary", "candidate")),
+                each("db_ms_per_request", ".1f", ("primary", "candidate")),
+                each("cache_hit_ratio", ".0%", ("primary", "secondary", "candidate")),
+            ]
+        )
+    if len(rows) == 1:
+        return []
+    return ["", *_columns(rows, right={1, 2, 3}, width=width)]
 
 
 def _answers(answers: dict[str, Any]) -> str:

@@ -21,6 +21,9 @@ import aiohttp
 import pytest
 from realpeers import free_port
 
+from shadowd.report import render_table
+from shadowd.verdict.markdown import render_markdown
+
 APPS = Path(__file__).resolve().parent / "middleware_apps"
 BIN = Path(sys.executable).parent
 ORDERS, CATALOG, CUSTOMERS = "GET /orders/{id}", "GET /catalog/{id}", "GET /customers/{id}"
@@ -217,6 +220,14 @@ async def test_asgi_n_plus_one_and_broken_cache_key_fail_on_exactly_those_endpoi
     assert f'shadowd_db_calls_total{{endpoint="{ORDERS}",target="candidate"}} 3150.0' in metrics
     misses = f'shadowd_cache_lookups_total{{endpoint="{CATALOG}",result="miss",target="candidate"}}'
     assert f"{misses} 150.0" in metrics
+    table = render_table(verdict["_report"], width=120)
+    assert "db calls p/s/c" in table
+    assert any(line.startswith(ORDERS) and "3/3/21" in line for line in table.splitlines()), table
+    markdown = render_markdown(verdict, verdict["_report"])
+    assert "## DB calls and cache" in markdown
+    assert f"| `{CATALOG}` | 0 / 0 / 1 |" in markdown, markdown
+    assert "100.0% / 100.0% / 0.0% |" in markdown
+    assert db["reason"] in markdown and cache["reason"] in markdown
 
 
 async def test_asgi_identical_candidate_starting_cold_passes(shop, start_shadowd):
