@@ -28,6 +28,16 @@ APPS = Path(__file__).resolve().parent / "middleware_apps"
 BIN = Path(sys.executable).parent
 ORDERS, CATALOG, CUSTOMERS = "GET /orders/{id}", "GET /catalog/{id}", "GET /customers/{id}"
 PRODUCTS_ASKED = 20  # catalog ids cycled through: all of them within the 50 warm-up exchanges
+# Latency is not what these tests judge. Here three app servers, shadowd and the client share
+# the machine's cores (two on the build machine); the secondary and the candidate answer each
+# copy at the same moment, and which of them waits for a core is the scheduler's choice: runs
+# measured an identical candidate at x1.5-x1.8 of the secondary. Latency criteria are tested
+# on seeded latencies (test_verdict_model.py); the tolerances here only keep them quiet.
+VERDICT = {
+    "min_exchanges": 200,
+    "max_latency_regression_p50": 5.0,
+    "max_latency_regression_p99": 5.0,
+}
 
 
 class Service:
@@ -159,7 +169,7 @@ async def judged(start_shadowd, urls: dict[str, str], requests: list[str]) -> di
     for role in ("primary", "secondary"):
         await warm(urls[role])
     shadowd = await start_shadowd(
-        urls["primary"], urls["candidate"], urls["secondary"], verdict={"min_exchanges": 200}
+        urls["primary"], urls["candidate"], urls["secondary"], verdict=VERDICT
     )
     await traffic(shadowd, requests)
     async with (
