@@ -155,6 +155,25 @@ async def test_sqlalchemy_statements_are_counted_per_request_also_in_threads():
     assert "cache-hits" not in metrics  # no lookup reported: no cache metric
 
 
+async def test_an_async_engine_is_counted_too():
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = instrument_sqlalchemy(create_async_engine("sqlite+aiosqlite://"))
+
+    async def app(scope, receive, send) -> None:
+        async with engine.connect() as conn:
+            for _ in range(5):
+                await conn.execute(text("SELECT 1"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    try:
+        sent = await call_asgi(ShadowdASGIMiddleware(app))
+    finally:
+        await engine.dispose()
+    assert parse_server_timing(sent[0]["headers"])["db-calls"] == {"dur": 5.0}
+
+
 def test_the_middleware_imports_nothing_of_the_daemon_and_the_daemon_never_imports_it():
     code = (
         "import sys; import shadowd.middleware; "
