@@ -13,6 +13,7 @@ BENCHMARKS = [
     "diff_bench.py",
     "capture_bench.py",
     "replay_bench.py",
+    "middleware_bench.py",
 ]
 
 

@@ -183,6 +183,9 @@ class VerdictConfig:
     significance: float = 0.05  # tests must reach this p-value; intervals are 1 - it
     warmup_exchanges: int = 50  # each endpoint's first exchanges: not in the latency evidence
     warmup_seconds: float = 0.0  # and/or its first seconds (from its first exchange)
+    # Work behind the answers, as the companion middleware reports it (shadowd.middleware):
+    max_db_calls_increase: float = 0.25  # relative: 0.25 = 25 % more DB calls per request
+    max_cache_hit_drop: float = 0.10  # cache hit ratio down by 10 points (0.91 -> 0.81)
     exclude_endpoints: tuple[str, ...] = ()  # endpoint names left out of the verdict
     endpoint_weights: tuple[tuple[str, float], ...] = ()  # weight in the overall divergence
     owner: str = ""

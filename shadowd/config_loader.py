@@ -161,6 +161,8 @@ VERDICT = {
     "significance": ("significance", number(above=0.0, high=0.5)),
     "warmup_exchanges": ("warmup_exchanges", integer(0, 500)),
     "warmup_seconds": ("warmup_seconds", number(0.0)),
+    "max_db_calls_increase": ("max_db_calls_increase", number(0.0)),
+    "max_cache_hit_drop": ("max_cache_hit_drop", number(0.0, 1.0)),
     "exclude_endpoints": ("exclude_endpoints", strings()),
     "endpoint_weights": ("endpoint_weights", weights),
     "owner": ("owner", string),

@@ -14,6 +14,7 @@ from typing import Any
 from shadowd.aggregate import Aggregator, EndpointStats, latency_summary
 from shadowd.bounds import bounded
 from shadowd.noise import DIVERGENT, FieldCounts, decide_fields
+from shadowd.usage import CACHE_HITS, CACHE_MISSES, DB_CALLS, DB_MS
 
 QUANTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 _PERCENTILES = tuple(q for _, q in QUANTILES)
@@ -99,6 +100,30 @@ def _decide(endpoints: list[dict[str, Any]], aggregator: Aggregator) -> None:
         )
 
 
+def _usage(stats: EndpointStats) -> dict[str, dict[str, float | int | None]]:
+    """Per target: the work behind its answers as the companion middleware reports it
+    (``shadowd.usage``), averaged over the answers that reported it."""
+    timing = stats.timing
+    out: dict[str, dict[str, float | int | None]] = {}
+    calls, db_ms = timing.get(DB_CALLS, {}), timing.get(DB_MS, {})
+    hits, misses = timing.get(CACHE_HITS, {}), timing.get(CACHE_MISSES, {})
+    for target in {*calls, *hits, *misses}:
+        entry: dict[str, float | int | None] = {}
+        if target in calls:
+            total, count = calls[target]
+            entry["answers"] = count
+            entry["db_calls_per_request"] = total / count if count else 0.0
+            ms_total, ms_count = db_ms.get(target, (0.0, 0))
+            entry["db_ms_per_request"] = ms_total / ms_count if ms_count else None
+        h = hits.get(target, (0.0, 0))[0]
+        m = misses.get(target, (0.0, 0))[0]
+        if target in hits or target in misses:
+            entry["cache_lookups"] = int(h + m)
+            entry["cache_hit_ratio"] = h / (h + m) if h + m else None
+        out[target] = entry
+    return dict(sorted(out.items()))
+
+
 def _endpoint(stats: EndpointStats) -> dict[str, Any]:
     exchanges = stats.exchanges
     return {
@@ -125,6 +150,7 @@ def _endpoint(stats: EndpointStats) -> dict[str, Any]:
             }
             for metric, by_target in stats.timing.items()
         },
+        "usage": _usage(stats),
     }
 
 
@@ -284,6 +310,7 @@ def render_table(report: dict[str, Any], *, width: int = 100, max_fields: int = 
         "err: no complete answer (a 5xx is a status difference); c/p: candidate/primary)",
         width,
     )
+    lines += _usage_lines(report, width)
     for e in report["endpoints"]:
         fields = [f for f in e["fields"] if f["divergent"] or f["noise"]]
         if not fields:
@@ -306,6 +333,32 @@ def render_table(report: dict[str, Any], *, width: int = 100, max_fields: int = 
         if len(fields) > max_fields:
             lines.append(f"  ... {len(fields) - max_fields} more fields (--json for all)")
     return "\n".join(lines)
+
+
+def _usage_lines(report: dict[str, Any], width: int) -> list[str]:
+    """DB calls per request and cache hit ratio per target, for the endpoints whose services
+    report them (the companion middleware); nothing when none does."""
+    rows = [["endpoint", "db calls p/s/c", "db ms p/c", "cache hit p/s/c"]]
+    for e in report["endpoints"]:
+        usage = e.get("usage") or {}
+        if not usage:
+            continue
+
+        def each(key: str, fmt: str, targets: tuple[str, ...], usage=usage) -> str:
+            values = [usage.get(t, {}).get(key) for t in targets if t in usage or t != "secondary"]
+            return "/".join("-" if v is None else format(v, fmt) for v in values)
+
+        rows.append(
+            [
+                e["endpoint"],
+                each("db_calls_per_request", ".3g", ("primary", "secondary", "candidate")),
+                each("db_ms_per_request", ".1f", ("primary", "candidate")),
+                each("cache_hit_ratio", ".0%", ("primary", "secondary", "candidate")),
+            ]
+        )
+    if len(rows) == 1:
+        return []
+    return ["", *_columns(rows, right={1, 2, 3}, width=width)]
 
 
 def _answers(answers: dict[str, Any]) -> str:

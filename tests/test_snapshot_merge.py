@@ -11,34 +11,69 @@ import orjson
 from conftest import build_config
 
 from shadowd.aggregate import Aggregator
-from shadowd.analysis.snapshot import merge_reservoir, merge_snapshot, snapshot_of
+from shadowd.analysis.snapshot import (
+    merge_reservoir,
+    merge_snapshot,
+    merge_usage_reservoir,
+    snapshot_of,
+)
 from shadowd.diff.engine import diff_exchange
 from shadowd.exchange import Answer, Exchange, Request
 from shadowd.report import build_report
-from shadowd.verdict.evidence import PairReservoir, VerdictEvidence
+from shadowd.verdict.evidence import (
+    USAGE_WIDTH,
+    PairReservoir,
+    UsageReservoir,
+    VerdictEvidence,
+    usage_column,
+)
 
 CONFIG = build_config("http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3")
 ENDPOINTS = ["GET /users/{id}", "GET /orders/{id}", "GET /health"]
 
 
-def _answer(target: str, body: dict, status: int, latency: float) -> Answer:
+def _answer(
+    target: str, body: dict, status: int, latency: float, timing: bytes | None = None
+) -> Answer:
     raw = orjson.dumps(body)
+    headers = [(b"content-type", b"application/json")]
+    if timing is not None:
+        headers.append((b"server-timing", timing))
     return Answer(
         target=target,
         status=status,
-        headers=[(b"content-type", b"application/json")],
+        headers=headers,
         body=raw,
         body_size=len(raw),
         latency=latency,
     )
 
 
+def _timing(rng: random.Random, calls: int, cache: bool) -> bytes:
+    """The companion middleware's header (``shadowd.middleware``) with some work in it.
+    Durations are multiples of 1/8 ms: their sums are exact in any order, as a float sum of
+    arbitrary values would not be (the merge adds them in another order than one process)."""
+    value = f"db;dur={rng.randint(1, 72) / 8}, db-calls;dur={calls}"
+    if cache:
+        hit = rng.random() < 0.8
+        value += f", cache-hits;dur={int(hit)}, cache-misses;dur={int(not hit)}"
+    return f"{value}, app;dur={rng.randint(8, 240) / 8}".encode()
+
+
 def workload(seed: int, count: int) -> list[Exchange]:
-    """Exchanges with noise (request ids), real changes, errors and spread latencies."""
+    """Exchanges with noise (request ids), real changes, errors and spread latencies; two of
+    the three endpoints report their DB calls and cache lookups (one without a secondary's
+    figure now and then)."""
     rng = random.Random(seed)
     out = []
     for i in range(count):
         endpoint = ENDPOINTS[i % len(ENDPOINTS)]
+        reports = endpoint != "GET /health"
+        cache = endpoint == "GET /users/{id}"
+
+        def timing(calls: int, rng=rng, reports=reports, cache=cache) -> bytes | None:
+            return _timing(rng, calls, cache) if reports else None
+
         base = {"id": i, "name": "n", "items": [1, 2, 3]}
         exchange = Exchange(
             id=i,
@@ -46,10 +81,14 @@ def workload(seed: int, count: int) -> list[Exchange]:
             endpoint=endpoint,
         )
         exchange.answers["primary"] = _answer(
-            "primary", {**base, "rid": rng.random()}, 200, rng.uniform(0.001, 0.05)
+            "primary", {**base, "rid": rng.random()}, 200, rng.uniform(0.001, 0.05), timing(3)
         )
         exchange.answers["secondary"] = _answer(
-            "secondary", {**base, "rid": rng.random()}, 200, rng.uniform(0.001, 0.05)
+            "secondary",
+            {**base, "rid": rng.random()},
+            200,
+            rng.uniform(0.001, 0.05),
+            timing(3) if rng.random() < 0.9 else None,
         )
         candidate = {**base, "rid": rng.random()}
         if rng.random() < 0.3:
@@ -58,7 +97,7 @@ def workload(seed: int, count: int) -> list[Exchange]:
             candidate["extra"] = True
         status = 500 if rng.random() < 0.05 else 200
         exchange.answers["candidate"] = _answer(
-            "candidate", candidate, status, rng.uniform(0.001, 0.08)
+            "candidate", candidate, status, rng.uniform(0.001, 0.08), timing(rng.randint(3, 9))
         )
         out.append(exchange)
     return out
@@ -122,6 +161,23 @@ def test_three_workers_merged_give_the_same_report_as_one():
         assert other.earliest == ev.earliest
         for exchanges, seconds in ((50, 0.0), (10, 0.0), (0, 30.0), (50, 200.0), (1000, 0.0)):
             assert other.warmup_until(exchanges, seconds) == ev.warmup_until(exchanges, seconds)
+        # Usage: per-target totals add; under capacity the row reservoirs hold the same rows.
+        assert other.usage_totals == ev.usage_totals
+        if name == "GET /health":
+            assert ev.usage is None and other.usage is None
+            continue
+        assert other.usage is not None and ev.usage is not None
+        assert other.usage.seen == ev.usage.seen > 0
+        (mine_rows, mine_at), (their_rows, their_at) = ev.usage.held(), other.usage.held()
+        np.testing.assert_array_equal(
+            mine_rows[np.argsort(mine_at)], their_rows[np.argsort(their_at)]
+        )
+        assert ev.usage_totals["candidate"][0] == ev.usage.seen
+    users = single_evidence.endpoints["GET /users/{id}"]
+    assert set(users.usage_totals) == {"primary", "secondary", "candidate"}
+    rows, _ = users.usage.held()
+    assert np.isnan(rows[:, usage_column("secondary", "db_calls")]).any()  # sometimes absent
+    assert np.all(rows[:, usage_column("primary", "db_calls")] == 3)
     assert merged_evidence.overall.exchanges == single_evidence.overall.exchanges == 900
     # Noise is counted per kind, and merges per kind.
     fields = {
@@ -130,6 +186,12 @@ def test_three_workers_merged_give_the_same_report_as_one():
         for f in e["fields"]
     }
     assert fields[("GET /health", "$.rid")]["noise_kinds"] == {"changed": 300}
+    # the report's usage per target is built from merged Server-Timing sums
+    usage = {e["endpoint"]: e["usage"] for e in build_report(merged)["endpoints"]}
+    assert usage["GET /health"] == {}
+    assert usage["GET /orders/{id}"]["primary"]["db_calls_per_request"] == 3
+    assert "cache_hit_ratio" not in usage["GET /orders/{id}"]["primary"]
+    assert 0.6 < usage["GET /users/{id}"]["candidate"]["cache_hit_ratio"] < 1.0
 
 
 def test_merged_reservoir_is_a_uniform_sample_of_the_union():
@@ -150,3 +212,25 @@ def test_merged_reservoir_is_a_uniform_sample_of_the_union():
         hits += [np.sum(kept < 1000), np.sum(kept >= 1000)]
     share_left = hits[0] / hits.sum()
     assert abs(share_left - 0.25) < 0.02  # 1,000 of 4,000 pairs came from the left
+
+
+def test_merged_usage_reservoir_is_a_uniform_sample_of_the_union():
+    rng = np.random.default_rng(11)
+    hits = np.zeros(2)
+    column = usage_column("candidate", "db_calls")
+    for _ in range(200):
+        left, right = UsageReservoir(100), UsageReservoir(100)
+        row = [float("nan")] * USAGE_WIDTH
+        for value in range(1000):  # values < 1000 come from the left side
+            row[column] = value
+            left.add(row, float(value))
+        for value in range(1000, 4000):
+            row[column] = value
+            right.add(row, float(value))
+        rows, at = right.held()
+        merge_usage_reservoir(left, right.seen, rows.astype(np.float32), at, rng)
+        assert left.seen == 4000
+        kept, kept_at = left.held()
+        np.testing.assert_array_equal(kept[:, column], kept_at)  # rows keep their times
+        hits += [np.sum(kept_at < 1000), np.sum(kept_at >= 1000)]
+    assert abs(hits[0] / hits.sum() - 0.25) < 0.02  # 1,000 of 4,000 rows came from the left

@@ -10,6 +10,11 @@ families collected are exactly those the objects would give, names and labels in
 Endpoint labels are capped at ``[endpoints] max`` values; the rest go to ``other``, and
 overflowing names are not remembered (the dicts stay bounded). Each label is at most
 ``shadowd.bounds.MAX_NAME_CHARS`` characters.
+
+The work behind the answers (``shadowd.usage``, from the companion middleware's
+``Server-Timing``) is exported as counters, not as a per-request gauge: DB calls per request
+is ``rate(shadowd_db_calls_total[5m]) / rate(shadowd_usage_answers_total[5m])`` and a hit
+ratio is a ratio of ``shadowd_cache_lookups_total`` rates, both summable across workers.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from shadowd.bounds import bounded
 from shadowd.diff.model import ExchangeDiff
 from shadowd.endpoints import OTHER
 from shadowd.exchange import Exchange
+from shadowd.usage import usage_of
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _LE = [*(f"{b:g}" if b < 1 else f"{float(b)}" for b in LATENCY_BUCKETS), "+Inf"]
@@ -55,7 +61,7 @@ class _Latency:
 
 
 class _Endpoint:
-    __slots__ = ("divergences", "divergent", "exchanges", "label", "latency", "noisy")
+    __slots__ = ("divergences", "divergent", "exchanges", "label", "latency", "noisy", "usage")
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -64,6 +70,8 @@ class _Endpoint:
         self.divergences: dict[str, int] = {}  # kind -> exchanges
         self.divergent = 0  # exported at 0 from the first exchange: ratios never lack it
         self.noisy = 0
+        # target -> [answers reporting usage, db calls, db seconds, cache hits, cache misses]
+        self.usage: dict[str, list[float]] = {}
 
 
 class ExchangeSeries:
@@ -84,6 +92,19 @@ class ExchangeSeries:
                 if latency is None:
                     latency = series.latency[target] = _Latency()
                 latency.pending.append(answer.latency)
+                usage = usage_of(answer)
+                if usage is not None:
+                    cell = series.usage.get(target)
+                    if cell is None:
+                        cell = series.usage[target] = [0.0, 0.0, 0.0, 0.0, 0.0]
+                    cell[0] += 1
+                    if usage.db_calls == usage.db_calls:  # not NaN
+                        cell[1] += usage.db_calls
+                    if usage.db_ms == usage.db_ms:
+                        cell[2] += usage.db_ms / 1000
+                    if usage.hits == usage.hits:
+                        cell[3] += usage.hits
+                        cell[4] += usage.misses
         if diff.candidate:
             series.divergent += 1
             kinds = series.divergences
@@ -144,8 +165,34 @@ class ExchangeSeries:
             "Time to a target's complete answer (answers that failed are left out)",
             labels=["target", "endpoint"],
         )
+        usage_answers = CounterMetricFamily(
+            "shadowd_usage_answers",
+            "Answers that reported their work in Server-Timing (the companion middleware)",
+            labels=["target", "endpoint"],
+        )
+        db_calls = CounterMetricFamily(
+            "shadowd_db_calls",
+            "DB calls the answers reported (Server-Timing db-calls)",
+            labels=["target", "endpoint"],
+        )
+        db_seconds = CounterMetricFamily(
+            "shadowd_db_seconds",
+            "Time in DB calls the answers reported (Server-Timing db)",
+            labels=["target", "endpoint"],
+        )
+        cache = CounterMetricFamily(
+            "shadowd_cache_lookups",
+            "Cache lookups the answers reported, by result (Server-Timing cache-hits/-misses)",
+            labels=["target", "endpoint", "result"],
+        )
         for series in self._all():
             label = series.label
+            for target, (answers, calls, seconds, hits, misses) in series.usage.items():
+                usage_answers.add_metric([target, label], answers)
+                db_calls.add_metric([target, label], calls)
+                db_seconds.add_metric([target, label], seconds)
+                cache.add_metric([target, label, "hit"], hits)
+                cache.add_metric([target, label, "miss"], misses)
             for target, count in series.exchanges.items():
                 exchanges.add_metric([target, label], count)
             for kind, count in series.divergences.items():
@@ -161,3 +208,4 @@ class ExchangeSeries:
                     hist.total,
                 )
         yield from (exchanges, divergences, divergent, noisy, latency)
+        yield from (usage_answers, db_calls, db_seconds, cache)

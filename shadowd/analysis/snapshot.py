@@ -8,7 +8,8 @@ field counts add under the same caps as in one process, samples join a bounded d
 pair reservoirs merge into a uniform sample of the union (a hypergeometric split), so N
 workers give the same distribution of evidence as one. The warm-up bookkeeping merges
 exactly too: exchange counts add, the earliest arrival times are a sorted union cut to
-``WARMUP_KEEP``.
+``WARMUP_KEEP``. Usage (DB calls, cache lookups per request) merges the same way: per-target
+totals add, and the usage row reservoirs merge into a uniform sample of the union.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from shadowd.verdict.evidence import (
     EndpointEvidence,
     ErrorTally,
     PairReservoir,
+    UsageReservoir,
     VerdictEvidence,
     merge_earliest,
 )
 
-SNAPSHOT_VERSION = 2  # 2: noise counted per kind, latency rows with secondary and warm-up
+SNAPSHOT_VERSION = 3  # 2: noise counted per kind, latency rows with secondary and warm-up;
+# 3: usage (DB calls, cache lookups) per request
 
 
 # -- statistics -> snapshot ------------------------------------------------------------------
@@ -72,6 +75,20 @@ def _evidence_snapshot(ev: EndpointEvidence) -> dict[str, Any]:
         "errors": {t: [e.answers, e.errors, e.by_kind] for t, e in ev.errors.items()},
         "exchanges": ev.exchanges,
         "earliest": np.asarray(ev.earliest, dtype=np.float64).tobytes(),
+        "usage": _usage_snapshot(ev),
+    }
+
+
+def _usage_snapshot(ev: EndpointEvidence) -> dict[str, Any] | None:
+    if ev.usage is None and not ev.usage_totals:
+        return None
+    reservoir = ev.usage
+    n = 0 if reservoir is None else min(reservoir.seen, reservoir.capacity)
+    return {
+        "totals": {t: list(v) for t, v in ev.usage_totals.items()},
+        "seen": 0 if reservoir is None else reservoir.seen,
+        "rows": b"" if reservoir is None else reservoir.rows[:n].tobytes(),
+        "at": b"" if reservoir is None else reservoir.at[:n].tobytes(),
     }
 
 
@@ -155,6 +172,54 @@ def _merge_evidence(ev: EndpointEvidence, snap: dict[str, Any], rng: np.random.G
         at=np.frombuffer(snap["at"], dtype=np.float64),
         code=np.frombuffer(snap["code"], dtype=np.int64),
     )
+    usage = snap.get("usage")
+    if usage:
+        _merge_usage(ev, usage, rng)
+
+
+def _merge_usage(ev: EndpointEvidence, snap: dict[str, Any], rng: np.random.Generator) -> None:
+    for target, values in snap["totals"].items():
+        mine = ev.usage_totals.setdefault(target, [0.0] * len(values))
+        for i, value in enumerate(values):
+            mine[i] += value
+    if not snap["seen"]:
+        return
+    if ev.usage is None:
+        ev.usage = UsageReservoir()
+    rows = np.frombuffer(snap["rows"], dtype=np.float32).reshape(-1, ev.usage.rows.shape[1])
+    merge_usage_reservoir(
+        ev.usage, snap["seen"], rows, np.frombuffer(snap["at"], dtype=np.float64), rng
+    )
+
+
+def merge_usage_reservoir(
+    reservoir: UsageReservoir,
+    seen: int,
+    rows: np.ndarray,
+    at: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """Make ``reservoir`` a uniform sample of its rows and another reservoir's (``seen``
+    rows, of which ``rows``/``at`` are a uniform sample): the split between the two sides is
+    drawn from the hypergeometric law, as for latency rows (``merge_reservoir``)."""
+    if not seen:
+        return
+    n = len(rows)
+    capacity = reservoir.capacity
+    mine = min(reservoir.seen, capacity)
+    total = reservoir.seen + seen
+    if total <= capacity:
+        reservoir.rows[mine : mine + n] = rows
+        reservoir.at[mine : mine + n] = at
+        reservoir.seen = total
+        return
+    from_other = int(rng.hypergeometric(seen, reservoir.seen, capacity))
+    keep_mine = capacity - from_other
+    mine_idx = rng.choice(mine, size=keep_mine, replace=False) if keep_mine else []
+    other_idx = rng.choice(n, size=from_other, replace=False)
+    reservoir.rows[:capacity] = np.concatenate([reservoir.rows[:mine][mine_idx], rows[other_idx]])
+    reservoir.at[:capacity] = np.concatenate([reservoir.at[:mine][mine_idx], at[other_idx]])
+    reservoir.seen = total
 
 
 def merge_reservoir(

@@ -27,11 +27,18 @@ import numpy as np
 
 from shadowd.diff.model import ExchangeDiff
 from shadowd.exchange import CANDIDATE, PRIMARY, SECONDARY, Answer, Exchange
+from shadowd.usage import usage_of
 
 OVERALL = "*"
 WARMUP_KEEP = 500  # the largest ``[verdict] warmup_exchanges`` the evidence can honour
 COLUMNS = ("primary", "secondary", "candidate", "at", "code")
 _NAN = float("nan")
+USAGE_RESERVOIR = 1000  # usage rows kept per endpoint (56 KB)
+USAGE_TARGETS = (PRIMARY, SECONDARY, CANDIDATE)
+USAGE_FIELDS = ("db_calls", "db_ms", "hits", "misses")
+USAGE_WIDTH = len(USAGE_TARGETS) * len(USAGE_FIELDS)
+# totals per target: answers that reported usage, then the sum of each field
+TOTAL_FIELDS = ("answers", *USAGE_FIELDS)
 
 
 def endpoint_code(name: str) -> int:
@@ -88,6 +95,42 @@ class PairReservoir:
         return {name: getattr(self, name)[:n].copy() for name in COLUMNS}
 
 
+def usage_column(target: str, name: str) -> int:
+    """The column of ``target``'s ``name`` (one of ``USAGE_FIELDS``) in a usage row."""
+    return USAGE_TARGETS.index(target) * len(USAGE_FIELDS) + USAGE_FIELDS.index(name)
+
+
+class UsageReservoir:
+    """A uniform sample (algorithm R) of usage rows: ``rows`` (float32, NaN where a side
+    did not report; counts stay exact up to 2**24) and their arrival times ``at``."""
+
+    __slots__ = ("_rng", "at", "capacity", "rows", "seen")
+
+    def __init__(self, capacity: int = USAGE_RESERVOIR, seed: int = 0) -> None:
+        self.capacity = capacity
+        self.rows = np.full((capacity, USAGE_WIDTH), np.nan, dtype=np.float32)
+        self.at = np.zeros(capacity)
+        self.seen = 0
+        self._rng = random.Random(seed)
+
+    def add(self, row: list[float], at: float) -> None:
+        seen = self.seen
+        self.seen = seen + 1
+        if seen < self.capacity:
+            slot = seen
+        else:
+            slot = self._rng.randrange(seen + 1)
+            if slot >= self.capacity:
+                return
+        self.rows[slot] = row
+        self.at[slot] = at
+
+    def held(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows as float64, arrival times) of the rows held (copies)."""
+        n = min(self.seen, self.capacity)
+        return self.rows[:n].astype(np.float64), self.at[:n].copy()
+
+
 def is_error(answer: Answer | None) -> bool:
     """A transport error or a 5xx: what the error criterion counts."""
     return answer is not None and (answer.error is not None or answer.status >= 500)
@@ -117,7 +160,7 @@ def merge_earliest(mine: list[float], other: list[float], keep: int = WARMUP_KEE
 
 
 class EndpointEvidence:
-    __slots__ = ("code", "earliest", "errors", "exchanges", "pairs")
+    __slots__ = ("code", "earliest", "errors", "exchanges", "pairs", "usage", "usage_totals")
 
     def __init__(self, reservoir: int, code: int = 0) -> None:
         self.pairs = PairReservoir(reservoir)
@@ -125,6 +168,33 @@ class EndpointEvidence:
         self.code = code
         self.exchanges = 0  # every exchange recorded, warm-up included
         self.earliest: list[float] = []  # arrival times of the earliest WARMUP_KEEP exchanges
+        self.usage: UsageReservoir | None = None  # made on the first answer reporting usage
+        # target -> [answers reporting usage, db calls, db ms, cache hits, cache misses]
+        self.usage_totals: dict[str, list[float]] = {}
+
+    def record_usage(self, answers: dict[str, Answer], at: float) -> None:
+        row = [_NAN] * USAGE_WIDTH
+        reported = 0
+        for index, target in enumerate(USAGE_TARGETS):
+            usage = usage_of(answers.get(target))
+            if usage is None:
+                continue
+            reported |= 1 << index
+            values = (usage.db_calls, usage.db_ms, usage.hits, usage.misses)
+            base = index * len(USAGE_FIELDS)
+            row[base : base + len(USAGE_FIELDS)] = values
+            totals = self.usage_totals.get(target)
+            if totals is None:
+                totals = self.usage_totals[target] = [0.0] * len(TOTAL_FIELDS)
+            totals[0] += 1
+            for i, value in enumerate(values, 1):
+                if value == value:
+                    totals[i] += value
+        # a row pairs the candidate with the primary or the secondary: it needs both sides
+        if reported & 0b100 and reported & 0b011:
+            if self.usage is None:
+                self.usage = UsageReservoir()
+            self.usage.add(row, at)
 
     def note_arrival(self, at: float) -> None:
         self.exchanges += 1
@@ -178,6 +248,7 @@ class VerdictEvidence:
         for name, answer in answers.items():
             endpoint.errors[name].add(answer)
             self.overall.errors[name].add(answer)
+        endpoint.record_usage(answers, at)
         candidate = answers.get(CANDIDATE)
         if candidate is None or is_error(candidate):
             return

@@ -17,12 +17,13 @@ import numpy as np
 from shadowd.config import Config
 from shadowd.exchange import CANDIDATE, PRIMARY, SECONDARY
 from shadowd.noise import DIVERGENT
-from shadowd.verdict.evidence import OVERALL, EndpointEvidence, VerdictEvidence
+from shadowd.verdict.evidence import OVERALL, EndpointEvidence, VerdictEvidence, usage_column
 from shadowd.verdict.stats import (
     MIN_PAIRS,
     P99_MIN_PAIRS,
     paired_latency,
     proportion_increase,
+    sign_test_greater,
     unpaired_latency,
 )
 
@@ -47,7 +48,8 @@ _KIND_WORDS = {
 
 @dataclass(slots=True)
 class Criterion:
-    name: str  # divergence | errors | latency_p50 | latency_p99 | samples
+    # divergence | errors | latency_p50 | latency_p99 | db_calls | cache_hit_ratio | samples
+    name: str
     scope: str  # an endpoint, or "overall"
     status: str  # pass | fail | inconclusive
     measured: float | None
@@ -112,6 +114,7 @@ def judge(report: dict[str, Any], evidence: VerdictEvidence, config: Config) -> 
         if ev is not None:
             criteria.extend(_errors(name, ev, config))
             criteria.extend(_latency(name, ev, evidence, config))
+            criteria.extend(_usage(name, ev, config))
     if total < rules.min_exchanges:
         criteria.insert(
             0,
@@ -162,6 +165,8 @@ def judge(report: dict[str, Any], evidence: VerdictEvidence, config: Config) -> 
             "warmup_exchanges": rules.warmup_exchanges,
             "warmup_seconds": rules.warmup_seconds,
             "min_p99_pairs": P99_MIN_PAIRS,
+            "max_db_calls_increase": rules.max_db_calls_increase,
+            "max_cache_hit_drop": rules.max_cache_hit_drop,
             "noise_relative": config.diff.noise_relative,
             "noise_absolute": config.diff.noise_absolute,
         },
@@ -373,6 +378,151 @@ def _latency(
             )
         )
     return result
+
+
+def _count(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _usage(scope: str, ev: EndpointEvidence, config: Config) -> list[Criterion]:
+    """The work behind the answers, from the usage rows after the endpoint's warm-up (a cold
+    candidate misses its cache and queries more until it is warm). No criterion below
+    ``MIN_PAIRS`` rows: an endpoint whose services do not report usage is not judged on it."""
+    if ev.usage is None:
+        return []
+    rules = config.verdict
+    rows, at = ev.usage.held()
+    warm = at <= ev.warmup_until(rules.warmup_exchanges, rules.warmup_seconds)
+    left_out = int(np.count_nonzero(warm))
+    rows = rows[~warm]
+    result = []
+    db = _db_calls(scope, rows, config, left_out)
+    if db is not None:
+        result.append(db)
+    cache = _cache_hits(scope, rows, config, left_out)
+    if cache is not None:
+        result.append(cache)
+    return result
+
+
+def _db_calls(scope: str, rows: np.ndarray, config: Config, left_out: int) -> Criterion | None:
+    """Candidate vs primary DB calls of the same request, paired. Fails when the candidate
+    makes more than (1 + ``max_db_calls_increase``) times the primary's calls on average,
+    a one-sided sign test on c - (1 + tolerance) p per request gives p < ``significance``,
+    and, with a secondary, the same holds against the secondary (the primary's release on
+    the copy path: what the same requests cost when nothing changed)."""
+    rules = config.verdict
+    limit = 1 + rules.max_db_calls_increase
+    c = rows[:, usage_column(CANDIDATE, "db_calls")]
+    p = rows[:, usage_column(PRIMARY, "db_calls")]
+    s = rows[:, usage_column(SECONDARY, "db_calls")]
+    paired = np.isfinite(c) & np.isfinite(p)
+    n = int(np.count_nonzero(paired))
+    if n < MIN_PAIRS:
+        return None
+    c_mean, p_mean = float(c[paired].mean()), float(p[paired].mean())
+    ratio = c_mean / p_mean if p_mean > 0 else (np.inf if c_mean > 0 else 1.0)
+    p_value = sign_test_greater(c[paired] - limit * p[paired])
+    failed = ratio > limit and p_value < rules.significance
+    details: dict[str, Any] = {
+        "pairs": n,
+        "candidate": c_mean,
+        "primary": p_mean,
+        "p_value": p_value,
+        "warmup_rows_left_out": left_out,
+    }
+    noise = ""
+    with_secondary = np.isfinite(c) & np.isfinite(s)
+    if config.secondary is not None and np.count_nonzero(with_secondary) >= MIN_PAIRS:
+        s_mean = float(s[with_secondary].mean())
+        c_mean_s = float(c[with_secondary].mean())
+        noise_p = sign_test_greater(c[with_secondary] - limit * s[with_secondary])
+        beyond = c_mean_s > limit * s_mean and noise_p < rules.significance
+        failed = failed and beyond
+        details.update(secondary=s_mean, secondary_p_value=noise_p, beyond_noise=beyond)
+        noise = f"; secondary {_count(s_mean)}"
+    shown = "new" if ratio == np.inf else f"x{ratio:.1f}"
+    warm = f", {left_out} warm-up requests left out" if left_out else ""
+    return Criterion(
+        "db_calls",
+        scope,
+        FAIL if failed else PASS,
+        None if ratio == np.inf else ratio - 1,
+        rules.max_db_calls_increase,
+        f"{scope}: candidate makes {_count(c_mean)} DB calls per request vs {_count(p_mean)} "
+        f"({shown}, {n} pairs{noise}; p={p_value:.3g}{warm}; "
+        f"limit +{rules.max_db_calls_increase:.0%})",
+        details,
+    )
+
+
+def _cache_hits(scope: str, rows: np.ndarray, config: Config, left_out: int) -> Criterion | None:
+    """The candidate's cache hit ratio vs the primary's over the same requests. Fails when
+    it is more than ``max_cache_hit_drop`` lower, a one-sided two-proportion z-test on the
+    miss rates gives p < ``significance``, and, with a secondary, both hold against the
+    secondary too (its own misses are the noise)."""
+    rules = config.verdict
+
+    def lookups(target: str) -> tuple[np.ndarray, np.ndarray]:
+        hits = rows[:, usage_column(target, "hits")]
+        return hits, hits + rows[:, usage_column(target, "misses")]
+
+    c_hits, c_look = lookups(CANDIDATE)
+    p_hits, p_look = lookups(PRIMARY)
+    s_hits, s_look = lookups(SECONDARY)
+    paired = np.isfinite(c_look) & np.isfinite(p_look) & ((c_look > 0) | (p_look > 0))
+    n = int(np.count_nonzero(paired))
+    if n < MIN_PAIRS:
+        return None
+
+    def ratio(hits: np.ndarray, look: np.ndarray, keep: np.ndarray) -> tuple[float, int, int]:
+        h, total = int(hits[keep].sum()), int(look[keep].sum())
+        return (h / total if total else 0.0), h, total
+
+    c_ratio, c_h, c_n = ratio(c_hits, c_look, paired)
+    p_ratio, p_h, p_n = ratio(p_hits, p_look, paired)
+    test = proportion_increase(c_n - c_h, c_n, p_n - p_h, p_n)
+    if test is None:
+        return None
+    drop = p_ratio - c_ratio
+    failed = drop > rules.max_cache_hit_drop and test.p_value < rules.significance
+    details: dict[str, Any] = {
+        "requests": n,
+        "candidate": {"hits": c_h, "lookups": c_n},
+        "primary": {"hits": p_h, "lookups": p_n},
+        "p_value": test.p_value,
+        "warmup_rows_left_out": left_out,
+    }
+    noise = ""
+    with_secondary = np.isfinite(c_look) & np.isfinite(s_look) & ((c_look > 0) | (s_look > 0))
+    if config.secondary is not None and np.count_nonzero(with_secondary) >= MIN_PAIRS:
+        s_ratio, s_h, s_n = ratio(s_hits, s_look, with_secondary)
+        c_ratio_s, c_h_s, c_n_s = ratio(c_hits, c_look, with_secondary)
+        noise_test = proportion_increase(c_n_s - c_h_s, c_n_s, s_n - s_h, s_n)
+        beyond = (
+            noise_test is not None
+            and s_ratio - c_ratio_s > rules.max_cache_hit_drop
+            and noise_test.p_value < rules.significance
+        )
+        failed = failed and beyond
+        details.update(
+            secondary={"hits": s_h, "lookups": s_n},
+            secondary_p_value=None if noise_test is None else noise_test.p_value,
+            beyond_noise=beyond,
+        )
+        noise = f", secondary {s_ratio:.0%}"
+    warm = f", {left_out} warm-up requests left out" if left_out else ""
+    return Criterion(
+        "cache_hit_ratio",
+        scope,
+        FAIL if failed else PASS,
+        drop,
+        rules.max_cache_hit_drop,
+        f"{scope}: cache hit ratio {c_ratio:.0%} vs {p_ratio:.0%} (candidate vs primary"
+        f"{noise}; {-drop * 100:+.0f} points, p={test.p_value:.3g}, {n} requests{warm}; "
+        f"limit -{rules.max_cache_hit_drop * 100:.0f} points)",
+        details,
+    )
 
 
 __all__ = ["FAIL", "INCONCLUSIVE", "OVERALL", "PASS", "Criterion", "Verdict", "judge"]

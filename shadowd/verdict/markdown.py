@@ -120,6 +120,15 @@ def render_markdown(
         if crit_rows
         else ["No latency or error evidence yet."]
     )
+    lines += ["", "## DB calls and cache", ""]
+    lines += _usage_table(report)
+    usage_rows = [
+        [c["name"], c["scope"], c["status"], c["reason"]]
+        for c in verdict["criteria"]
+        if c["name"] in ("db_calls", "cache_hit_ratio")
+    ]
+    if usage_rows:
+        lines += ["", *_table(["criterion", "scope", "status", "evidence"], usage_rows)]
     lines += ["", "## All criteria", ""]
     lines += _table(
         ["criterion", "scope", "status", "reason"],
@@ -130,6 +139,41 @@ def render_markdown(
         ["threshold", "value"], [[k, str(v)] for k, v in verdict.get("thresholds", {}).items()]
     )
     return "\n".join(lines) + "\n"
+
+
+def _per_target(usage: dict[str, Any], key: str, fmt: str) -> str:
+    values = []
+    for target in ("primary", "secondary", "candidate"):
+        value = usage.get(target, {}).get(key)
+        if target in usage or target != "secondary":
+            values.append("-" if value is None else format(value, fmt))
+    return " / ".join(values)
+
+
+def _usage_table(report: dict[str, Any]) -> list[str]:
+    """Per endpoint, the work behind the answers as the services' companion middleware
+    reported it (``docs/middleware.md``): primary / secondary / candidate."""
+    rows = []
+    for ep in report.get("endpoints", []):
+        usage = ep.get("usage") or {}
+        if not usage:
+            continue
+        rows.append(
+            [
+                f"`{ep['endpoint']}`",
+                _per_target(usage, "db_calls_per_request", ".3g"),
+                _per_target(usage, "db_ms_per_request", ".2f"),
+                _per_target(usage, "cache_hit_ratio", ".1%"),
+            ]
+        )
+    if not rows:
+        return ["No service reported DB calls or cache lookups (see docs/middleware.md)."]
+    header = ["endpoint", "DB calls / request", "DB ms / request", "cache hit ratio"]
+    return [
+        "Primary / secondary / candidate, averaged over every answer (warm-up included).",
+        "",
+        *_table(header, rows),
+    ]
 
 
 def _sample_for(samples: dict[str, Any] | None, generic_path: str) -> dict[str, Any] | None:

@@ -296,3 +296,15 @@ def _nc_hypergeom_sf(hit: int, total: int, size: int, odds: float) -> float:
     logw = np.concatenate(([0.0], np.cumsum(steps)))  # relative to w(start)
     w = np.exp(logw - logw.max())
     return min(1.0, float(w[max(hit, start) - start :].sum() / w.sum()))
+
+
+def sign_test_greater(differences: np.ndarray) -> float:
+    """One-sided sign test that positive differences outnumber negative ones (zeros are
+    dropped): P(Binomial(n, 1/2) >= positives). Distribution-free and exact, which suits
+    per-request counts (many ties, no shape to assume)."""
+    d = np.asarray(differences, dtype=np.float64)
+    positives = int(np.count_nonzero(d > 0))
+    n = positives + int(np.count_nonzero(d < 0))
+    if n == 0:
+        return 1.0
+    return float(_scipy_stats().binom.sf(positives - 1, n, 0.5))
