@@ -13,6 +13,7 @@ import gzip
 from unittest import mock
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,17 @@ from shadowd.diff.json_diff import DiffCollector, diff_json
 from shadowd.diff.model import ExchangeDiff
 from shadowd.diff.rules import EMPTY, rules_for
 from shadowd.exchange import Answer, Exchange, Request
+
+
+@pytest.fixture(autouse=True, scope="module")
+def share_small_bodies():
+    """Share members whatever the body's size, so that small generated bodies take that
+    path (it is skipped below prepared._MIN_SHARED bytes)."""
+    saved = prepared._MIN_SHARED
+    prepared._MIN_SHARED = 0
+    yield
+    prepared._MIN_SHARED = saved
+
 
 # Numbers whose == hides a type: True == 1 == 1.0, False == 0 == 0.0.
 swappable = st.sampled_from([True, False, 1, 0, 1.0, 0.0, -0.0, 2, 2.0])

@@ -8,13 +8,26 @@ INVALID exactly when the body is not JSON, whatever comes before the shared memb
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from shadowd.config import DiffConfig, DiffRule
+from shadowd.diff import prepared
 from shadowd.diff.prepared import INVALID, PreparedAnswer
 from shadowd.diff.rules import EMPTY, rules_for
 from shadowd.exchange import Answer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def share_small_bodies():
+    """Share members whatever the body's size, so that small generated bodies take that
+    path (it is skipped below prepared._MIN_SHARED bytes)."""
+    saved = prepared._MIN_SHARED
+    prepared._MIN_SHARED = 0
+    yield
+    prepared._MIN_SHARED = saved
+
 
 scalars = st.one_of(
     st.none(),
@@ -170,6 +183,12 @@ def test_a_key_found_inside_a_value_is_not_taken_for_a_member():
     check(reference, b'{"a":7,"b":{"x":1,"b":2}}')
     check(reference, b'{"a":7,"b":[0],"b":2}}')  # not JSON
     check(reference, b'{"a":{"x":1,"b":2}}')
+    # a tail found inside the last value, not confirmed, with a shared head (found by the
+    # exchange property test: the cut must move back to the end with the tail dropped)
+    check(
+        b'{"a":null,"b":null,"n":null,"ts":{"items":null,"ts":null}}',
+        b'{"a":null,"ts":{"items":null,"ts":null}}',
+    )
 
 
 def test_invalid_json_before_the_shared_members_is_invalid():
@@ -177,3 +196,12 @@ def test_invalid_json_before_the_shared_members_is_invalid():
     for prefix in (b'{"a":', b'{"a":"x', b'["a",1', b"", b"{", b"{ ", b'{"a":1,', b'{"a":{"c":1'):
         check(reference_body, prefix + b',"b":[1,2]}')
     check(reference_body, b'{"a":55"b":[1,2]}')  # no comma: what precedes is not cut at one
+
+
+def test_small_bodies_are_parsed_whole(monkeypatch):
+    monkeypatch.setattr(prepared, "_MIN_SHARED", 1024)
+    assert not shared(b'{"a":1,"b":[2]}', b'{"a":5,"b":[2]}')
+    items = [{"n": i, "name": f"item {i}"} for i in range(60)]
+    big = orjson.dumps({"a": 1, "b": items})
+    assert len(big) > 1024
+    assert shared(big, big.replace(b'"a":1', b'"a":5'))
