@@ -31,6 +31,7 @@ PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 
 _KIND_WORDS = {
     "type": "type changed",
+    "number_type": "changed between integer and float",
     "changed": "value changed",
     "missing": "missing",
     "extra": "added",
