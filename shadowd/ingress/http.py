@@ -258,7 +258,9 @@ class RequestReader(asyncio.Protocol, abc.ABC):
     def _reject(self, status: int, reason: str, message: str) -> None:
         """Refuse a request we could not read in full; the connection cannot be reused.
         Answers to earlier pipelined requests still go first, then this one, then close."""
-        if self._rejected:
+        if self._rejected or self._closed:
+            # Closed already (a local answer that ended the connection, inside the same read
+            # as what followed it): nothing more may be written, and nothing was refused.
             return
         self._rejected = True
         self._continue_owed = False
