@@ -256,7 +256,7 @@ def reference(stream: bytes) -> Reading:
     reading = Reading()
     parser = httptools.HttpRequestParser(reading)
     # Malformed (or an upgrade): shadowd stops reading there too.
-    with contextlib.suppress(httptools.HttpParserError):
+    with contextlib.suppress(httptools.HttpParserError, httptools.HttpParserUpgrade):
         parser.feed_data(stream)
     return reading
 
