@@ -7,7 +7,8 @@ One nginx primary (3.4 KB JSON answers, and a 1 MiB one for the memory rows) beh
 every GET copied), driven by `wrk -t2 -c64 --latency`. One shadowd per scenario, each with a
 candidate that is:
 
-  healthy       a second nginx answering the same
+  healthy       a second nginx answering the same (the baseline)
+  mirroring off no copies at all ([mirror] enabled = false): the ceiling, for reference
   hung          accepts, reads, never answers (each copy waits for the candidate timeout)
   down          a closed port (every copy is refused at connect)
   resetting     accepts, reads the request, aborts the connection (RST)
@@ -103,7 +104,7 @@ async def _serve(ports: dict[str, int]) -> None:
 @dataclass
 class Scenario:
     name: str
-    candidate: str  # healthy, hung, down, reset, garbage
+    candidate: str  # healthy, off (mirroring disabled), hung, down, reset, garbage
     path: str  # the primary's answer: 3.4 KB or 1 MiB
     healthy: str  # the scenario it is compared with
     port: int = 0
@@ -123,7 +124,7 @@ def shadowd_config(tmp: Path, s: Scenario, primary: int, candidate: int) -> Path
         f'[ingress]\nmode = "proxy"\nlisten = "127.0.0.1:{s.port}"\n'
         f'[targets.primary]\nurl = "http://127.0.0.1:{primary}"\n'
         f'[targets.candidate]\nurl = "http://127.0.0.1:{candidate}"\n'
-        "[mirror]\nsample_rate = 1.0\n"
+        f"[mirror]\nenabled = {'false' if s.candidate == 'off' else 'true'}\nsample_rate = 1.0\n"
         f'[admin]\nlisten = "127.0.0.1:{s.admin}"\n'
     )
     return path
@@ -152,8 +153,9 @@ def wrk(url: str, seconds: float) -> dict[str, float]:
         check=True,
     ).stdout
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p50 = re.search(r"50%\s+(\S+)", out)
-    p99 = re.search(r"99%\s+(\S+)", out)
+    # Anchored: the thread statistics above have columns like "68.50%" and "91.99%".
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     if not (found and p50 and p99):
         raise RuntimeError(f"unreadable wrk output:\n{out}")
     errors = 0.0
@@ -254,6 +256,8 @@ def main() -> int:
     (tmp / "www" / "big.json").write_bytes(big)
     scenarios = [
         Scenario("healthy", "healthy", "/small.json", "healthy"),
+        # The ceiling: no copies at all. A failing candidate can only approach it.
+        Scenario("mirroring off", "off", "/small.json", "healthy"),
         Scenario("hung", "hung", "/small.json", "healthy"),
         Scenario("down", "down", "/small.json", "healthy"),
         Scenario("resetting", "reset", "/small.json", "healthy"),
@@ -289,7 +293,7 @@ def main() -> int:
         )
         for port in (primary, healthy, *faults.values()):
             wait_port(port, proc=fault_server if port in faults.values() else None)
-        candidate_port = {"healthy": healthy, "down": down, **faults}
+        candidate_port = {"healthy": healthy, "off": healthy, "down": down, **faults}
         for s in scenarios:
             s.port, s.admin = free_port(), free_port()
             config = shadowd_config(tmp, s, primary, candidate_port[s.candidate])
@@ -350,6 +354,8 @@ def print_table(
             dropped += f" ({max(drops, key=lambda k: drops[k])})"
         if s is base:
             verdict = "(baseline)"
+        elif s.candidate == "off":
+            verdict = "(reference)"
         else:
             missed = []
             if rps_ratio < RPS_TARGET:
