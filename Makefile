@@ -23,11 +23,13 @@ demo: $(STAMP)
 
 test: setup
 	$(PY) -m ruff check shadowd tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(PY) -m ruff check shadowd tests benchmarks
 	$(PY) -m ruff format --check shadowd tests benchmarks
+	$(PY) -m mypy
 
 format: $(STAMP)
 	$(PY) -m ruff format shadowd tests benchmarks

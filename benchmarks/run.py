@@ -10,6 +10,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     "proxy_bench.py",
     "planes_bench.py",
+    "faults_bench.py",
     "diff_bench.py",
     "capture_bench.py",
     "replay_bench.py",

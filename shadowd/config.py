@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shadowd.errors import ShadowdError
 
@@ -240,7 +241,7 @@ class Config:
         return (self.secondary, self.candidate)
 
 
-def target_from_url(name: str, url: str, **overrides: object) -> TargetConfig:
+def target_from_url(name: str, url: str, **overrides: Any) -> TargetConfig:
     """Build a target from a URL, for code and tests that do not start from a file."""
     from urllib.parse import urlsplit
 
@@ -254,7 +255,7 @@ def target_from_url(name: str, url: str, **overrides: object) -> TargetConfig:
         host=parts.hostname or "127.0.0.1",
         port=port,
         base_path=parts.path.rstrip("/"),
-        **overrides,  # type: ignore[arg-type]
+        **overrides,
     )
 
 

@@ -17,6 +17,7 @@ import socket
 import ssl
 import tempfile
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -174,7 +175,7 @@ LOGGING = {
     "format": ("format", one_of("text", "json")),
     "access_log": ("access_log", boolean),
 }
-SECTIONS: dict[str, dict[str, tuple[str | None, Reader]]] = {
+SECTIONS: dict[str, Mapping[str, tuple[str | None, Reader]]] = {
     "ingress": INGRESS,
     "analysis": ANALYSIS,
     "targets": {},  # nested tables, read by _targets
@@ -204,7 +205,7 @@ def _unknown(key: str, known: list[str]) -> str:
 
 
 def _read_table(
-    data: Any, prefix: str, schema: dict[str, tuple[str | None, Reader]], problems: _Problems
+    data: Any, prefix: str, schema: Mapping[str, tuple[str | None, Reader]], problems: _Problems
 ) -> dict[str, Any]:
     """Read the known keys of one TOML table; record a problem for anything else."""
     values: dict[str, Any] = {}

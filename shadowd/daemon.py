@@ -49,7 +49,7 @@ class Daemon:
         self._admin_site: web.TCPSite | None = None
         # Called with every completed exchange before it is diffed (capture, tests). They run
         # on the event loop: each must be quick and must not raise.
-        self.exchange_listeners: list[Callable[[Exchange], None]] = []
+        self.exchange_listeners: list[Callable[[Exchange], object]] = []
         self.started = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -100,9 +100,8 @@ class Daemon:
 
     @property
     def admin_address(self) -> tuple[str, int]:
-        assert self._admin_site is not None and self._admin_site._server is not None
-        sock = self._admin_site._server.sockets[0]  # type: ignore[union-attr]
-        host, port = sock.getsockname()[:2]
+        assert self._admin_runner is not None
+        host, port = self._admin_runner.addresses[0][:2]  # the one site: the admin listener
         return host, port
 
     async def stop(self, grace: float = 10.0) -> None:

@@ -129,7 +129,7 @@ class EndpointClassifier:
                 values = self._values.get(key, ())
                 if values is None:
                     segment = _LEARNED
-                elif values == ():
+                elif isinstance(values, tuple):  # () until the first value is learned
                     if len(self._values) < LEARN_PREFIXES:
                         self._values[key] = {hash(raw)}
                 else:

@@ -75,7 +75,7 @@ class Metrics:
         _build_info(registry)
         # Per exchange (the analysis plane): plain counts, see shadowd.analysis.series.
         self.exchange_series = ExchangeSeries(config.endpoints.max)
-        registry.register(self.exchange_series)  # type: ignore[arg-type]
+        registry.register(self.exchange_series)
         self._errors_metric = Counter(
             "shadowd_upstream_errors",
             "Requests to a target that got no complete answer, per kind",
@@ -416,7 +416,7 @@ class SupervisorMetrics:
             registry=registry,
         )
         self.merged = merged
-        registry.register(merged)  # type: ignore[arg-type]
+        registry.register(merged)
         self._endpoint_label: Callable[[str], str] = lambda name: name
 
     def set_mirror_enabled(self, enabled: bool) -> None:

@@ -71,7 +71,7 @@ class Mirror:
         config: Config,
         pools: dict[str, UpstreamPool],
         metrics: Metrics,
-        deliver: Callable[[Exchange], None],
+        deliver: Callable[[Exchange], object],
     ) -> None:
         self._metrics = metrics
         self._deliver = deliver

@@ -38,7 +38,7 @@ import orjson
 from shadowd.exchange import Headers
 
 try:  # optional, as in the diff: without it a "br" body cannot be read, so is not kept
-    import brotli  # type: ignore[import-not-found]
+    import brotli
 except ImportError:  # pragma: no cover - depends on the environment
     brotli = None
 

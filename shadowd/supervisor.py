@@ -208,9 +208,8 @@ class Supervisor:
 
     @property
     def admin_address(self) -> tuple[str, int]:
-        assert self._admin_site is not None and self._admin_site._server is not None
-        sock = self._admin_site._server.sockets[0]  # type: ignore[union-attr]
-        host, port = sock.getsockname()[:2]
+        assert self._admin_runner is not None
+        host, port = self._admin_runner.addresses[0][:2]  # the one site: the admin listener
         return host, port
 
     async def _start_all(self, workers: list[WorkerProcess]) -> None:

@@ -258,7 +258,9 @@ def merge_reservoir(
         return
     from_other = int(rng.hypergeometric(seen, reservoir.seen, capacity))
     keep_mine = capacity - from_other
-    mine_idx = rng.choice(mine, size=keep_mine, replace=False) if keep_mine else []
+    mine_idx: np.ndarray | list[int] = (
+        rng.choice(mine, size=keep_mine, replace=False) if keep_mine else []
+    )
     other_idx = rng.choice(n, size=from_other, replace=False)
     for name in COLUMNS:
         column = getattr(reservoir, name)

@@ -58,7 +58,7 @@ class DiffStage:
         self.undecodable = 0
         # Called with every decoded exchange before it is diffed (capture, tests): each must
         # be quick and must not raise.
-        self.listeners: list[Callable[[Exchange], None]] = []
+        self.listeners: list[Callable[[Exchange], object]] = []
         # Flow control towards the source: told when the backlog is full and when it has
         # room again (at half), so the source stops reading instead of queueing.
         self.on_full: Callable[[], None] | None = None

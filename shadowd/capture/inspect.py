@@ -88,7 +88,7 @@ def inspect_capture(path: str | Path) -> dict[str, Any]:
         "time_span": {
             "first": first,
             "last": last,
-            "seconds": (last - first) if first is not None else 0.0,
+            "seconds": (last - first) if first is not None and last is not None else 0.0,
         },
         "endpoints": dict(endpoints.most_common()),
         "methods": dict(methods.most_common()),

@@ -49,7 +49,7 @@ RESYNC_ALLOWANCE = 64 * 1024 * 1024
 RESYNC_BYTES_PER_BYTE = 4
 
 
-def _unpack(payload: bytes) -> Any:
+def _unpack(payload: bytes | memoryview) -> Any:
     return msgpack.unpackb(payload, raw=False, strict_map_key=False)
 
 

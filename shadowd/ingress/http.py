@@ -11,7 +11,7 @@ import abc
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -114,7 +114,8 @@ class RequestReader(asyncio.Protocol, abc.ABC):
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream connection always gets a full Transport; asyncio types it as the base.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._client = peer[0] if isinstance(peer, tuple) else ""
         self.idle_since = self._ingress.now
@@ -257,7 +258,9 @@ class RequestReader(asyncio.Protocol, abc.ABC):
     def _reject(self, status: int, reason: str, message: str) -> None:
         """Refuse a request we could not read in full; the connection cannot be reused.
         Answers to earlier pipelined requests still go first, then this one, then close."""
-        if self._rejected:
+        if self._rejected or self._closed:
+            # Closed already (a local answer that ended the connection, inside the same read
+            # as what followed it): nothing more may be written, and nothing was refused.
             return
         self._rejected = True
         self._continue_owed = False
@@ -268,7 +271,8 @@ class RequestReader(asyncio.Protocol, abc.ABC):
             self._pause_reading()
             self.answer_later(answer)
             return
-        self.transport.write(answer)  # type: ignore[union-attr]
+        assert self.transport is not None
+        self.transport.write(answer)
         self.close_lingering()
 
     def _refuse_http2(self) -> None:

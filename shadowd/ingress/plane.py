@@ -31,7 +31,7 @@ class DataPlane:
         config: Config,
         metrics: Metrics,
         tasks: TaskGroup,
-        deliver: Callable[[Exchange], None],
+        deliver: Callable[[Exchange], object],
     ) -> None:
         self.config = config
         self.metrics = metrics

@@ -182,10 +182,11 @@ class ClientConnection(RequestReader):
             self._answer_locally(405, "bad_request", "CONNECT is not supported by this proxy")
             return
         if not url.startswith(b"/"):
-            url = _origin_form(url)
-            if url is None:
+            path = _origin_form(url)
+            if path is None:
                 self._answer_locally(400, "bad_request", "request target must be a path")
                 return
+            url = path
         headers, has_host = self._forwarded_headers(req)
         if req.upgrade and method == b"GET" and req.upgrade.lower() == b"websocket":
             self._start_tunnel(req, url, headers, has_host)
@@ -214,7 +215,9 @@ class ClientConnection(RequestReader):
                 call.pause()
 
     # -- WebSocket: a tunnel to the primary (TunnelClient) ----------------------------------
-    def _start_tunnel(self, req: ParsedRequest, url: bytes, headers: Headers, has_host: bool):
+    def _start_tunnel(
+        self, req: ParsedRequest, url: bytes, headers: Headers, has_host: bool
+    ) -> None:
         """Relay a WebSocket upgrade on a primary connection of its own (never mirrored)."""
         ingress = self._ingress
         self._current = req
@@ -241,7 +244,8 @@ class ClientConnection(RequestReader):
             return
         self._status = status
         self._head_sent = True
-        self.transport.write(data)  # type: ignore[union-attr]
+        assert self.transport is not None
+        self.transport.write(data)
 
     def tunnel_open(self, upstream: UpstreamTunnel, rest: bytes) -> None:
         transport = self.transport
@@ -279,7 +283,8 @@ class ClientConnection(RequestReader):
             self._request_done()
             return
         self._closed = True
-        self.transport.close()  # type: ignore[union-attr]
+        assert self.transport is not None
+        self.transport.close()
 
     def _forwarded_headers(self, req: ParsedRequest) -> tuple[Headers, bool]:
         """The client's end-to-end headers with the X-Forwarded-* conventions applied."""
@@ -404,7 +409,8 @@ class ClientConnection(RequestReader):
     def on_response_flush(self) -> None:
         out = self._out
         if out and not self._closed:
-            self.transport.writelines(out)  # type: ignore[union-attr]
+            assert self.transport is not None
+            self.transport.writelines(out)
             self._out = []
             self._head_sent = True
 
@@ -426,7 +432,8 @@ class ClientConnection(RequestReader):
                 self._ingress.mirror.primary_answered(pending, answer)
         if self._head_sent:
             # Part of the answer is already with the client: only closing tells it so.
-            self.transport.abort()  # type: ignore[union-attr]
+            assert self.transport is not None
+            self.transport.abort()
             return
         if kind in TIMEOUT_KINDS:
             self._answer_locally(
@@ -445,7 +452,8 @@ class ClientConnection(RequestReader):
         ingress.metrics.ingress_request(status)
         req = self._queue[0] if self._queue else None
         close = req is None or not req.keep_alive or ingress.draining
-        self.transport.write(error_response(status, message, close=close))  # type: ignore[union-attr]
+        assert self.transport is not None
+        self.transport.write(error_response(status, message, close=close))
         self._close_after = close
         if ingress.access_log and req is not None:
             if not error:  # refused before any primary call: no time was spent on one
@@ -465,13 +473,15 @@ class ClientConnection(RequestReader):
                 self.close_lingering()  # requests (or a tunnel's bytes) left unread
             else:
                 self._closed = True
-                self.transport.close()  # type: ignore[union-attr]
+                assert self.transport is not None
+                self.transport.close()
             return
         if queue:
             self._serve()
             return
         if self._final is not None:
-            self.transport.write(self._final)  # type: ignore[union-attr]
+            assert self.transport is not None
+            self.transport.write(self._final)
             self.close_lingering()
             return
         self.idle_since = self._ingress.now
@@ -479,7 +489,8 @@ class ClientConnection(RequestReader):
             self._head_started = self.idle_since  # its deadline runs from now on
         if self._continue_owed:
             self._continue_owed = False
-            self.transport.write(CONTINUE)  # type: ignore[union-attr]
+            assert self.transport is not None
+            self.transport.write(CONTINUE)
         self._resume_reading()
 
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import cast
 
 import msgpack
 
@@ -30,7 +31,8 @@ MAX_RECORD_BYTES = 1 << 28  # 256 MiB: well above 3 answers at any [diff] max_bo
 def record_payload(exchange: Exchange) -> bytes:
     """One exchange's record as msgpack: a capture frame's payload (before redaction: the
     hand-off never touches a disk)."""
-    return msgpack.packb(record_of(exchange), use_bin_type=True)
+    payload: bytes = msgpack.packb(record_of(exchange), use_bin_type=True)  # untyped library
+    return payload
 
 
 def encode_exchange(exchange: Exchange) -> bytes:
@@ -168,7 +170,7 @@ class RecordSender:
             # The transport's own buffer is the bounded queue: let it grow to our limit
             # before asyncio reports pressure (we never pause on it; we shed).
             transport.set_write_buffer_limits(high=max(self._limit, 64 * 1024))
-            self._transport = transport  # type: ignore[assignment]
+            self._transport = transport
             self.handed_off = 0
             return
 
@@ -180,10 +182,11 @@ class _ReceiverProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream connection always gets a full Transport; asyncio types it as the base.
+        self.transport = tx = cast(asyncio.Transport, transport)
         self._receiver._connections.add(self)
         if self._receiver.paused:
-            transport.pause_reading()  # type: ignore[attr-defined]
+            tx.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._receiver._connections.discard(self)

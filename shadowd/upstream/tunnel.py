@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
@@ -61,11 +61,12 @@ class UpstreamTunnel(asyncio.Protocol):
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream connection always gets a full Transport; asyncio types it as the base.
+        self.transport = tx = cast(asyncio.Transport, transport)
         self._client.tunnel_connected(self)
         if self._done:
             return
-        transport.write(self._payload)  # type: ignore[attr-defined]
+        tx.write(self._payload)
         self._payload = b""
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._on_timeout)
 

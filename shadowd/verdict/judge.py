@@ -213,8 +213,10 @@ def _divergence(endpoint: dict[str, Any], has_secondary: bool, config: Config) -
             limit,
             f"{name}: no divergence beyond noise in {exchanges} exchanges",
         )
-    kinds = worst.get("kinds") or {}
-    kind = worst.get("decisive_kind") or (max(kinds, key=kinds.get) if kinds else "changed")
+    kinds: dict[str, int] = worst.get("kinds") or {}
+    kind = worst.get("decisive_kind") or (
+        max(kinds, key=lambda k: kinds[k]) if kinds else "changed"
+    )
     noise_kinds = worst.get("noise_kinds")
     noise_count = int(worst.get("noise", 0)) if noise_kinds is None else noise_kinds.get(kind, 0)
     noise = int(noise_count) / exchanges
