@@ -215,7 +215,9 @@ def merge_usage_reservoir(
         return
     from_other = int(rng.hypergeometric(seen, reservoir.seen, capacity))
     keep_mine = capacity - from_other
-    mine_idx = rng.choice(mine, size=keep_mine, replace=False) if keep_mine else []
+    mine_idx: np.ndarray = (
+        rng.choice(mine, size=keep_mine, replace=False) if keep_mine else np.empty(0, dtype=int)
+    )
     other_idx = rng.choice(n, size=from_other, replace=False)
     reservoir.rows[:capacity] = np.concatenate([reservoir.rows[:mine][mine_idx], rows[other_idx]])
     reservoir.at[:capacity] = np.concatenate([reservoir.at[:mine][mine_idx], at[other_idx]])

@@ -72,11 +72,11 @@ def shown(value: Any) -> Any:
 # object.__setattr__ (0.43 µs a difference); DiffCollector.add sets its slots directly and
 # makes the same object in 0.22 µs (a few differences per exchange, ~6 in the bench's).
 _new = object.__new__
-_set_path = Difference.path.__set__  # type: ignore[attr-defined]
-_set_generic = Difference.generic_path.__set__  # type: ignore[attr-defined]
-_set_kind = Difference.kind.__set__  # type: ignore[attr-defined]
-_set_reference = Difference.reference.__set__  # type: ignore[attr-defined]
-_set_other = Difference.other.__set__  # type: ignore[attr-defined]
+_set_path = Difference.path.__set__  # type: ignore[attr-defined,misc]  # slot descriptors of a frozen dataclass
+_set_generic = Difference.generic_path.__set__  # type: ignore[attr-defined,misc]  # slot descriptors of a frozen dataclass
+_set_kind = Difference.kind.__set__  # type: ignore[attr-defined,misc]  # slot descriptors of a frozen dataclass
+_set_reference = Difference.reference.__set__  # type: ignore[attr-defined,misc]  # slot descriptors of a frozen dataclass
+_set_other = Difference.other.__set__  # type: ignore[attr-defined,misc]  # slot descriptors of a frozen dataclass
 
 
 class DiffCollector:
