@@ -40,8 +40,8 @@ def compare_answers(
     they absorb is neither listed nor counted as unlisted (it never reaches the cap)."""
     skipped = _skipped(config)
     return _compare(
-        PreparedAnswer(reference, rules, skipped),
-        PreparedAnswer(other, rules, skipped),
+        PreparedAnswer(reference, rules, skipped, config.max_body_bytes),
+        PreparedAnswer(other, rules, skipped, config.max_body_bytes),
         config,
         rules,
         absorbed,
@@ -89,15 +89,16 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
     # The primary is compared twice: what it derives (decoded body, parsed document...) is
     # derived once, in this PreparedAnswer.
     skipped = _skipped(config)
-    reference = PreparedAnswer(primary, rules, skipped)
+    limit = config.max_body_bytes
+    reference = PreparedAnswer(primary, rules, skipped, limit)
     differences, overflow = _compare(
-        reference, PreparedAnswer(candidate, rules, skipped), config, rules, absorbed
+        reference, PreparedAnswer(candidate, rules, skipped, limit), config, rules, absorbed
     )
     secondary = exchange.secondary
     noise = None
     if secondary is not None:
         noise, _ = _compare(
-            reference, PreparedAnswer(secondary, rules, skipped), config, rules, None
+            reference, PreparedAnswer(secondary, rules, skipped, limit), config, rules, None
         )
     return ExchangeDiff(
         candidate=differences, secondary=noise, overflow=overflow, absorbed=absorbed

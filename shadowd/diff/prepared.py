@@ -59,14 +59,20 @@ class PreparedAnswer:
         "_timing_lines",
         "answer",
         "checked",
+        "limit",
         "rules",
     )
 
     def __init__(
-        self, answer: Answer, rules: RuleSet = EMPTY, skipped: frozenset[bytes] = HOP_BY_HOP
+        self,
+        answer: Answer,
+        rules: RuleSet = EMPTY,
+        skipped: frozenset[bytes] = HOP_BY_HOP,
+        limit: int = _MAX_DECODED,
     ) -> None:
         self.answer = answer
         self.rules = rules
+        self.limit = limit  # decoded bytes at most ([diff] max_body_bytes)
         # Header names (lower case) left out of named_headers: the ignored ones, hop-by-hop ones.
         self._skipped = skipped
         self._first: dict[bytes, bytes] | None = None
@@ -129,7 +135,9 @@ class PreparedAnswer:
     def decoded(self) -> bytes:
         decoded = self._decoded
         if decoded is None:
-            decoded = self._decoded = decode(self.answer.body, self.header(b"content-encoding"))
+            decoded = self._decoded = decode(
+                self.answer.body, self.header(b"content-encoding"), self.limit
+            )
         return decoded
 
     def media(self) -> str:
@@ -285,22 +293,50 @@ def _key_bytes(key: str) -> bytes:
     return found
 
 
-def decode(body: bytes, encoding: bytes | None) -> bytes:
+def decode(body: bytes, encoding: bytes | None, limit: int = _MAX_DECODED) -> bytes:
     """The body with its Content-Encoding undone (compressed bodies would differ byte-wise
-    for equal content: Diffy users hit exactly that). Unknown or broken encodings: as is."""
+    for equal content: Diffy users hit exactly that). Unknown or broken encodings, and
+    bodies that would decode to more than ``limit`` bytes (``[diff] max_body_bytes``; a
+    decompression bomb from a candidate among them), are compared as they came: decoding
+    stops at the limit, so a bomb costs at most ``limit`` bytes of memory."""
     if not encoding or not body:
         return body
     encoding = encoding.strip().lower()
     try:
         if encoding in (b"gzip", b"x-gzip"):
-            return zlib.decompressobj(zlib.MAX_WBITS | 32).decompress(body, _MAX_DECODED)
+            return _inflate(zlib.decompressobj(zlib.MAX_WBITS | 32), body, limit)
         if encoding == b"deflate":
             try:
-                return zlib.decompressobj().decompress(body, _MAX_DECODED)
+                return _inflate(zlib.decompressobj(), body, limit)
             except zlib.error:
-                return zlib.decompressobj(-zlib.MAX_WBITS).decompress(body, _MAX_DECODED)
+                return _inflate(zlib.decompressobj(-zlib.MAX_WBITS), body, limit)
         if encoding == b"br" and brotli is not None:
-            return brotli.decompress(body)
+            return _unbrotli(body, limit)
+    except _TooLarge:
+        return body
     except (zlib.error, Exception):  # a broken encoding is the answer's problem, not ours
         return body
     return body
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _inflate(inflater: Any, body: bytes, limit: int) -> bytes:
+    out: bytes = inflater.decompress(body, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise _TooLarge
+    return out
+
+
+def _unbrotli(body: bytes, limit: int) -> bytes:
+    # brotli has no output bound in every version: fed in small pieces, and the output
+    # checked after each, a bomb stops within one piece's expansion of the limit.
+    decompressor = brotli.Decompressor()
+    out = bytearray()
+    for start in range(0, len(body), 256):
+        out += decompressor.process(body[start : start + 256])
+        if len(out) > limit:
+            raise _TooLarge
+    return bytes(out)
