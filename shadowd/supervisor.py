@@ -119,7 +119,8 @@ class Supervisor:
         self._merges = 0  # statistics deltas merged since the start
         self._report_cache: dict[str, Any] | None = None
         self._reloading: asyncio.Task[bool] | None = None
-        self._report_version: tuple[int, int, int] | None = None
+        self._report_version: tuple[int, int, int, int] | None = None
+        self._status_reports = 0  # worker status reports received (the report shows them)
         self.verdicts = ScheduledVerdict(
             self._verdict_inputs,
             lambda: (self.generation, self._merges),
@@ -339,6 +340,7 @@ class Supervisor:
         elif kind == "report":
             self.merged.update(worker.key, message["metrics"])
             worker.status = message["status"]
+            self._status_reports += 1
             delta = message.get("delta")
             if delta is not None and message.get("gen") == self.generation:
                 merge_snapshot(self.aggregator, self.evidence, delta, self._rng)
@@ -600,23 +602,27 @@ class Supervisor:
         return await self.verdicts.current()
 
     def report(self) -> dict[str, Any]:
-        """The report, rebuilt only when the statistics changed (a merge, a reset, a reload):
-        between two snapshots every caller gets the same document, with the mirroring
-        status and the time of this answer fresh."""
-        version = (self.generation, self._merges, id(self.config))
+        """The report, rebuilt only when something in it changed: a merge, a worker's status
+        report (about once a second each), a reset, a reload. In between, every caller gets
+        the very same document (the admin API then reuses its JSON too); ``generated_at``
+        says when it was built."""
+        version = (self.generation, self._merges, self._status_reports, id(self.config))
         if self._report_cache is None or self._report_version != version:
-            self._report_cache = build_report(self.aggregator, self.mirror_status())
+            if self._report_version is not None and self._report_version[:2] == version[:2]:
+                # only the mirroring status moved: keep the statistics' part
+                report = dict(self._report_cache or {})
+                report["mirroring"] = self.mirror_status()
+                now = time.time()
+                report["generated_at"] = now
+                report["window"] = {
+                    "since": self.aggregator.reset_at,
+                    "seconds": max(0.0, now - self.aggregator.reset_at),
+                }
+                self._report_cache = report
+            else:
+                self._report_cache = build_report(self.aggregator, self.mirror_status())
             self._report_version = version
-            return self._report_cache
-        report = dict(self._report_cache)
-        report["mirroring"] = self.mirror_status()
-        now = time.time()
-        report["generated_at"] = now
-        report["window"] = {
-            "since": self.aggregator.reset_at,
-            "seconds": max(0.0, now - self.aggregator.reset_at),
-        }
-        return report
+        return self._report_cache
 
     def _verdict_inputs(self) -> tuple[dict[str, Any], VerdictEvidence, Config]:
         report = self.report()
