@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -128,36 +127,6 @@ class Daemon:
             },
         )
 
-    async def run_until_signalled(self) -> None:
-        """Run until SIGTERM/SIGINT; a second signal stops at once."""
-        loop = asyncio.get_running_loop()
-        stop_requested = asyncio.Event()
-        signals = 0
-
-        def on_signal(signum: int) -> None:
-            nonlocal signals
-            signals += 1
-            if signals > 1:
-                log.warning("second signal: stopping now")
-                raise SystemExit(1)
-            log.info("stopping", extra={"signal": signal.Signals(signum).name})
-            stop_requested.set()
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_from_file)
-        sdnotify.notify(f"READY=1\nSTATUS=proxying on {self.config.ingress.listen}")
-        interval = sdnotify.watchdog_interval()
-        if interval:
-            self._tasks.spawn(self._watchdog(interval), name="watchdog")
-        try:
-            await stop_requested.wait()
-            sdnotify.notify("STOPPING=1\nSTATUS=draining connections")
-            await self.stop()
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(signum)
-
     def reload_from_file(self) -> bool:
         """SIGHUP: re-read the config file; an invalid one changes nothing."""
         sdnotify.notify("RELOADING=1")
@@ -182,12 +151,6 @@ class Daemon:
         self.diff_stage.config = new.diff
         self.aggregator.config = new
         log.info("config reloaded", extra={"source": new.source, "digest": new.digest[:12]})
-
-    async def _watchdog(self, interval: float) -> None:
-        # Pinged from the event loop itself: a loop stuck in a callback misses its pings.
-        while True:
-            sdnotify.notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
 
     # -- the pipeline's end ----------------------------------------------------------------
     def _deliver(self, exchange: Exchange) -> None:

@@ -121,16 +121,14 @@ class DiffStage:
 
     def _process(self, record: bytes) -> None:
         try:
-            exchange = exchange_of(msgpack.unpackb(record, raw=False, strict_map_key=False))
+            document = msgpack.unpackb(record, raw=False, strict_map_key=False)
         except Exception:  # a record we cannot read: counted, never fatal
             self.undecodable += 1
             self._metrics.diff_failed()
             return
-        for listener in self.listeners:
-            listener(exchange)
-        self.process_exchange(exchange)
+        self.process_record(document)
 
-    def process_record(self, record: dict[str, Any]) -> None:
+    def process_record(self, record: Any) -> None:
         """One record already unpacked from msgpack (a capture map)."""
         try:
             exchange = exchange_of(record)
