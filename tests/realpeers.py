@@ -14,6 +14,29 @@ import pytest
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 CURL = shutil.which("curl")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium_args(profile: object, *extra: str) -> list[str]:
+    """Headless Chromium as this machine can run it (root: no sandbox; a closed network:
+    no background connections), with its own profile folder."""
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed: run `make test` (scripts/install-system-deps)")
+    return [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,1000",
+        *extra,
+    ]
 
 
 def free_port() -> int:

@@ -11,31 +11,11 @@ import shutil
 import aiohttp
 import pytest
 from aiohttp import web
+from realpeers import chromium_args
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CURL = shutil.which("curl")
-
-
-def chromium_args(profile, *extra: str) -> list[str]:
-    if CHROMIUM is None:
-        pytest.fail("chromium is not installed: run `make test` (scripts/install-system-deps)")
-    return [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,1000",
-        *extra,
-    ]
 
 
 async def dump_dom(url: str, profile, *extra: str) -> str:

@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 
 import aiohttp
 import pytest
 from aiohttp import web
+from realpeers import chromium_args
 
 pytestmark = pytest.mark.integration
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 async def render(url: str, profile, screenshot=None) -> str:
     """The DOM after the page's scripts ran (Chromium's virtual time lets fetches finish)."""
-    if CHROMIUM is None:
-        pytest.fail("chromium is not installed: run `make test` (scripts/install-system-deps)")
-    args = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=8000",
-        "--window-size=1280,1000",
-    ]
-    args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    extra = [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    args = chromium_args(profile, "--virtual-time-budget=8000", *extra)
     process = await asyncio.create_subprocess_exec(
         *args, url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
