@@ -65,7 +65,12 @@ async def test_dashboard_shows_verdict_endpoints_fields_and_samples(shop, tmp_pa
 
 
 async def test_dashboard_without_the_token_says_why_it_shows_nothing(shop, tmp_path):
-    dom = await render(shop.admin_url + "/", tmp_path / "profile")
-    assert (
-        '<p id="error" role="alert">Cannot read the admin API: /api/v1/report answered 401' in dom
-    )
+    expected = '<p id="error" role="alert">Cannot read the admin API: /api/v1/report answered 401'
+    # Chromium's virtual time can end before the page's first fetch has been answered on a
+    # busy host (seen once in a full CI run): render again, a bounded number of times.
+    for attempt in range(3):
+        dom = await render(shop.admin_url + "/", tmp_path / f"profile-{attempt}")
+        if expected in dom:
+            break
+    error = dom[dom.find('<p id="error"') :][:200]
+    assert expected in dom, error
