@@ -110,6 +110,9 @@ class MirrorConfig:
     # Bodies held for exchanges still waiting for answers (per ingress worker); past it an
     # exchange is dropped and counted ("pending_bytes"): a hung candidate cannot grow memory.
     max_pending_bytes: int = 64 * MIB
+    # Copies go without If-None-Match / If-Modified-Since (each instance has its own ETags);
+    # when the primary answers 304 to the client, the exchange is counted, not diffed.
+    strip_conditional: bool = True
     breaker_failures: int = 5  # consecutive transport failures that open a target's breaker
     breaker_backoff: float = 1.0  # seconds it stays open at first (doubling, up to 30 s)
 

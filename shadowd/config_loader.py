@@ -107,6 +107,7 @@ MIRROR = {
     "max_in_flight": ("max_in_flight", integer(1)),
     "max_body_bytes": ("max_body_bytes", size),
     "max_pending_bytes": ("max_pending_bytes", size),
+    "strip_conditional": ("strip_conditional", boolean),
     "breaker_failures": ("breaker_failures", integer(1, 1_000_000)),
     "breaker_backoff": ("breaker_backoff", duration),
 }

@@ -46,7 +46,7 @@ DROP_REASONS = (
     "disabled",  # the kill switch emptied the queue
     OTHER,
 )
-SKIP_REASONS = ("sampled_out", "method", "path", "disabled", OTHER)
+SKIP_REASONS = ("sampled_out", "method", "path", "disabled", "not_modified", OTHER)
 REJECT_REASONS = (
     "request_too_large",
     "headers_too_large",

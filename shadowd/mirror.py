@@ -27,6 +27,11 @@ from shadowd.upstream.collect import AnswerCollector
 from shadowd.upstream.pool import UpstreamPool
 from shadowd.upstream.request import IDEMPOTENT_METHODS, RequestTemplate
 
+# Cache validators: every instance has its own ETags and clocks, so a copy carrying the
+# client's validators gets 304 from one instance and 200 from another, and the exchange
+# differs in status, headers and body every time. Copies go without them.
+_CONDITIONAL = frozenset({b"if-none-match", b"if-modified-since"})
+
 
 class PendingExchange:
     """An exchange waiting for its answers. The wire form of the request is kept only until
@@ -34,6 +39,7 @@ class PendingExchange:
 
     __slots__ = (
         "abandoned",
+        "conditional",
         "exchange",
         "has_host",
         "headers",
@@ -63,6 +69,7 @@ class PendingExchange:
         self.primary_done = False
         self.abandoned = False
         self.held = 0  # body bytes this exchange holds (counted in Mirror.pending_bytes)
+        self.conditional = False  # the client's request was conditional; copies are not
 
 
 class Mirror:
@@ -103,6 +110,7 @@ class Mirror:
         self._max_in_flight = mirror.max_in_flight
         self._max_body = mirror.max_body_bytes
         self._max_pending_bytes = mirror.max_pending_bytes
+        self._strip_conditional = mirror.strip_conditional
         self._answer_limit = config.diff.max_body_bytes
         # In tap mode nobody else asks the primary: it is one more target of the copy.
         self._tap = config.ingress.mode == "tap"
@@ -183,6 +191,8 @@ class Mirror:
             return None
         pending = PendingExchange(exchange, method, target, headers, has_host)
         pending.held = size
+        if self._strip_conditional:
+            pending.conditional = any(name.lower() in _CONDITIONAL for name, _ in headers)
         self.pending_bytes += size
         pending.primary_done = self._tap  # tap: the primary's answer comes with the copies
         if self._in_flight < self._max_in_flight:
@@ -197,6 +207,14 @@ class Mirror:
 
     def primary_answered(self, pending: PendingExchange, answer: Answer) -> None:
         if pending.abandoned:
+            return
+        if pending.conditional and answer.status == 304:
+            # The client's cache is fresh; the copies went without its validators and are
+            # answered in full: nothing to compare them with. Counted, not diffed.
+            pending.abandoned = True
+            self._metrics.mirror_skipped("not_modified")
+            self._release(pending)
+            pending.exchange.answers = {}
             return
         if not self._hold(pending, len(answer.body)):
             return
@@ -236,10 +254,11 @@ class Mirror:
         method = pending.method
         head_only = method == b"HEAD"
         retryable = method in IDEMPOTENT_METHODS
+        headers = pending.headers
+        if pending.conditional:
+            headers = [(n, v) for n, v in headers if n.lower() not in _CONDITIONAL]
         for name, pool, template in self._targets:
-            payload = template.build(
-                method, pending.target, pending.headers, body, pending.has_host
-            )
+            payload = template.build(method, pending.target, headers, body, pending.has_host)
             collector = AnswerCollector(name, self._answer_limit, _Arrival(self, pending))
             pool.send(payload, collector, head_only=head_only, retryable=retryable)
         pending.headers = []  # the wire form is no longer needed
