@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
+from typing import Any
 
 import shadowd
 
@@ -16,3 +19,11 @@ def child_environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     return env
+
+
+async def start_module(module: str, *args: str, **kwargs: Any) -> asyncio.subprocess.Process:
+    """``python -P -m module args...`` with ``child_environment()``; ``kwargs`` go to
+    ``asyncio.create_subprocess_exec`` (pipes, ``pass_fds``, ``limit``)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-P", "-m", module, *args, env=child_environment(), **kwargs
+    )

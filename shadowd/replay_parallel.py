@@ -33,7 +33,7 @@ from hdrh.histogram import HdrHistogram
 from shadowd.analysis.stage import DiffStage
 from shadowd.capture.format import frame
 from shadowd.metrics import Metrics
-from shadowd.processes import child_environment
+from shadowd.processes import start_module
 from shadowd.progress import Progress
 from shadowd.replay import _MAX_US, Latency, Replay, ReplayOptions
 from shadowd.stream.frames import FrameDecoder
@@ -105,14 +105,10 @@ class ParallelReplay:
         if options.concurrency:  # the in-flight cap is shared out, at least one each
             share = max(1, -(-options.concurrency // self.senders))
             options = dataclasses.replace(options, concurrency=share)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-P",
-            "-m",
+        process = await start_module(
             "shadowd.replay_parallel",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env=child_environment(),
             limit=MAX_RECORD_BYTES,
         )
         assert process.stdin is not None

@@ -22,7 +22,6 @@ import pickle
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from typing import Any
@@ -39,7 +38,7 @@ from shadowd.control import Channel, ChannelClosed
 from shadowd.endpoints import OTHER
 from shadowd.ingress.plane import restart_only_changes
 from shadowd.metrics import MergedSeries, Metrics, SupervisorMetrics, export_families
-from shadowd.processes import child_environment
+from shadowd.processes import start_module
 from shadowd.report import build_report
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import Verdict
@@ -242,10 +241,6 @@ class Supervisor:
         worker.status = {}
         worker.channel = None
         args = [
-            sys.executable,
-            "-P",  # no working directory on sys.path: a ./shadowd there must not be imported
-            "-m",
-            "shadowd.worker",
             worker.role,
             str(worker.index),
             self._runtime_dir,
@@ -256,8 +251,8 @@ class Supervisor:
         if worker.role == INGRESS and self._shared_fd is not None:
             args += ["--fd", str(self._shared_fd)]
             pass_fds = (self._shared_fd,)
-        process = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, pass_fds=pass_fds, env=child_environment()
+        process = await start_module(
+            "shadowd.worker", *args, stdin=asyncio.subprocess.PIPE, pass_fds=pass_fds
         )
         assert process.stdin is not None
         process.stdin.write(pickle.dumps(self._config_for_workers()))

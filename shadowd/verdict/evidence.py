@@ -70,14 +70,10 @@ class PairReservoir:
         at: float = 0.0,
         code: int = 0,
     ) -> None:
-        seen = self.seen
-        self.seen = seen + 1
-        if seen < self.capacity:
-            slot = seen
-        else:
-            slot = self._rng.randrange(seen + 1)
-            if slot >= self.capacity:
-                return
+        slot = _slot(self.seen, self.capacity, self._rng)
+        self.seen += 1
+        if slot is None:
+            return
         self.primary[slot] = primary
         self.secondary[slot] = secondary
         self.candidate[slot] = candidate
@@ -93,6 +89,15 @@ class PairReservoir:
         """Every column of the rows held (copies), by name (``COLUMNS``)."""
         n = min(self.seen, self.capacity)
         return {name: getattr(self, name)[:n].copy() for name in COLUMNS}
+
+
+def _slot(seen: int, capacity: int, rng: random.Random) -> int | None:
+    """Algorithm R: where item number ``seen + 1`` goes in a uniform sample of ``capacity``
+    items, or None when it is not kept."""
+    if seen < capacity:
+        return seen
+    slot = rng.randrange(seen + 1)
+    return slot if slot < capacity else None
 
 
 def usage_column(target: str, name: str) -> int:
@@ -114,14 +119,10 @@ class UsageReservoir:
         self._rng = random.Random(seed)
 
     def add(self, row: list[float], at: float) -> None:
-        seen = self.seen
-        self.seen = seen + 1
-        if seen < self.capacity:
-            slot = seen
-        else:
-            slot = self._rng.randrange(seen + 1)
-            if slot >= self.capacity:
-                return
+        slot = _slot(self.seen, self.capacity, self._rng)
+        self.seen += 1
+        if slot is None:
+            return
         self.rows[slot] = row
         self.at[slot] = at
 

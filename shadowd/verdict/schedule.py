@@ -16,13 +16,12 @@ import asyncio
 import contextlib
 import logging
 import pickle
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from shadowd.config import Config
-from shadowd.processes import child_environment
+from shadowd.processes import start_module
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import Verdict, judge
 from shadowd.verdict.judge_process import LENGTH
@@ -50,14 +49,10 @@ class JudgeProcess:
         async with self._lock:  # one judgement at a time
             process = self._process
             if process is None or process.returncode is not None:
-                process = self._process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-P",
-                    "-m",
+                process = self._process = await start_module(
                     "shadowd.verdict.judge_process",
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
-                    env=child_environment(),
                 )
             assert process.stdin is not None and process.stdout is not None
             request = pickle.dumps((report, pickle.loads(evidence), config))
