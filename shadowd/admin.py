@@ -78,7 +78,11 @@ class AdminControl(Protocol):
         ...
 
     def report(self) -> dict[str, Any]:
-        """The report as ``GET /api/v1/report`` serves it (``shadowd.report.build_report``)."""
+        """The report (``shadowd.report.build_report``), built now."""
+        ...
+
+    async def report_json(self) -> bytes:
+        """The report as ``GET /api/v1/report`` serves it, as JSON."""
         ...
 
     async def current_verdict(self) -> Verdict:
@@ -298,16 +302,8 @@ def create_admin_app(control: AdminControl) -> web.Application:
         body = generate_latest(control.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    serialized: list[Any] = [None, b""]  # (the last report object, its JSON)
-
     async def report(request: web.Request) -> web.Response:
-        data = control.report()
-        # A supervisor hands out one report object until its statistics change: polled every
-        # 100 ms, a 200-endpoint report (~0.5 MB) is serialised once, not on every poll.
-        if data is not serialized[0]:
-            serialized[0] = data
-            serialized[1] = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
-        return web.Response(body=serialized[1], content_type="application/json")
+        return web.Response(body=await control.report_json(), content_type="application/json")
 
     async def samples(request: web.Request) -> web.Response:
         endpoint_id = request.match_info["id"]

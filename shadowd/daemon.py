@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from shadowd import sdnotify
@@ -178,6 +179,10 @@ class Daemon:
 
     def report(self) -> dict[str, Any]:
         return build_report(self.aggregator, self.mirror_status())
+
+    async def report_json(self) -> bytes:
+        # Embedded, for tests: built on this loop (``shadowd run`` builds it off its loop).
+        return orjson.dumps(self.report(), option=orjson.OPT_NON_STR_KEYS)
 
     async def current_verdict(self) -> Any:
         return await judge_now(self)

@@ -13,7 +13,7 @@ counters only go up, and ``rate()`` / ``increase()`` give any window.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -434,14 +434,12 @@ class SupervisorMetrics:
     def observe_verdict(self, verdict: Any) -> None:
         _publish_verdict(self._verdict, self._criteria, verdict, self._endpoint_label)
 
-    def observe_report(self, report: dict[str, Any]) -> None:
+    def observe_beyond_noise(self, ratios: Iterable[tuple[str, float]]) -> None:
         """Per endpoint, the divergence that noise does not explain: what an alert should
         fire on (the raw divergent ratio also counts ids and clocks that differ anyway)."""
         self._beyond_noise.clear()
-        for endpoint in report.get("endpoints", ()):
-            self._beyond_noise.labels(self._endpoint_label(endpoint["endpoint"])).set(
-                endpoint.get("divergent_beyond_noise_ratio", 0.0)
-            )
+        for endpoint, ratio in ratios:
+            self._beyond_noise.labels(self._endpoint_label(endpoint)).set(ratio)
 
     def mirror_dropped_counts(self) -> dict[str, int]:
         return self.merged.by_label("shadowd_mirror_dropped_total", "reason")

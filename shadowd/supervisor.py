@@ -7,9 +7,11 @@ they publish into one view, and serves that view.
                     │ control channel
                supervisor          (merge, admin API, /metrics, verdict, signals, restarts)
 
-Nothing here runs on a loop that relays production: the report, the verdict and the metrics
-are built from merged snapshots in this process. A worker that dies is logged, counted
-(``shadowd_worker_restarts_total``) and started again; readiness says so meanwhile.
+Nothing here runs on a loop that relays production: the metrics are built from merged
+snapshots in this process, the report and the verdict in its view process
+(``shadowd.view``), which merges the same snapshots at a lower CPU priority. A worker that
+dies is logged, counted (``shadowd_worker_restarts_total``) and started again; readiness
+says so meanwhile.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from aiohttp import web
 from shadowd import sdnotify
 from shadowd.admin import create_admin_app
 from shadowd.aggregate import Aggregator
-from shadowd.analysis.snapshot import merge_snapshot
+from shadowd.analysis.snapshot import merge_snapshot, snapshot_of
 from shadowd.config import Config, ConfigError, load_config
 from shadowd.control import Channel, ChannelClosed
 from shadowd.endpoints import OTHER
@@ -43,6 +45,7 @@ from shadowd.report import build_report
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import Verdict
 from shadowd.verdict.schedule import ScheduledVerdict
+from shadowd.view.client import ViewProcess
 from shadowd.worker import control_socket
 
 log = logging.getLogger("shadowd")
@@ -51,6 +54,7 @@ INGRESS, ANALYSIS = "ingress", "analysis"
 START_TIMEOUT = 30.0  # seconds for a worker to say it is ready
 RESTART_BACKOFF = (0.1, 5.0)  # first and longest pause before starting a dead worker again
 STABLE_AFTER = 10.0  # a worker alive this long has its backoff reset
+REPORT_MAX_AGE = 2.0  # seconds a poller may be served a report while a newer one is built
 
 
 class WorkerProcess:
@@ -116,12 +120,20 @@ class Supervisor:
         self._stopped = asyncio.Event()
         self.merged_at = 0.0  # when the last statistics delta was merged
         self._merges = 0  # statistics deltas merged since the start
-        self._report_cache: dict[str, Any] | None = None
         self._reloading: asyncio.Task[bool] | None = None
-        self._report_version: tuple[int, int, int, int] | None = None
         self._status_reports = 0  # worker status reports received (the report shows them)
+        self.view = ViewProcess(
+            config,
+            seed=lambda: snapshot_of(self.aggregator, self.evidence),
+            clock=lambda: (self.aggregator.started_at, self.aggregator.reset_at),
+        )
+        # the newest report the view process built: (JSON, the version it reflects)
+        self._report_json: tuple[bytes, tuple[int, int, int, int]] | None = None
+        self._report_asked_at = 0.0  # monotonic time the newest report was asked for
+        self._report_building: asyncio.Task[tuple[bytes, tuple[int, int, int, int]]] | None = None
+        self._fresh_from = 0  # a report must include the merges up to here (``settle``)
         self.verdicts = ScheduledVerdict(
-            self._verdict_inputs,
+            self._judge,
             lambda: (self.generation, self._merges),
             self.metrics.observe_verdict,
         )
@@ -153,6 +165,7 @@ class Supervisor:
         except BaseException:
             await self._kill_all()
             await self.verdicts.close()
+            await self.view.close()
             if self._admin_runner is not None:
                 await self._admin_runner.cleanup()
             if self._control_server is not None:
@@ -339,6 +352,7 @@ class Supervisor:
             delta = message.get("delta")
             if delta is not None and message.get("gen") == self.generation:
                 merge_snapshot(self.aggregator, self.evidence, delta, self._rng)
+                self.view.merge(delta)
                 self.merged_at = time.time()
                 self._merges += 1
             seq = message.get("seq")
@@ -396,6 +410,7 @@ class Supervisor:
             received = sum(s.get("received", 0) for s in analysis)
             backlog = sum(s.get("backlog", 0) for s in analysis)
             if copies == 0 and backlog == 0 and received >= handed:
+                self._fresh_from = self._merges  # the next report shows all of this
                 return True
             await asyncio.sleep(0.02)
         return False
@@ -414,6 +429,7 @@ class Supervisor:
         await self._wait_exit(ANALYSIS, 5.0)
         await self._kill_all()
         await self.verdicts.close()
+        await self.view.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if self._control_server is not None:
@@ -527,6 +543,7 @@ class Supervisor:
             log.warning("these changes need a restart and were not applied: %s", restart_only)
         self.config = new
         self.aggregator.config = new
+        self.view.configure(new)
         await self._round("config", config=pickle.dumps(self._config_for_workers()))
         log.info("config reloaded", extra={"source": new.source, "digest": new.digest[:12]})
 
@@ -571,7 +588,9 @@ class Supervisor:
         self.generation += 1
         self._broadcast({"t": "reset", "gen": self.generation}, role=ANALYSIS)
         self.evidence.reset()
-        return self.aggregator.reset()
+        cleared = self.aggregator.reset()
+        self.view.reset()
+        return cleared
 
     async def readiness(self) -> dict[str, Any]:
         """Ready when every worker runs and the primary is reachable: a candidate that is
@@ -597,32 +616,64 @@ class Supervisor:
         return await self.verdicts.current()
 
     def report(self) -> dict[str, Any]:
-        """The report, rebuilt only when something in it changed: a merge, a worker's status
-        report (about once a second each), a reset, a reload. In between, every caller gets
-        the very same document (the admin API then reuses its JSON too); ``generated_at``
-        says when it was built."""
-        version = (self.generation, self._merges, self._status_reports, id(self.config))
-        if self._report_cache is None or self._report_version != version:
-            if self._report_version is not None and self._report_version[:2] == version[:2]:
-                # only the mirroring status moved: keep the statistics' part
-                report = dict(self._report_cache or {})
-                report["mirroring"] = self.mirror_status()
-                now = time.time()
-                report["generated_at"] = now
-                report["window"] = {
-                    "since": self.aggregator.reset_at,
-                    "seconds": max(0.0, now - self.aggregator.reset_at),
-                }
-                self._report_cache = report
-            else:
-                self._report_cache = build_report(self.aggregator, self.mirror_status())
-            self._report_version = version
-        return self._report_cache
+        """The report built here, now, on this loop: for a caller in this process (the
+        demo). The admin API serves ``report_json``, built off this loop."""
+        return build_report(self.aggregator, self.mirror_status())
 
-    def _verdict_inputs(self) -> tuple[dict[str, Any], VerdictEvidence, Config]:
-        report = self.report()
-        self.metrics.observe_report(report)  # on the verdict's timer: gauges stay current
-        return report, self.evidence, self.config
+    def _statistics_version(self) -> tuple[int, int, int, int]:
+        return (self.generation, self._merges, self._status_reports, id(self.config))
+
+    async def report_json(self) -> bytes:
+        """The report as ``GET /api/v1/report`` serves it, built by the view process. A
+        poller gets the newest report at once while it was asked for less than
+        ``REPORT_MAX_AGE`` ago (a newer one is then built behind it); it waits for a build
+        after a reset or a reload, after ``settle()``, or when the newest is older."""
+        version = self._statistics_version()
+        latest = self._report_json
+        if latest is not None and latest[1] == version:
+            return latest[0]
+        if (
+            latest is not None
+            and latest[1][0] == version[0]  # no reset since
+            and latest[1][3] == version[3]  # no reload since
+            and latest[1][1] >= self._fresh_from
+            and time.monotonic() - self._report_asked_at < REPORT_MAX_AGE
+        ):
+            self._build_report_soon()
+            return latest[0]
+        return (await self._report_including(version[1]))[0]
+
+    async def _report_including(self, merges: int) -> tuple[bytes, tuple[int, int, int, int]]:
+        """A report built after ``merges`` deltas were merged (in this generation)."""
+        while True:
+            built = await asyncio.shield(self._build_report_soon())
+            if built[1][0] != self.generation:
+                merges = 0  # a reset since: any report of the new generation will do
+            elif built[1][1] >= merges:
+                return built
+
+    def _build_report_soon(self) -> asyncio.Task[tuple[bytes, tuple[int, int, int, int]]]:
+        if self._report_building is None or self._report_building.done():
+            self._report_building = asyncio.get_running_loop().create_task(
+                self._build_report(), name="report"
+            )
+        return self._report_building
+
+    async def _build_report(self) -> tuple[bytes, tuple[int, int, int, int]]:
+        version = self._statistics_version()
+        self._report_asked_at = time.monotonic()
+        body, beyond_noise = await self.view.build(self.mirror_status())
+        built = (body, version)
+        if version[0] == self.generation:
+            self._report_json = built
+            self.metrics.observe_beyond_noise(beyond_noise)  # gauges follow every report
+        return built
+
+    async def _judge(self) -> Verdict:
+        """The verdict of every delta merged so far, judged in the view process; the report
+        first, so the beyond-noise gauges move with the verdict's."""
+        await self._report_including(self._merges)
+        return await self.view.judge()
 
     def _endpoint_label(self, endpoint: str) -> str:
         return endpoint if endpoint in self.aggregator.endpoints else OTHER

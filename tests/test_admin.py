@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
@@ -62,6 +63,9 @@ class FakeDaemon:
 
     def report(self) -> dict[str, Any]:
         return build_report(self.aggregator, self.mirror_status())
+
+    async def report_json(self) -> bytes:
+        return orjson.dumps(self.report(), option=orjson.OPT_NON_STR_KEYS)
 
     async def current_verdict(self) -> Any:
         return await judge_now(self)
