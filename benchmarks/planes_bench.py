@@ -844,6 +844,31 @@ def section_admin(bench: Bench, record: dict[str, Any]) -> list[str]:
     return ["", *admin_table(quiet, polled, admin_times, failures, endpoints, args.seconds)]
 
 
+def measure_all(bench: Bench, record: dict[str, Any]) -> list[str]:
+    """Sections 1-3, every peer interleaved."""
+    tables: list[str] = []
+    mirror_url, mirror_proc = bench.start_mirror_nginx()
+    peers = [
+        Peer("direct", f"http://127.0.0.1:{bench.backends['primary']}"),
+        Peer("nginx+2 mirrors", mirror_url, rss_pid=mirror_proc.pid),
+    ]
+    for name, workers in (("shadowd", None), ("shadowd 1 worker", 1), ("shadowd 2 workers", 2)):
+        sd = bench.start_shadowd(name, workers)
+        if isinstance(sd, str):
+            peers.append(Peer(name, na=sd))
+        else:
+            peers.append(Peer(name, f"http://127.0.0.1:{sd.port}", sd, sd.proc.pid))
+    tables += section_max_rate(bench, peers, record)
+    for p in peers[3:]:  # the worker variants are not measured further
+        if p.shadowd:
+            bench.procs.stop(p.shadowd.proc)
+    tables += section_fixed_rate(bench, peers[:3], record)
+    if peers[2].shadowd:
+        bench.procs.stop(peers[2].shadowd.proc)
+    tables += section_admin(bench, record)
+    return tables
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=None, help="runs per peer (default 3)")
@@ -853,6 +878,11 @@ def main() -> int:
         "--shadowd",
         metavar="PATH",
         help="the shadowd executable to measure (default: the one next to this Python)",
+    )
+    parser.add_argument(
+        "--only-admin",
+        action="store_true",
+        help="only section 3 (admin under load), with the direct peer for scale",
     )
     args = parser.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
@@ -880,25 +910,10 @@ def main() -> int:
         lines = header(args, bench)
         log(f"planes_bench: {args.runs} run(s) x {args.seconds:g} s; temp files in {tmp}")
         bench.start_backends()
-        mirror_url, mirror_proc = bench.start_mirror_nginx()
-        peers = [
-            Peer("direct", f"http://127.0.0.1:{bench.backends['primary']}"),
-            Peer("nginx+2 mirrors", mirror_url, rss_pid=mirror_proc.pid),
-        ]
-        for name, workers in (("shadowd", None), ("shadowd 1 worker", 1), ("shadowd 2 workers", 2)):
-            sd = bench.start_shadowd(name, workers)
-            if isinstance(sd, str):
-                peers.append(Peer(name, na=sd))
-            else:
-                peers.append(Peer(name, f"http://127.0.0.1:{sd.port}", sd, sd.proc.pid))
-        tables += section_max_rate(bench, peers, record)
-        for p in peers[3:]:  # the worker variants are not measured further
-            if p.shadowd:
-                bench.procs.stop(p.shadowd.proc)
-        tables += section_fixed_rate(bench, peers[:3], record)
-        if peers[2].shadowd:
-            bench.procs.stop(peers[2].shadowd.proc)
-        tables += section_admin(bench, record)
+        if args.only_admin:
+            tables += section_admin(bench, record)
+        else:
+            tables += measure_all(bench, record)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         tables += ["", f"**aborted**: {exc}"]
         log(f"planes_bench: aborted: {exc}")

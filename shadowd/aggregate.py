@@ -146,6 +146,31 @@ def record_many(hist: HdrHistogram, micros: list[int]) -> None:
     hist.max_value = max(hist.max_value, int(values.max()))
 
 
+def add_encoded(hist: HdrHistogram, encoded: bytes) -> None:
+    """``hist.decode_and_add(encoded)``, vectorised. A decoded histogram has 64-bit counts
+    and ours 32-bit, and for such a pair ``hdrh`` adds index by index in Python (2,560
+    indices: ~1.5 ms a histogram, a quarter of a second for a 200-endpoint delta); with the
+    same bucket layout the counts add as arrays."""
+    other = HdrHistogram.decode(encoded)
+    same_layout = (
+        other.bucket_count == hist.bucket_count
+        and other.sub_bucket_count == hist.sub_bucket_count
+        and other.unit_magnitude == hist.unit_magnitude
+        and other.counts_len == hist.counts_len
+    )
+    if not same_layout or other.get_max_value() > hist.highest_trackable_value:
+        hist.add(other)
+        return
+    mine = np.ctypeslib.as_array(hist.counts)[: hist.counts_len]
+    theirs = np.ctypeslib.as_array(other.counts)[: other.counts_len]
+    np.add(mine, theirs.astype(mine.dtype), out=mine)
+    hist.total_count += other.get_total_count()
+    hist.max_value = max(hist.max_value, other.get_max_value())
+    hist.min_value = min(hist.get_min_value(), other.get_min_value())
+    hist.start_time_stamp_msec = min(hist.start_time_stamp_msec, other.start_time_stamp_msec)
+    hist.end_time_stamp_msec = max(hist.end_time_stamp_msec, other.end_time_stamp_msec)
+
+
 def _halved(hist: HdrHistogram) -> HdrHistogram:
     """The same distribution with every count halved: the quantiles keep their shape."""
     half = new_latency_histogram()
@@ -227,7 +252,7 @@ class EndpointStats:
         hist = self._latency.get(target)
         if hist is None:
             hist = self._latency[target] = new_latency_histogram()
-        hist.decode_and_add(encoded)
+        add_encoded(hist, encoded)
         if hist.get_total_count() >= _COUNT_LIMIT:
             self._latency[target] = _halved(hist)
 

@@ -54,7 +54,7 @@ INGRESS, ANALYSIS = "ingress", "analysis"
 START_TIMEOUT = 30.0  # seconds for a worker to say it is ready
 RESTART_BACKOFF = (0.1, 5.0)  # first and longest pause before starting a dead worker again
 STABLE_AFTER = 10.0  # a worker alive this long has its backoff reset
-REPORT_MAX_AGE = 2.0  # seconds a poller may be served a report while a newer one is built
+REPORT_MAX_AGE = 2.0  # seconds a report is served as it is while a newer one is built
 
 
 class WorkerProcess:
@@ -129,7 +129,7 @@ class Supervisor:
         )
         # the newest report the view process built: (JSON, the version it reflects)
         self._report_json: tuple[bytes, tuple[int, int, int, int]] | None = None
-        self._report_asked_at = 0.0  # monotonic time the newest report was asked for
+        self._report_built_at = 0.0  # monotonic time the newest report was built
         self._report_building: asyncio.Task[tuple[bytes, tuple[int, int, int, int]]] | None = None
         self._fresh_from = 0  # a report must include the merges up to here (``settle``)
         self.verdicts = ScheduledVerdict(
@@ -429,6 +429,8 @@ class Supervisor:
         await self._wait_exit(ANALYSIS, 5.0)
         await self._kill_all()
         await self.verdicts.close()
+        if self._report_building is not None:
+            self._report_building.cancel()
         await self.view.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
@@ -624,20 +626,24 @@ class Supervisor:
         return (self.generation, self._merges, self._status_reports, id(self.config))
 
     async def report_json(self) -> bytes:
-        """The report as ``GET /api/v1/report`` serves it, built by the view process. A
-        poller gets the newest report at once while it was asked for less than
-        ``REPORT_MAX_AGE`` ago (a newer one is then built behind it); it waits for a build
-        after a reset or a reload, after ``settle()``, or when the newest is older."""
+        """The report as ``GET /api/v1/report`` serves it, built by the view process.
+
+        A poller gets the newest report at once, and a newer one is built behind it, while
+        one is being built or the newest is less than ``REPORT_MAX_AGE`` old: the view
+        process may be slow on a busy host, the admin API never is. A caller waits for a
+        build only after a reset, a reload or ``settle()``, or when nobody asked for a
+        while (a one-off ``shadowd report`` gets the statistics as they are)."""
         version = self._statistics_version()
         latest = self._report_json
         if latest is not None and latest[1] == version:
             return latest[0]
+        building = self._report_building is not None and not self._report_building.done()
         if (
             latest is not None
             and latest[1][0] == version[0]  # no reset since
             and latest[1][3] == version[3]  # no reload since
             and latest[1][1] >= self._fresh_from
-            and time.monotonic() - self._report_asked_at < REPORT_MAX_AGE
+            and (building or time.monotonic() - self._report_built_at < REPORT_MAX_AGE)
         ):
             self._build_report_soon()
             return latest[0]
@@ -661,11 +667,11 @@ class Supervisor:
 
     async def _build_report(self) -> tuple[bytes, tuple[int, int, int, int]]:
         version = self._statistics_version()
-        self._report_asked_at = time.monotonic()
         body, beyond_noise = await self.view.build(self.mirror_status())
         built = (body, version)
         if version[0] == self.generation:
             self._report_json = built
+            self._report_built_at = time.monotonic()
             self.metrics.observe_beyond_noise(beyond_noise)  # gauges follow every report
         return built
 

@@ -90,16 +90,24 @@ class ViewProcess:
         return verdict
 
     async def _request(self, message: tuple[Any, ...]) -> Any:
+        """Asked of a child that turns out dead (its exit not yet noticed), the request goes
+        once more to a new one: building and judging change nothing, so they can repeat."""
         async with self._lock:
-            process = self._alive() or await self._start()
-            assert process.stdin is not None and process.stdout is not None
-            self._send(message)
-            try:
-                head = await process.stdout.readexactly(LENGTH.size)
-                (length,) = LENGTH.unpack(head)
-                ok, answer = pickle.loads(await process.stdout.readexactly(length))
-            except asyncio.IncompleteReadError:
-                raise ViewFailed("the view process died") from None
+            for attempt in (1, 2):
+                process = self._alive() or await self._start()
+                assert process.stdin is not None and process.stdout is not None
+                self._send(message)
+                try:
+                    head = await process.stdout.readexactly(LENGTH.size)
+                    (length,) = LENGTH.unpack(head)
+                    ok, answer = pickle.loads(await process.stdout.readexactly(length))
+                    break
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    await process.wait()
+                    if attempt == 2:
+                        raise ViewFailed("the view process died twice in a row") from None
             if not ok:
                 log.error("the view process failed:\n%s", answer)
                 raise ViewFailed(str(answer).strip().splitlines()[-1])
