@@ -330,13 +330,22 @@ def create_admin_app(control: AdminControl) -> web.Application:
         await control.set_mirroring(body["enabled"])
         return json_response(control.mirror_status())
 
+    judged_json: list[Any] = [None, b""]  # (the last verdict served, its JSON)
+
     async def verdict(request: web.Request) -> web.Response:
         judged = await control.current_verdict()
+        # The same judgement is served until the next one: polled every 100 ms, a
+        # 200-endpoint verdict is serialised once, not on every poll.
+        if judged is not judged_json[0]:
+            judged_json[:] = [
+                judged,
+                orjson.dumps(judged.to_json(), option=orjson.OPT_NON_STR_KEYS),
+            ]
         # Argo Rollouts reads any 2xx body and decides with its conditions; Flagger's webhook
         # wants a refusal as a non-2xx that it will not retry: 412, never 5xx.
         gate = request.query.get("gate") in ("1", "true", "yes")
         status = 412 if gate and judged.verdict != PASS else 200
-        return json_response(judged.to_json(), status=status)
+        return web.Response(body=judged_json[1], status=status, content_type="application/json")
 
     async def dashboard(request: web.Request) -> web.Response:
         page = resources.files("shadowd").joinpath("dashboard.html")
