@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 import urllib.error
@@ -38,6 +39,7 @@ def _run(args: argparse.Namespace) -> int:
     async def main() -> None:
         supervisor = Supervisor(config)
         await supervisor.start()
+        gc.freeze()  # started: a full collection need not walk the modules (see shadowd.worker)
         await supervisor.run_until_signalled()
 
     try:

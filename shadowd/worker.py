@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
+import importlib
 import logging
 import os
 import pickle
@@ -74,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:  # pragma: no cover - uvloop is a dependency
         pass
+    importlib.import_module(f"shadowd.{args.role}.worker")
+    # What is loaded by now lives as long as the process: out of the collector's sight, a
+    # full collection walks only what serving creates (with these modules in view one took
+    # 22-38 ms, a stall of every connection of this worker; measured on this 2-core host).
+    gc.freeze()
     try:
         asyncio.run(_main(args, config))
     except OSError as exc:
