@@ -33,7 +33,7 @@ from shadowd.diff.timing import parse_server_timing
 from shadowd.endpoints import OTHER
 from shadowd.exchange import Answer, Exchange, Headers
 from shadowd.metrics import Metrics
-from shadowd.redact import MARKER, Redaction
+from shadowd.redact import MARKER, Redaction, Unreadable
 
 OTHER_FIELD = "<other>"
 LATENCY_MIN_US = 1
@@ -43,6 +43,10 @@ _COUNT_LIMIT = 2**32 - 1  # 32-bit histogram counts: halve before any can wrap
 SAMPLE_DIFFERENCES = 20  # differences listed per sample; the rest are counted
 SAMPLE_HEADERS = 32  # request headers kept per sample
 SAMPLE_VALUE_CHARS = 256  # header values and the request target are cut to this
+# Each answer's body in a sample, decoded, is cut to this: 20 samples x 3 targets x 2 KiB is
+# at most 120 KiB per endpoint (24 MiB for 200 endpoints), and only divergent exchanges have
+# samples. The dashboard shows the three side by side.
+SAMPLE_BODY_BYTES = 2048
 SAMPLE_INTERVAL = 0.05  # seconds between two samples of an endpoint once its deque is full
 SERVER_TIMING_METRICS = 32  # distinct Server-Timing metric names averaged per endpoint
 
@@ -436,12 +440,26 @@ def sample_headers(headers: Headers, policy: Redaction = _DEFAULT_POLICY) -> lis
     return shown
 
 
-def _answer_summary(answer: Answer) -> dict[str, Any]:
+def _sample_body(answer: Answer, policy: Redaction) -> str | None:
+    """The start of a body as the dashboard shows it beside the other targets' (decoded,
+    secrets replaced, at most ``SAMPLE_BODY_BYTES``); None when there is none to show."""
+    if answer.error is not None or answer.body_truncated or not answer.body:
+        return None
+    try:
+        plain = policy.readable_body(answer.body, answer.headers)
+    except Unreadable:
+        return None
+    return plain[:SAMPLE_BODY_BYTES].decode("utf-8", "replace")
+
+
+def _answer_summary(answer: Answer, policy: Redaction = _DEFAULT_POLICY) -> dict[str, Any]:
     return {
         "status": answer.status,
         "error": answer.error,
         "latency_ms": round(answer.latency * 1000, 3),
         "body_bytes": answer.body_size,
+        "headers": sample_headers(answer.headers, policy),
+        "body": _sample_body(answer, policy),
     }
 
 
@@ -482,7 +500,7 @@ def _sample(exchange: Exchange, diff: ExchangeDiff, config: Config | None = None
             "target": _cut(policy.target(request.target)),
             "headers": sample_headers(request.headers, policy),
         },
-        "answers": {name: _answer_summary(a) for name, a in exchange.answers.items()},
+        "answers": {name: _answer_summary(a, policy) for name, a in exchange.answers.items()},
         "differences": differences,
         # differences not listed: past the sample's own cap, and past the diff engine's
         "overflow": diff.overflow + max(0, len(diff.candidate) - SAMPLE_DIFFERENCES),

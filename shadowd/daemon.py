@@ -29,6 +29,7 @@ from shadowd.metrics import Metrics
 from shadowd.report import build_report
 from shadowd.stream.handoff import record_payload
 from shadowd.tasks import TaskGroup
+from shadowd.timeline import Timeline, sample_every
 from shadowd.verdict.evidence import VerdictEvidence
 
 log = logging.getLogger("shadowd")
@@ -42,6 +43,7 @@ class Daemon:
         self.metrics = Metrics(config)
         self.aggregator = Aggregator(config, self.metrics)
         self.evidence = VerdictEvidence(config.endpoints.max)
+        self.timeline = Timeline()  # rates over time for the dashboard
         self._tasks = TaskGroup()
         self._stopped = asyncio.Event()
         self._admin_runner: web.AppRunner | None = None
@@ -59,6 +61,7 @@ class Daemon:
         self.ingress = self.plane.ingress
         self.diff_stage = DiffStage(config.diff, self.aggregator, self.evidence, self.metrics)
         self._tasks.spawn(self.diff_stage.run(), name="diff-stage")
+        self._tasks.spawn(sample_every(self.timeline, self.report), name="timeline")
         self.capture: CaptureWriter | None = None
         if config.capture is not None:
             self.capture = CaptureWriter(

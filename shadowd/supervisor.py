@@ -40,6 +40,7 @@ from shadowd.ingress.plane import restart_only_changes
 from shadowd.metrics import MergedSeries, Metrics, SupervisorMetrics, export_families
 from shadowd.processes import start_module
 from shadowd.report import build_report
+from shadowd.timeline import Timeline, sample_every
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import Verdict
 from shadowd.verdict.schedule import ScheduledVerdict
@@ -120,6 +121,8 @@ class Supervisor:
         self._reloading: asyncio.Task[bool] | None = None
         self._report_version: tuple[int, int, int, int] | None = None
         self._status_reports = 0  # worker status reports received (the report shows them)
+        self.timeline = Timeline()  # rates over time for the dashboard
+        self._timeline_task: asyncio.Task[None] | None = None
         self.verdicts = ScheduledVerdict(
             self._verdict_inputs,
             lambda: (self.generation, self._merges),
@@ -150,6 +153,9 @@ class Supervisor:
             self._admin_site = web.TCPSite(self._admin_runner, admin.host, admin.port)
             await self._admin_site.start()
             self.verdicts.start()  # and a first judgement now: later calls never wait
+            self._timeline_task = asyncio.get_running_loop().create_task(
+                sample_every(self.timeline, self.report), name="timeline"
+            )
         except BaseException:
             await self._kill_all()
             await self.verdicts.close()
@@ -414,6 +420,8 @@ class Supervisor:
         await self._wait_exit(ANALYSIS, 5.0)
         await self._kill_all()
         await self.verdicts.close()
+        if self._timeline_task is not None:
+            self._timeline_task.cancel()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if self._control_server is not None:
