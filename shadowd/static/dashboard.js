@@ -227,7 +227,8 @@ function timelineOptions(height) {
   return {
     height,
     legend: { live: false },
-    scales: { x: { time: true }, pct: { range: (u, lo, hi) => [0, Math.max(1, hi * 1.1)] } },
+    // at least the last 10 minutes, so that one point is not drawn across years
+    scales: { x: { time: true, range: (u, lo, hi) => [Math.min(lo, hi - 600), hi + 5] }, pct: { range: (u, lo, hi) => [0, Math.max(1, hi * 1.1)] } },
     series: [
       {},
       { label: "req/s", stroke: COLORS.rate, width: 1.5, fill: "rgba(37,99,235,.08)", value: (u, v) => v === null ? "-" : v.toFixed(1) },
@@ -307,20 +308,20 @@ function renderSamples(e, at) {
   if (!data) { box.replaceChildren(el("p", { class: "muted", text: "loading samples…" })); return; }
   const list = at.field ? data.samples.filter((s) => s.differences.some((d) => d.path === at.field || d.generic_path === at.field)) : data.samples;
   $("samples-title").replaceChildren("Samples ", el("span", { class: "muted", text: at.field ? `with a difference at ${at.field} (${list.length} of ${data.samples.length}) · ` : `${data.samples.length} recent divergent exchanges` }),
-    at.field ? el("a", { href: link("e", e.id), text: "show all" }) : null);
+    ...(at.field ? [el("a", { href: link("e", e.id), text: "show all" })] : []));
   box.replaceChildren(list.length ? el("table", { class: "samples" },
     el("thead", null, el("tr", null, ...["time", "request", "status p/c/s", "ms p/c/s", "differences"].map((h) => el("th", { text: h })))),
     el("tbody", null, list.map((s) => {
       const a = s.answers;
       const trio = (k) => ["primary", "candidate", "secondary"].filter((t) => a[t]).map((t) => a[t][k] ?? "-").join("/");
-      return el("tr", { class: "sample" + (s.exchange === at.sample ? " selected" : "") },
+      return el("tr", { class: "sample" + (String(s.exchange) === at.sample ? " selected" : "") },
         el("td", { class: "nowrap", text: when(s.time) }),
         el("td", { class: "name" }, el("a", { href: link("e", e.id, "s", s.exchange) }, el("code", { text: s.request.method + " " + s.request.target }))),
         el("td", { class: "num", text: trio("status") }),
         el("td", { class: "num", text: trio("latency_ms") }),
         el("td", { class: "diffs", text: s.differences.map((d) => d.path + " " + d.kind).join(", ") + (s.overflow ? ` (+${s.overflow})` : "") }));
     }))) : el("p", { class: "muted", text: "no samples (samples are kept of divergent exchanges only)" }));
-  const sample = at.sample ? data.samples.find((s) => s.exchange === at.sample) : null;
+  const sample = at.sample ? data.samples.find((s) => String(s.exchange) === at.sample) : null;
   if (at.sample) renderSample(e, sample, at.sample);
 }
 
@@ -409,6 +410,13 @@ function headerTable(answer, others, marks) {
   })));
 }
 
+function headerSummary(answer, marks) {
+  const names = (answer.headers || []).map(([name]) => "header." + name.toLowerCase());
+  const differ = names.filter((p) => marks.divergent.has(p)).length;
+  const noisy = names.filter((p) => marks.noise.has(p)).length;
+  return `${names.length} headers` + (differ ? ` · ${differ} differ` : "") + (noisy ? ` · ${noisy} noise` : "");
+}
+
 function renderSample(e, s, exchange) {
   if (!s) {
     $("sample-title").textContent = "Sample " + exchange;
@@ -443,7 +451,7 @@ function renderSample(e, s, exchange) {
     const a = s.answers[role];
     return el("div", { class: "column " + role },
       el("h3", null, el("span", { class: "role " + role, text: role }), ` ${a.error ? "error " + a.error : a.status} · ${a.latency_ms} ms · ${a.body_bytes} bytes`),
-      el("details", { class: "headers-fold" }, el("summary", { text: `${(a.headers || []).length} headers` + (roles.some(() => [...marks.divergent].some((p) => p.startsWith("header."))) ? " (some differ)" : "") }), headerTable(a, roles, marks)),
+      el("details", { class: "headers-fold" }, el("summary", { text: headerSummary(a, marks) }), headerTable(a, roles, marks)),
       linesBlock(bodyLines(a, role, s.answers.primary, marks)));
   }));
 }
