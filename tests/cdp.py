@@ -162,7 +162,8 @@ class Browser:
         box = await self.wait_for(
             f"""(() => {{ const e = document.querySelector({selector!r}); if (!e) return null;
                 e.scrollIntoView({{block: "center"}}); const r = e.getBoundingClientRect();
-                return r.width && r.height ? {{x: r.x + r.width / 2, y: r.y + r.height / 2}} : null; }})()"""
+                if (!r.width || !r.height) return null;
+                return {{x: r.x + r.width / 2, y: r.y + r.height / 2}}; }})()"""
         )
         for kind in ("mousePressed", "mouseReleased"):
             await self.send(
