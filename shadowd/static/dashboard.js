@@ -208,12 +208,14 @@ function drawChart(key, box, options, data) {
   const old = state.charts[key];
   if (old && old.box === box && old.series === options.series.length) {
     old.plot.setData(data);
+    if (options.scales.x.time) old.plot.setScale("x", { min: timeRange(data[0])[0], max: timeRange(data[0])[1] });
     if (Math.abs(old.plot.width - chartWidth(box)) > 4) old.plot.setSize({ width: chartWidth(box), height: options.height });
     return;
   }
   if (old) old.plot.destroy();
   box.replaceChildren();
   const plot = new uPlot({ ...options, width: chartWidth(box) }, data, box);
+  if (options.scales.x.time) plot.setScale("x", { min: timeRange(data[0])[0], max: timeRange(data[0])[1] });
   state.charts[key] = { plot, box, series: options.series.length };
 }
 
@@ -223,12 +225,18 @@ function timelineData(h) {
   const beyond = h.beyond_noise_ratio.map((x) => 100 * x);
   return [h.t, rate, any, beyond];
 }
+function timeRange(t) {
+  const now = Date.now() / 1000;
+  const hi = t.length ? Math.max(t[t.length - 1], now) : now;
+  const lo = t.length ? Math.min(t[0], hi - 600) : hi - 600;
+  return [lo, hi];
+}
 function timelineOptions(height) {
   return {
     height,
     legend: { live: false },
-    // at least the last 10 minutes, so that one point is not drawn across years
-    scales: { x: { time: true, range: (u, lo, hi) => [Math.min(lo, hi - 600), hi + 5] }, pct: { range: (u, lo, hi) => [0, Math.max(1, hi * 1.1)] } },
+    // at least the last 10 minutes, so that a few points are not drawn across years
+    scales: { x: { time: true, auto: false, range: (u) => timeRange(u.data[0]) }, pct: { range: (u, lo, hi) => [0, Math.max(1, hi * 1.1)] } },
     series: [
       {},
       { label: "req/s", stroke: COLORS.rate, width: 1.5, fill: "rgba(37,99,235,.08)", value: (u, v) => v === null ? "-" : v.toFixed(1) },
