@@ -282,6 +282,11 @@ min_exchanges = 20
                 assert "GET /clock" in raw_firing
 
                 assert not await prometheus.query(session, '{__name__=~"shadowd_.+_created"}')
+
+                # the supervisor keeps the dashboard's rates over time too
+                async with session.get(f"http://127.0.0.1:{admin}/api/v1/history") as answer:
+                    history = await answer.json()
+                assert sum(history["exchanges"]) > 0 and max(history["beyond_noise_ratio"]) > 0
                 print(
                     f"prometheus: {len(queries)} queries with data after "
                     f"{time.monotonic() - started:.1f}s"
