@@ -200,7 +200,11 @@ class Browser:
     async def screenshot(self, name: str) -> Path:
         """The whole page as a PNG under test-artifacts/ (kept by the test suite)."""
         ARTIFACTS.mkdir(exist_ok=True)
-        await self.evaluate("window.scrollTo(0, 0)")  # the sticky header at the top
+        # at the top, once the page's own scrolling is done: the sticky header stays on top
+        await self.evaluate(
+            "new Promise((r) => { window.scrollTo(0, 0);"
+            " requestAnimationFrame(() => requestAnimationFrame(r)); })"
+        )
         shot = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         path = ARTIFACTS / name
         path.write_bytes(base64.b64decode(shot["data"]))

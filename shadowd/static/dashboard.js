@@ -26,6 +26,7 @@ function el(tag, props, ...children) {
       else if (key === "title") node.title = value;
       else if (key === "href") node.setAttribute("href", value);  // only our own #/ routes
       else if (key === "onclick") node.addEventListener("click", value);
+      else if (key === "open") node.open = true;
       else if (key.startsWith("data-")) node.setAttribute(key, value);
       else throw new Error("el(): unknown property " + key);
     }
@@ -87,10 +88,14 @@ function renderVerdict(v) {
   renderCriteria(v.criteria);
 }
 
-const RATIOS = new Set(["divergence", "errors", "cache_hit_ratio"]);
+// How each criterion's measure reads (shadowd.verdict.judge): shares, increases relative to
+// the baseline (latency x13.5 is +1250 %), or counts.
+const SHARES = new Set(["divergence", "errors", "cache_hit_ratio"]);
+const INCREASES = new Set(["latency_p50", "latency_p99", "db_calls"]);
 function measure(c, x) {
   if (x === null || x === undefined) return "-";
-  if (RATIOS.has(c.name)) return pct(x);
+  if (SHARES.has(c.name)) return pct(x);
+  if (INCREASES.has(c.name)) return (x >= 0 ? "+" : "") + (100 * x).toFixed(Math.abs(x) >= 1 ? 0 : 1) + "%";
   return Math.abs(x) >= 100 ? x.toFixed(0) : Number(x.toPrecision(3)).toString();
 }
 function criterionRow(c) {
@@ -459,7 +464,9 @@ function renderSample(e, s, exchange) {
     const a = s.answers[role];
     return el("div", { class: "column " + role },
       el("h3", null, el("span", { class: "role " + role, text: role }), ` ${a.error ? "error " + a.error : a.status} · ${a.latency_ms} ms · ${a.body_bytes} bytes`),
-      el("details", { class: "headers-fold" }, el("summary", { text: headerSummary(a, marks) }), headerTable(a, roles, marks)),
+      // open when a header really differs: then the headers are the finding
+      el("details", { class: "headers-fold", open: [...marks.divergent].some((p) => p.startsWith("header.")) },
+        el("summary", { text: headerSummary(a, marks) }), headerTable(a, roles, marks)),
       linesBlock(bodyLines(a, role, s.answers.primary, marks)));
   }));
 }
