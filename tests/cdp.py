@@ -157,8 +157,23 @@ class Browser:
             raise PageError(f"not true within {timeout}s: {condition}\npage: {body}")
         return value
 
-    async def click(self, selector: str) -> None:
-        """A real mouse click at the element's centre (not element.click()): what a user does."""
+    async def click(self, selector: str, until: str | None = None, tries: int = 3) -> None:
+        """A real mouse click at the element's centre (not element.click()): what a user does.
+        With ``until`` (a JavaScript condition), click again while it has not come true: the
+        page may scroll or redraw between finding the element and the click landing, as it
+        may under a user's pointer."""
+        for attempt in range(tries):
+            await self._click_once(selector)
+            if until is None:
+                return
+            try:
+                await self.wait_for(until, timeout=5.0)
+                return
+            except PageError:
+                if attempt == tries - 1:
+                    raise
+
+    async def _click_once(self, selector: str) -> None:
         box = await self.wait_for(
             f"""(() => {{ const e = document.querySelector({selector!r}); if (!e) return null;
                 e.scrollIntoView({{block: "center"}}); const r = e.getBoundingClientRect();

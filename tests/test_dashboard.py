@@ -111,8 +111,9 @@ async def test_a_user_walks_from_the_verdict_to_a_sample_side_by_side(shop, tmp_
 
         # endpoint -> fields, latency picture and the rates over time
         products = await endpoint_id(shop, "GET /products/{id}")
-        await page.click(f"#endpoints tr[data-id='{products}'] a")
-        await page.wait_for(f"location.hash === '#/e/{products}'")
+        await page.click(
+            f"#endpoints tr[data-id='{products}'] a", until=f"location.hash === '#/e/{products}'"
+        )
         fields = await page.wait_for(
             "document.querySelector('#fields tbody').innerText.includes('$.price') &&"
             " document.querySelector('#fields tbody').innerText"
@@ -125,11 +126,11 @@ async def test_a_user_walks_from_the_verdict_to_a_sample_side_by_side(shop, tmp_
         await page.wait_for("document.querySelectorAll('#overall-chart canvas').length === 1")
 
         # field -> its samples -> one sample, side by side
-        await page.click("#fields a[href$='/f/%24.price']")
-        await page.wait_for("location.hash.endsWith('/f/%24.price')")
+        await page.click(
+            "#fields a[href$='/f/%24.price']", until="location.hash.endsWith('/f/%24.price')"
+        )
         await page.wait_for("document.querySelectorAll('#samples tr.sample').length > 0")
-        await page.click("#samples tr.sample a")
-        await page.wait_for("location.hash.includes('/s/')")
+        await page.click("#samples tr.sample a", until="location.hash.includes('/s/')")
         deep_link = await page.evaluate("location.href")
         await check_side_by_side(page)
 
@@ -155,7 +156,13 @@ async def test_a_user_walks_from_the_verdict_to_a_sample_side_by_side(shop, tmp_
         # the text endpoint: bodies as a line diff
         terms = await endpoint_id(shop, "GET /terms")
         await page.navigate(shop.admin_url + f"/?confirm=0#/e/{terms}")
-        await page.click("#samples tr.sample a")
+        await page.click(
+            f"#samples a[href^='#/e/{terms}/s/']",  # its samples, not the last endpoint's
+            until=f"location.hash.startsWith('#/e/{terms}/s/')",
+        )
+        await page.wait_for(
+            "document.getElementById('sample-title').textContent.includes('/terms')"
+        )
         changed = await page.wait_for(
             "[...document.querySelectorAll('.column.candidate .line.diff')].map(l => l.textContent)"
             ".join('|')"
@@ -167,10 +174,10 @@ async def test_a_user_walks_from_the_verdict_to_a_sample_side_by_side(shop, tmp_
         assert gone == ["- clause 4: the same\n"]
 
         # the kill switch, with the token: off, then on again
-        await page.click("#kill")
+        await page.click("#kill")  # once: a second click would toggle it back
         await page.wait_for("document.getElementById('mirroring').textContent === 'mirroring OFF'")
         assert shop.daemon.mirror.enabled is False
-        await page.click("#kill")
+        await page.click("#kill")  # once: a second click would toggle it back
         await page.wait_for("document.getElementById('mirroring').textContent === 'mirroring on'")
         assert shop.daemon.mirror.enabled is True
         assert not [m for m in page.console if m.startswith("exception")], page.console
@@ -275,10 +282,17 @@ async def test_answers_holding_markup_are_shown_as_text_and_nothing_runs(
         texts = []
         for eid in ids:
             await page.navigate(shadowd.admin_url + f"/#/e/{eid}")
-            await page.wait_for("document.querySelectorAll('#samples tr.sample').length")
             for row in range(3):
-                await page.click(f"#samples tr.sample:nth-child({row + 1}) a")
-                await page.wait_for("document.querySelectorAll('.column').length === 2")
+                # this endpoint's sample (not the one shown before), rendered for that link
+                link = f"#samples tr.sample:nth-child({row + 1}) a[href^='#/e/{eid}/s/']"
+                href = await page.wait_for(
+                    f"document.querySelector({link!r})?.getAttribute('href')"
+                )
+                await page.click(link, until=f"location.hash === {href!r}")
+                await page.wait_for(
+                    "document.querySelector('#samples tr.selected a')?.getAttribute('href') === "
+                    f"{href!r} && document.querySelectorAll('.column').length === 2"
+                )
                 text = await page.evaluate("document.getElementById('sample').innerText")
                 texts.append(text)
         shown = "\n".join(texts)

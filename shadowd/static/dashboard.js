@@ -507,10 +507,14 @@ function every(seconds, load, now = true) { if (now) load(); setInterval(() => {
 $("kill").addEventListener("click", toggleMirroring);
 $("filter").addEventListener("input", renderEndpoints);
 window.addEventListener("hashchange", async () => {
-  if (state.samplesFor !== route().endpoint) { state.samples = null; state.samplesFor = null; }
+  const at = route();
+  const newEndpoint = state.samplesFor !== at.endpoint;
+  if (newEndpoint) { state.samples = null; state.samplesFor = null; }
   renderEndpoints(); renderDetail();
   await Promise.all([loadEndpoint(), loadHistory()]);
-  const target = route().sample ? $("sample") : route().endpoint ? $("detail") : null;
+  // Bring what was opened into view: a sample, or another endpoint (not a field: its
+  // samples are right below the pointer).
+  const target = at.sample ? $("sample") : newEndpoint && at.endpoint ? $("detail") : null;
   if (target && !target.hidden) target.scrollIntoView({ block: "start" });
 });
 window.addEventListener("resize", () => { for (const c of Object.values(state.charts)) c.plot.setSize({ width: chartWidth(c.box), height: c.plot.height }); });
