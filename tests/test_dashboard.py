@@ -83,6 +83,7 @@ async def endpoint_id(shadowd, name: str) -> str:
     return next(e["id"] for e in report["endpoints"] if e["endpoint"] == name)
 
 
+@pytest.mark.timeout(180)  # a real browser or Prometheus on a busy 2-core host
 async def test_a_user_walks_from_the_verdict_to_a_sample_side_by_side(shop, tmp_path):
     async with Browser(tmp_path / "profile") as page:
         await page.navigate(shop.admin_url + f"/?confirm=0#token={TOKEN}")

@@ -180,6 +180,7 @@ class Prometheus:
             self._log_file.close()
 
 
+@pytest.mark.timeout(180)  # a real browser or Prometheus on a busy 2-core host
 async def test_every_documented_alerting_and_dashboard_query_returns_data(services, tmp_path):
     ingress, admin = free_port(), free_port()
     config = tmp_path / "shadowd.toml"
