@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shadowd.aggregate import Aggregator
 from shadowd.config import Config, ConfigError
 from shadowd.report import endpoint_samples
+from shadowd.timeline import Timeline, latency_cdf
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import PASS, Verdict, judge
 
@@ -38,16 +40,42 @@ ROUTES = (
     "GET /api/v1",
     "GET /api/v1/report",
     "GET /api/v1/endpoints/{id}/samples",
+    "GET /api/v1/endpoints/{id}/latency",
+    "GET /api/v1/history[?endpoint=ID]",
     "POST /api/v1/reset",
     "GET /api/v1/mirror",
     "POST /api/v1/mirror",
     "GET|POST /api/v1/verdict[?gate=1]",
     "GET /",
+    "GET /static/{file}",
 )
 
-# Probes must work without credentials. The dashboard page holds no data (it reads the API
-# with the token from its URL fragment), so it is served without one too.
+# Probes must work without credentials. The dashboard page and its scripts and styles hold
+# no data (the page reads the API with the token from its URL fragment), so they are served
+# without one too.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+STATIC_PREFIX = "/static/"
+
+# The dashboard's files, from package data (shadowd/static): nothing from a CDN, so the admin
+# API works offline. Listed, not globbed: no request can name any other file.
+STATIC_FILES = {
+    "dashboard.js": "text/javascript",
+    "dashboard.css": "text/css",
+    "uPlot.iife.min.js": "text/javascript",
+    "uPlot.min.css": "text/css",
+}
+
+# Everything the dashboard shows that came from a target is put in the page as text. This
+# policy is a second line: no inline script, nothing from another origin, no framing.
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,6 +87,7 @@ class AdminControl(Protocol):
     aggregator: Aggregator
     metrics: Any  # Metrics or SupervisorMetrics: ``registry`` and ``observe_verdict``
     evidence: VerdictEvidence
+    timeline: Timeline  # rates over time, sampled by whoever merges the statistics
 
     def mirror_status(self) -> dict[str, Any]:
         """``{"enabled", "queue_depth", "in_flight", "dropped": {reason: n},
@@ -83,6 +112,10 @@ class AdminControl(Protocol):
 
     async def report_json(self) -> bytes:
         """The report as ``GET /api/v1/report`` serves it, as JSON."""
+        ...
+
+    def timeline_counts(self) -> dict[str, Any]:
+        """What ``Timeline`` samples (``shadowd.timeline.counts_of``), cheap to make."""
         ...
 
     async def current_verdict(self) -> Verdict:
@@ -255,7 +288,12 @@ def _guard(token: bytes | None, hosts: Callable[[], HostCheck]) -> Any:
         refused = _misdirected(request, hosts())
         if refused is not None:
             return refused
-        if token is not None and request.path not in OPEN_PATHS and not _authorized(request, token):
+        if (
+            token is not None
+            and request.path not in OPEN_PATHS
+            and not request.path.startswith(STATIC_PREFIX)
+            and not _authorized(request, token)
+        ):
             return error_response(
                 401,
                 "a valid bearer token is required (Authorization: Bearer <token>)",
@@ -347,11 +385,39 @@ def create_admin_app(control: AdminControl) -> web.Application:
         status = 412 if gate and judged.verdict != PASS else 200
         return web.Response(body=judged_json[1], status=status, content_type="application/json")
 
+    async def latency(request: web.Request) -> web.Response:
+        endpoint_id = request.match_info["id"]
+        stats = control.aggregator.by_id(endpoint_id)
+        if stats is None:
+            return error_response(404, f"no endpoint with id {endpoint_id!r}")
+        return json_response({"id": stats.id, "endpoint": stats.endpoint, **latency_cdf(stats)})
+
+    async def history(request: web.Request) -> web.Response:
+        endpoint_id = request.query.get("endpoint") or None
+        if endpoint_id is not None and control.aggregator.by_id(endpoint_id) is None:
+            return error_response(404, f"no endpoint with id {endpoint_id!r}")
+        counts = control.timeline_counts()
+        return json_response(control.timeline.series(counts, time.time(), endpoint_id))
+
+    package = resources.files("shadowd")
+
     async def dashboard(request: web.Request) -> web.Response:
-        page = resources.files("shadowd").joinpath("dashboard.html")
+        page = package.joinpath("dashboard.html")
         if page.is_file():
-            return web.Response(text=page.read_text(), content_type="text/html")
+            return web.Response(
+                text=page.read_text(), content_type="text/html", headers=DASHBOARD_HEADERS
+            )
         return json_response({"routes": list(ROUTES)})
+
+    async def static(request: web.Request) -> web.Response:
+        name = request.match_info["file"]
+        content_type = STATIC_FILES.get(name)
+        if content_type is None:
+            return error_response(404, f"no such file: {request.path}")
+        data = package.joinpath("static", name).read_bytes()
+        return web.Response(
+            body=data, content_type=content_type, charset="utf-8", headers=DASHBOARD_HEADERS
+        )
 
     # The socket keeps the listen address it started with; allowed_hosts follows a reload.
     listen_host = control.config.admin.listen.host
@@ -372,10 +438,13 @@ def create_admin_app(control: AdminControl) -> web.Application:
     app.router.add_get("/api/v1", index)
     app.router.add_get("/api/v1/report", report)
     app.router.add_get("/api/v1/endpoints/{id}/samples", samples)
+    app.router.add_get("/api/v1/endpoints/{id}/latency", latency)
+    app.router.add_get("/api/v1/history", history)
     app.router.add_post("/api/v1/reset", reset)
     app.router.add_get("/api/v1/mirror", mirror_get)
     app.router.add_post("/api/v1/mirror", mirror_post)
     app.router.add_get("/api/v1/verdict", verdict)
     app.router.add_post("/api/v1/verdict", verdict)  # Flagger webhooks POST
     app.router.add_get("/", dashboard)
+    app.router.add_get("/static/{file}", static)
     return app

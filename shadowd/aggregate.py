@@ -33,7 +33,7 @@ from shadowd.diff.timing import parse_server_timing
 from shadowd.endpoints import OTHER
 from shadowd.exchange import Answer, Exchange, Headers
 from shadowd.metrics import Metrics
-from shadowd.redact import MARKER, Redaction
+from shadowd.redact import MARKER, Redaction, Unreadable
 
 OTHER_FIELD = "<other>"
 LATENCY_MIN_US = 1
@@ -43,6 +43,10 @@ _COUNT_LIMIT = 2**32 - 1  # 32-bit histogram counts: halve before any can wrap
 SAMPLE_DIFFERENCES = 20  # differences listed per sample; the rest are counted
 SAMPLE_HEADERS = 32  # request headers kept per sample
 SAMPLE_VALUE_CHARS = 256  # header values and the request target are cut to this
+# Each answer's body in a sample, decoded, is cut to this: 20 samples x 3 targets x 2 KiB is
+# at most 120 KiB per endpoint (24 MiB for 200 endpoints), and only divergent exchanges have
+# samples. The dashboard shows the three side by side.
+SAMPLE_BODY_BYTES = 2048
 SAMPLE_INTERVAL = 0.05  # seconds between two samples of an endpoint once its deque is full
 SERVER_TIMING_METRICS = 32  # distinct Server-Timing metric names averaged per endpoint
 
@@ -461,18 +465,51 @@ def sample_headers(headers: Headers, policy: Redaction = _DEFAULT_POLICY) -> lis
     return shown
 
 
-def _answer_summary(answer: Answer) -> dict[str, Any]:
+BodyKey = tuple[bytes, bytes | None, bytes | None]
+
+
+def _sample_body(
+    answer: Answer, policy: Redaction, seen: dict[BodyKey, str | None] | None = None
+) -> str | None:
+    """The start of a body as the dashboard shows it beside the other targets' (decoded,
+    secrets replaced, at most ``SAMPLE_BODY_BYTES``); None when there is none to show.
+    ``seen`` holds the bodies already prepared for this sample: the targets often answer
+    the same bytes (decoding and redacting one costs ~20 µs a KiB)."""
+    if answer.error is not None or answer.body_truncated or not answer.body:
+        return None
+    key = (answer.body, answer.header(b"content-encoding"), answer.header(b"content-type"))
+    if seen is not None and key in seen:
+        return seen[key]
+    try:
+        shown: str | None = policy.readable_body(answer.body, answer.headers)[
+            :SAMPLE_BODY_BYTES
+        ].decode("utf-8", "replace")
+    except Unreadable:
+        shown = None
+    if seen is not None:
+        seen[key] = shown
+    return shown
+
+
+def _answer_summary(
+    answer: Answer,
+    policy: Redaction = _DEFAULT_POLICY,
+    seen: dict[BodyKey, str | None] | None = None,
+) -> dict[str, Any]:
     return {
         "status": answer.status,
         "error": answer.error,
         "latency_ms": round(answer.latency * 1000, 3),
         "body_bytes": answer.body_size,
+        "headers": sample_headers(answer.headers, policy),
+        "body": _sample_body(answer, policy, seen),
     }
 
 
 def _sample(exchange: Exchange, diff: ExchangeDiff, config: Config | None = None) -> dict[str, Any]:
     """A divergent exchange as the samples endpoint shows it, secrets redacted, bounded."""
     policy = sample_policy(config)
+    bodies: dict[BodyKey, str | None] = {}  # the targets' bodies, each prepared once
     secondary = exchange.secondary
     noise_by_path: dict[str, Difference] = {d.path: d for d in diff.secondary or ()}
     # Where the secondary's diff has no difference at a path, the secondary agrees with the
@@ -507,7 +544,9 @@ def _sample(exchange: Exchange, diff: ExchangeDiff, config: Config | None = None
             "target": _cut(policy.target(request.target)),
             "headers": sample_headers(request.headers, policy),
         },
-        "answers": {name: _answer_summary(a) for name, a in exchange.answers.items()},
+        "answers": {
+            name: _answer_summary(a, policy, bodies) for name, a in exchange.answers.items()
+        },
         "differences": differences,
         # differences not listed: past the sample's own cap, and past the diff engine's
         "overflow": diff.overflow + max(0, len(diff.candidate) - SAMPLE_DIFFERENCES),

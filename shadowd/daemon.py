@@ -30,6 +30,7 @@ from shadowd.metrics import Metrics
 from shadowd.report import build_report
 from shadowd.stream.handoff import record_payload
 from shadowd.tasks import TaskGroup
+from shadowd.timeline import Timeline, sample_every
 from shadowd.verdict.evidence import VerdictEvidence
 
 log = logging.getLogger("shadowd")
@@ -43,6 +44,7 @@ class Daemon:
         self.metrics = Metrics(config)
         self.aggregator = Aggregator(config, self.metrics)
         self.evidence = VerdictEvidence(config.endpoints.max)
+        self.timeline = Timeline()  # rates over time for the dashboard
         self._tasks = TaskGroup()
         self._stopped = asyncio.Event()
         self._admin_runner: web.AppRunner | None = None
@@ -60,6 +62,7 @@ class Daemon:
         self.ingress = self.plane.ingress
         self.diff_stage = DiffStage(config.diff, self.aggregator, self.evidence, self.metrics)
         self._tasks.spawn(self.diff_stage.run(), name="diff-stage")
+        self._tasks.spawn(sample_every(self.timeline, self.timeline_counts), name="timeline")
         self.capture: CaptureWriter | None = None
         if config.capture is not None:
             self.capture = CaptureWriter(
@@ -179,6 +182,9 @@ class Daemon:
 
     def report(self) -> dict[str, Any]:
         return build_report(self.aggregator, self.mirror_status())
+
+    def timeline_counts(self) -> dict[str, Any]:
+        return self.report()  # embedded, for tests: the whole report will do
 
     async def report_json(self) -> bytes:
         # Embedded, for tests: built on this loop (``shadowd run`` builds it off its loop).

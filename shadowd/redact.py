@@ -425,6 +425,17 @@ class Redaction:
             redacted = _encode_one(redacted, encoding)
         return redacted
 
+    def readable_body(self, body: bytes, headers: Iterable[Any]) -> bytes:
+        """The body decoded (``Content-Encoding`` undone) with its secrets replaced: what a
+        sample shows. Raises ``Unreadable`` when the encoding cannot be undone."""
+        decoded = body
+        for encoding in reversed(_encodings(_header(headers, b"content-encoding"))):
+            decoded = _decode_one(decoded, encoding)
+        redacted, count = self._plain_body(decoded, media_type(headers))
+        if count:
+            self._count("body", count)
+        return redacted
+
     # -- diff values (samples) -----------------------------------------------------------
     def value_at(self, path: str, value: Any) -> Any:
         """A diff value shown in a sample, hidden when its path says it holds a secret."""

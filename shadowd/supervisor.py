@@ -42,6 +42,7 @@ from shadowd.ingress.plane import restart_only_changes
 from shadowd.metrics import MergedSeries, Metrics, SupervisorMetrics, export_families
 from shadowd.processes import start_module
 from shadowd.report import build_report
+from shadowd.timeline import Timeline, counts_of, sample_every
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import Verdict
 from shadowd.verdict.schedule import ScheduledVerdict
@@ -132,6 +133,9 @@ class Supervisor:
         self._report_built_at = 0.0  # monotonic time the newest report was built
         self._report_building: asyncio.Task[tuple[bytes, tuple[int, int, int, int]]] | None = None
         self._fresh_from = 0  # a report must include the merges up to here (``settle``)
+        self._beyond_noise: dict[str, float] = {}  # endpoint -> ratio, of the newest report
+        self.timeline = Timeline()  # rates over time for the dashboard
+        self._timeline_task: asyncio.Task[None] | None = None
         self.verdicts = ScheduledVerdict(
             self._judge,
             lambda: (self.generation, self._merges),
@@ -162,6 +166,9 @@ class Supervisor:
             self._admin_site = web.TCPSite(self._admin_runner, admin.host, admin.port)
             await self._admin_site.start()
             self.verdicts.start()  # and a first judgement now: later calls never wait
+            self._timeline_task = asyncio.get_running_loop().create_task(
+                sample_every(self.timeline, self.timeline_counts), name="timeline"
+            )
         except BaseException:
             await self._kill_all()
             await self.verdicts.close()
@@ -432,6 +439,8 @@ class Supervisor:
         if self._report_building is not None:
             self._report_building.cancel()
         await self.view.close()
+        if self._timeline_task is not None:
+            self._timeline_task.cancel()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if self._control_server is not None:
@@ -622,6 +631,11 @@ class Supervisor:
         demo). The admin API serves ``report_json``, built off this loop."""
         return build_report(self.aggregator, self.mirror_status())
 
+    def timeline_counts(self) -> dict[str, Any]:
+        """What the timeline samples: counts from the merged statistics, the rate beyond
+        noise from the newest report (built in the view process)."""
+        return counts_of(self.aggregator, self._beyond_noise)
+
     def _statistics_version(self) -> tuple[int, int, int, int]:
         return (self.generation, self._merges, self._status_reports, id(self.config))
 
@@ -673,6 +687,7 @@ class Supervisor:
             self._report_json = built
             self._report_built_at = time.monotonic()
             self.metrics.observe_beyond_noise(beyond_noise)  # gauges follow every report
+            self._beyond_noise = dict(beyond_noise)
         return built
 
     async def _judge(self) -> Verdict:

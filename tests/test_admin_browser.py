@@ -197,7 +197,7 @@ async def test_the_dashboard_kill_switch_still_works_in_the_browser(shop, tmp_pa
     profile = tmp_path / "profile"
     process = await asyncio.create_subprocess_exec(
         *chromium_args(profile, "--remote-debugging-port=0"),
-        shop.admin_url + "/",
+        shop.admin_url + "/?confirm=0",  # no "Stop mirroring?" question to answer
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -217,8 +217,9 @@ async def test_the_dashboard_kill_switch_still_works_in_the_browser(shop, tmp_pa
                 async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
                     click = """(async () => {
                       for (let i = 0; i < 200; i++) {
-                        const b = document.querySelector("#mirroring button");
-                        if (b && b.textContent === "Stop mirroring") { b.click(); break; }
+                        const b = document.getElementById("kill");
+                        if (b && b.textContent === "Stop mirroring" &&
+                            document.getElementById("mirroring").textContent) { b.click(); break; }
                         await new Promise((r) => setTimeout(r, 50));
                       }
                       for (let i = 0; i < 200; i++) {

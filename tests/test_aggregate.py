@@ -285,8 +285,11 @@ def test_a_sample_has_each_targets_answer_and_the_field_level_diff():
         "error": None,
         "latency_ms": 4.0,
         "body_bytes": 2,
+        "headers": [],  # the answer's own, for the dashboard's side-by-side view
+        "body": "{}",
     }
     assert sample["answers"]["secondary"]["error"] == "timeout"
+    assert sample["answers"]["secondary"]["body"] is None  # no answer, no body
     assert sample["differences"] == [
         {
             "path": "status",
