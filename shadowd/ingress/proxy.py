@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 import httptools
@@ -24,7 +23,8 @@ from shadowd.exchange import (
     Answer,
     Headers,
 )
-from shadowd.ingress.http import CONTINUE, ParsedRequest, RequestReader, forwardable_headers
+from shadowd.http1.request import ParsedRequest, SendData
+from shadowd.ingress.http import MAX_PIPELINED, RequestReader, forwardable_headers
 from shadowd.ingress.responses import error_response
 from shadowd.upstream.collect import BodyKeeper
 from shadowd.upstream.connection import Call
@@ -46,19 +46,14 @@ _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _STATUS_LINES = {code: b"HTTP/1.1 %d " % code for code in range(100, 600)}
-# Requests read ahead of their answer on one connection. Each costs its head and body in
-# memory, and answering them is in order anyway: past this the client is refused (503).
-MAX_PIPELINED = 128
 
 
 class ClientConnection(RequestReader):
     """One client socket in proxy mode; also the ``ResponseSink`` of its primary calls."""
 
     def __init__(self, ingress: Ingress) -> None:
-        super().__init__(ingress)
+        super().__init__(ingress, MAX_PIPELINED)
         self._ingress: Ingress = ingress
-        # requests parsed but not answered yet (pipelining): the first one is in flight
-        self._queue: deque[ParsedRequest] = deque()
         # the answer being relayed
         self._call: Call | None = None
         self._current: ParsedRequest | None = None
@@ -121,19 +116,12 @@ class ClientConnection(RequestReader):
 
     # -- RequestReader ---------------------------------------------------------------------
     def request_received(self, request: ParsedRequest) -> None:
-        queue = self._queue
-        if len(queue) >= MAX_PIPELINED:
-            self._reject(503, "pipeline_full", "too many pipelined requests")
-            return
-        queue.append(request)
-        if len(queue) == 1:
-            # The only one: a local answer empties the queue, nothing to loop over.
-            self._dispatch(request)
-        else:
-            self._pause_reading()  # pipelined: answer in order, one at a time
-
-    def busy(self) -> bool:
-        return bool(self._queue)
+        # The stream queued it. Answered in order, one at a time: it goes now if nothing is
+        # in flight, and reading pauses while requests wait behind the one in flight.
+        if self._current is None:
+            self._serve()
+        if len(self._queue) > 1:
+            self._pause_reading()
 
     def mid_answer(self) -> bool:
         return self._head_sent and self._current is not None
@@ -466,10 +454,10 @@ class ClientConnection(RequestReader):
     def _request_done(self) -> None:
         self._current = None
         queue = self._queue
-        if queue:
-            queue.popleft()
+        now = self._ingress.now
+        unblocked = self._stream.answered(now)  # the answered request leaves the queue
         if self._close_after or self._ingress.draining:
-            if queue or self._reading_paused or self._parser.should_upgrade():
+            if queue or self._reading_paused or self._stream.upgrading:
                 self.close_lingering()  # requests (or a tunnel's bytes) left unread
             else:
                 self._closed = True
@@ -484,13 +472,11 @@ class ClientConnection(RequestReader):
             self.transport.write(self._final)
             self.close_lingering()
             return
-        self.idle_since = self._ingress.now
-        if self._head_started:
-            self._head_started = self.idle_since  # its deadline runs from now on
-        if self._continue_owed:
-            self._continue_owed = False
-            assert self.transport is not None
-            self.transport.write(CONTINUE)
+        self.idle_since = now
+        for event in unblocked:  # a 100 Continue owed to the request read meanwhile
+            if type(event) is SendData:
+                assert self.transport is not None
+                self.transport.write(event.data)
         self._resume_reading()
 
 
