@@ -24,15 +24,14 @@ from shadowd.exchange import (
     Headers,
 )
 from shadowd.http1.request import ParsedRequest, SendData
+from shadowd.http1.response import LAST_CHUNK, frame_head
 from shadowd.ingress.http import MAX_PIPELINED, RequestReader, forwardable_headers
 from shadowd.ingress.responses import error_response
 from shadowd.upstream.collect import BodyKeeper
 from shadowd.upstream.connection import Call
 from shadowd.upstream.request import (
     ALWAYS_LENGTH_METHODS,
-    HOP_BY_HOP,
     IDEMPOTENT_METHODS,
-    connection_listed,
 )
 from shadowd.upstream.tunnel import UpstreamTunnel, open_tunnel
 
@@ -41,11 +40,9 @@ if TYPE_CHECKING:
     from shadowd.mirror import PendingExchange
 
 ACCESS_LOG = logging.getLogger("shadowd.access")
-_NO_BODY_STATUS = frozenset({204, 304})
 _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
-_STATUS_LINES = {code: b"HTTP/1.1 %d " % code for code in range(100, 600)}
 
 
 class ClientConnection(RequestReader):
@@ -305,41 +302,16 @@ class ClientConnection(RequestReader):
         req = self._current
         assert req is not None
         self._status = status
-        no_body = req.method == b"HEAD" or status in _NO_BODY_STATUS
-        listed = None
-        framed = False
-        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d " % status, reason, b"\r\n"]
-        append = parts.append
-        for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"connection":
-                    listed = connection_listed(headers)
-                continue
-            if lname == b"content-length":
-                framed = True
-            append(name)
-            append(b": ")
-            append(value)
-            append(b"\r\n")
-        if listed:
-            parts = parts[:3] + _without(parts[3:], listed)
-            append = parts.append
-        if not no_body and not framed:
-            # chunked or close-delimited upstream: re-chunk for 1.1, close-delimit for 1.0
-            if req.http11:
-                append(b"Transfer-Encoding: chunked\r\n")
-                self._chunked = True
-            else:
-                self._close_after = True
-        if self._close_after or self._ingress.draining:
-            self._close_after = True
-            append(b"Connection: close\r\n")
-        elif not req.http11:
-            append(b"Connection: keep-alive\r\n")
-        append(b"\r\n")
+        head, self._chunked, self._close_after = frame_head(
+            status,
+            reason,
+            headers,
+            head_request=req.method == b"HEAD",
+            http11=req.http11,
+            close=self._close_after or self._ingress.draining,
+        )
         # Held until the upstream read is parsed, so that head and body leave in one write.
-        self._out.append(b"".join(parts))
+        self._out.append(head)
         if self._pending is not None:
             self._answer = Answer(target=PRIMARY, status=status, headers=headers)
 
@@ -361,7 +333,7 @@ class ClientConnection(RequestReader):
         if self._closed:
             return
         if self._chunked:
-            self._out.append(b"0\r\n\r\n")
+            self._out.append(LAST_CHUNK)
         self.on_response_flush()
         self._ingress.metrics.ingress_request(self._status)
         if self._ingress.access_log:
@@ -525,12 +497,3 @@ def _origin_form(url: bytes) -> bytes | None:
         return None
     path = parsed.path or b"/"
     return path + b"?" + parsed.query if parsed.query else path
-
-
-def _without(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
-    """Drop ``name: value\\r\\n`` quadruples whose name is in ``names``."""
-    kept: list[bytes] = []
-    for i in range(0, len(parts), 4):
-        if parts[i].lower() not in names:
-            kept.extend(parts[i : i + 4])
-    return kept
