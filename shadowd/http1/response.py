@@ -4,7 +4,8 @@
 request left (``expect``), is fed what arrives (``receive``) and how the connection ended
 (``closed``), and returns the answer's head, body chunks and its end, or why it failed. The
 framing rules it applies: an answer to HEAD ends at its head whatever Content-Length says;
-1xx answers are skipped (not the answer); 204 and 304 have no body; a body with neither
+1xx answers are skipped (not the answer); 204 and 304 have no body; trailer fields of a
+chunked body are dropped; a body with neither
 Content-Length nor Transfer-Encoding runs until the connection closes, and only a clean close
 (FIN) completes it: a reset means it was cut short.
 
@@ -103,6 +104,7 @@ class ResponseStream:
         "_events",
         "_head_only",
         "_headers",
+        "_in_head",
         "_informational",
         "_parser",
         "_reason",
@@ -119,6 +121,7 @@ class ResponseStream:
         self._reason = b""
         self._status = 0
         self._informational = False
+        self._in_head = False
         self._status_keep_alive = False
         self._body_until_close = False
         self._head_only = False
@@ -173,13 +176,24 @@ class ResponseStream:
         self.waiting = False
 
     # -- httptools callbacks --------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._reason = b""
+        self._headers = []
+        self._in_head = True
+
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        # llhttp hands the reason over in pieces when it spans reads (httptools gathers
+        # header fields, not this)
+        self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if self._in_head:
+            self._headers.append((name, value))
+        # else a trailer field of a chunked body: dropped, never merged into the headers
+        # (the head has gone to the sink already, and the diff must not see it as one)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             self._informational = True  # 100 Continue, 103 Early Hints: not the answer
