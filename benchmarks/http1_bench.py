@@ -20,7 +20,7 @@ import time
 
 import httptools
 
-from shadowd.http1.request import RequestReceived, RequestStream
+from shadowd.http1.request import ParsedRequest, RequestStream
 from shadowd.http1.response import ResponseHead, ResponseStream, frame_head
 
 REQUEST = (
@@ -108,8 +108,8 @@ def sans_io(requests: int) -> float:
     for _ in range(requests // PIPELINED):
         events = stream.receive(batch, now)
         for event in events:
-            assert type(event) is RequestReceived
-            request = event.request
+            assert type(event) is ParsedRequest
+            request = event
             answers.expect(head_only=False)
             for answer_event in answers.receive(ANSWER):
                 if type(answer_event) is ResponseHead:

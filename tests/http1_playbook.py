@@ -8,7 +8,8 @@
     )
 
 ``<<`` is something that happens to the stream (bytes from the peer, or one of the inputs
-below); ``>>`` is an event it must have returned, in order. Every event returned must be
+below); ``>>`` is an event it must have returned, in order (for a response stream, ``>> b"..."``
+is a piece of the answer's body). Every event returned must be
 expected, and nothing else: the playbook fails at the first step that does not match, naming
 it and listing what the stream said.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shadowd.exchange import Headers
-from shadowd.http1.request import RequestEvent, RequestReceived, RequestStream
+from shadowd.http1.request import ParsedRequest, RequestEvent, RequestStream
 from shadowd.http1.response import ResponseStream
 
 
@@ -71,9 +72,9 @@ class Got:
     upgrade: bytes | None = None
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, RequestReceived):
+        if not isinstance(other, ParsedRequest):
             return NotImplemented
-        req = other.request
+        req = other
         return (
             req.method == self.method
             and req.url == self.url

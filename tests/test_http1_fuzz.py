@@ -26,8 +26,8 @@ from test_http_fuzz import pieces as split
 
 from shadowd.http1.request import (
     InternalError,
+    ParsedRequest,
     Refused,
-    RequestReceived,
     RequestStream,
     SendData,
     UpgradeRequested,
@@ -62,8 +62,8 @@ def test_the_request_stream_keeps_the_invariants(data: st.DataObject) -> None:
         for happened in stream.receive(chunk, now):
             assert not isinstance(happened, InternalError), happened.exc
             assert not refusals and not upgraded, ("read after the end", happened)
-            if isinstance(happened, RequestReceived):
-                received.append(happened.request)
+            if isinstance(happened, ParsedRequest):
+                received.append(happened)
             elif isinstance(happened, Refused):
                 refusals.append(happened)
             elif isinstance(happened, UpgradeRequested):

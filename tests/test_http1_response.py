@@ -9,7 +9,6 @@ import pytest
 from http1_playbook import Bytewise, PeerClosed, Playbook, Send
 
 from shadowd.http1.response import (
-    ResponseBody,
     ResponseComplete,
     ResponseFailed,
     ResponseHead,
@@ -32,7 +31,7 @@ def test_a_content_length_body_ends_at_its_length_and_keeps_the_connection():
         << Send()
         << OK_5
         >> head()
-        >> ResponseBody(b"hello")
+        >> b"hello"
         >> ResponseComplete(keep_alive=True)
     )
 
@@ -47,8 +46,8 @@ def test_a_chunked_body_is_read_chunk_by_chunk_and_its_trailers_are_not_headers(
         << Send()
         << answer
         >> head(headers=[(b"Transfer-Encoding", b"chunked")])
-        >> ResponseBody(b"abc")
-        >> ResponseBody(b"de")
+        >> b"abc"
+        >> b"de"
         >> ResponseComplete(keep_alive=True)
     )
 
@@ -64,7 +63,7 @@ def test_an_answer_to_head_ends_at_its_head_and_the_next_answer_is_read_fresh():
         << Send()
         << OK_5
         >> head()
-        >> ResponseBody(b"hello")
+        >> b"hello"
         >> ResponseComplete(keep_alive=True)
     )
 
@@ -87,7 +86,7 @@ def test_interim_answers_are_skipped(status):
         << Send()
         << interim + OK_5
         >> head()
-        >> ResponseBody(b"hello")
+        >> b"hello"
         >> ResponseComplete(keep_alive=True)
     )
 
@@ -103,7 +102,7 @@ def test_204_and_304_have_no_body_and_do_not_wait_for_a_close(status):
         << Send()
         << OK_5
         >> head()
-        >> ResponseBody(b"hello")
+        >> b"hello"
         >> ResponseComplete(keep_alive=True)
     )
 
@@ -114,9 +113,9 @@ def test_a_close_delimited_body_is_complete_at_a_clean_close():
         << Send()
         << b"HTTP/1.1 200 OK\r\n\r\nsome"
         >> head(headers=[])
-        >> ResponseBody(b"some")
+        >> b"some"
         << b" more"
-        >> ResponseBody(b" more")
+        >> b" more"
         << PeerClosed(clean=True)
         >> ResponseComplete(keep_alive=False)
     )
@@ -128,7 +127,7 @@ def test_a_close_delimited_body_cut_by_a_reset_is_an_error():
         << Send()
         << b"HTTP/1.1 200 OK\r\n\r\nsome"
         >> head(headers=[])
-        >> ResponseBody(b"some")
+        >> b"some"
         << PeerClosed(clean=False)
         >> ResponseFailed("reset")
     )
@@ -141,7 +140,7 @@ def test_a_length_delimited_body_cut_short_is_an_error_however_it_ends(clean):
         << Send()
         << b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel"
         >> head()
-        >> ResponseBody(b"hel")
+        >> b"hel"
         << PeerClosed(clean=clean)
         >> ResponseFailed("reset")
     )

@@ -2,12 +2,12 @@
 
 ``ResponseStream`` reads a target's answers on one pooled client connection: it is told a
 request left (``expect``), is fed what arrives (``receive``) and how the connection ended
-(``closed``), and returns the answer's head, body chunks and its end, or why it failed. The
-framing rules it applies: an answer to HEAD ends at its head whatever Content-Length says;
-1xx answers are skipped (not the answer); 204 and 304 have no body; trailer fields of a
-chunked body are dropped; a body with neither
-Content-Length nor Transfer-Encoding runs until the connection closes, and only a clean close
-(FIN) completes it: a reset means it was cut short.
+(``closed``), and returns the answer's head, its body pieces (as ``bytes``) and its end, or
+why it failed. The framing rules it applies: an answer to HEAD ends at its head whatever
+Content-Length says; 1xx answers are skipped (not the answer); 204 and 304 have no body;
+trailer fields of a chunked body are dropped; a body with neither Content-Length nor
+Transfer-Encoding runs until the connection closes, and only a clean close (FIN) completes
+it: a reset means it was cut short.
 
 ``frame_head`` is the other direction: the primary's answer head as the client gets it
 (hop-by-hop fields dropped, re-chunked or close-delimited when the primary sent no length).
@@ -48,19 +48,6 @@ class ResponseHead:
         return f"ResponseHead({self.status}, {self.reason!r}, {self.headers!r})"
 
 
-class ResponseBody:
-    __slots__ = ("chunk",)
-
-    def __init__(self, chunk: bytes) -> None:
-        self.chunk = chunk
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ResponseBody) and other.chunk == self.chunk
-
-    def __repr__(self) -> str:
-        return f"ResponseBody({self.chunk!r})"
-
-
 class ResponseComplete:
     """The answer ended; ``keep_alive``: the connection may carry another request."""
 
@@ -92,7 +79,12 @@ class ResponseFailed:
         return f"ResponseFailed({self.kind!r})"
 
 
-ResponseEvent = ResponseHead | ResponseBody | ResponseComplete | ResponseFailed
+# bytes among the events are a piece of the body, as they arrived (no wrapper: body pieces
+# are the most frequent event)
+ResponseEvent = ResponseHead | bytes | ResponseComplete | ResponseFailed
+# Immutable in practice and said once per answer: not allocated each time.
+COMPLETE_KEEP_ALIVE: Final = ResponseComplete(True)
+COMPLETE_CLOSE: Final = ResponseComplete(False)
 _NOTHING: Final[list[ResponseEvent]] = []  # never appended to: returned when nothing happened
 
 
@@ -133,6 +125,8 @@ class ResponseStream:
         self.waiting = True
         self._head_only = head_only
         self._headers = []
+        self._reason = b""
+        self._in_head = True
         self._status = 0
         self.got_bytes = False
         self._body_until_close = False
@@ -155,8 +149,8 @@ class ResponseStream:
             # llhttp cannot be told the request was HEAD: it waits for the announced body.
             # The answer is complete at its head; a fresh parser reads the next one.
             self._parser = httptools.HttpResponseParser(self)
-            self._finish()
-            events.append(ResponseComplete(self._status_keep_alive))
+            self.waiting = False
+            events.append(COMPLETE_KEEP_ALIVE if self._status_keep_alive else COMPLETE_CLOSE)
         return events
 
     def closed(self, *, clean: bool) -> list[ResponseEvent]:
@@ -165,22 +159,14 @@ class ResponseStream:
             return _NOTHING
         self.waiting = False
         if self._body_until_close and self._status and clean:
-            return [ResponseComplete(False)]  # a close-delimited body ends with the close
+            return [COMPLETE_CLOSE]  # a close-delimited body ends with the close
         return [ResponseFailed(ERROR_RESET)]
 
     @property
     def mid_answer(self) -> bool:
         return self.waiting and self._status != 0
 
-    def _finish(self) -> None:
-        self.waiting = False
-
     # -- httptools callbacks --------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._reason = b""
-        self._headers = []
-        self._in_head = True
-
     def on_status(self, reason: bytes) -> None:
         # llhttp hands the reason over in pieces when it spans reads (httptools gathers
         # header fields, not this)
@@ -198,6 +184,8 @@ class ResponseStream:
         if 100 <= status < 200:
             self._informational = True  # 100 Continue, 103 Early Hints: not the answer
             self._headers = []
+            self._reason = b""
+            self._in_head = True  # the answer's own head follows
             return
         if not self.waiting:
             return
@@ -210,15 +198,16 @@ class ResponseStream:
 
     def on_body(self, chunk: bytes) -> None:
         if self.waiting and not self._head_only:
-            self._events.append(ResponseBody(chunk))
+            self._events.append(chunk)
 
     def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
             return
         if self.waiting and not self._head_only:
-            self._finish()
-            self._events.append(ResponseComplete(self._parser.should_keep_alive()))
+            self.waiting = False
+            keep_alive = self._parser.should_keep_alive()
+            self._events.append(COMPLETE_KEEP_ALIVE if keep_alive else COMPLETE_CLOSE)
 
 
 def _has_framing(headers: Headers) -> bool:

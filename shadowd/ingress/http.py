@@ -17,12 +17,10 @@ from typing import TYPE_CHECKING, cast
 
 from shadowd.exchange import Exchange, Headers, Request
 from shadowd.http1.request import (
-    CONTINUE,
     InternalError,
     ParsedRequest,
     Refused,
     RequestEvent,
-    RequestReceived,
     RequestStream,
     SendData,
     UpgradeRequested,
@@ -39,7 +37,6 @@ LINGER_SECONDS = 5.0
 # Requests read ahead of their answer on one connection. Each costs its head and body in
 # memory, and answering them is in order anyway: past this the client is refused (503).
 MAX_PIPELINED = 128
-__all__ = ["CONTINUE", "MAX_PIPELINED", "ParsedRequest", "RequestReader", "forwardable_headers"]
 
 
 class RequestReader(asyncio.Protocol, abc.ABC):
@@ -104,7 +101,7 @@ class RequestReader(asyncio.Protocol, abc.ABC):
             self._handle(events)
         # A half-sent request counts as idle too; once one is being answered, the
         # primary's deadline applies instead.
-        self.idle_since = 0.0 if stream.busy else self._ingress.now
+        self.idle_since = 0.0 if self._queue else self._ingress.now
 
     def _handle(self, events: list[RequestEvent]) -> None:
         """Act on the stream's events in order. What a subclass does with a request (relay,
@@ -115,8 +112,8 @@ class RequestReader(asyncio.Protocol, abc.ABC):
                     # A local answer that ended the connection, inside the same read as what
                     # followed it: nothing more may be written, and nothing was refused.
                     return
-                if type(event) is RequestReceived:
-                    self.request_received(event.request)
+                if type(event) is ParsedRequest:  # read in full, queued
+                    self.request_received(event)
                 elif type(event) is SendData:
                     assert self.transport is not None
                     self.transport.write(event.data)

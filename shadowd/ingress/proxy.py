@@ -115,9 +115,13 @@ class ClientConnection(RequestReader):
     def request_received(self, request: ParsedRequest) -> None:
         # The stream queued it. Answered in order, one at a time: it goes now if nothing is
         # in flight, and reading pauses while requests wait behind the one in flight.
+        queue = self._queue
         if self._current is None:
-            self._serve()
-        if len(self._queue) > 1:
+            if len(queue) == 1:
+                self._dispatch(request)  # the only one: a local answer empties the queue
+            else:
+                self._serve()
+        if len(queue) > 1:
             self._pause_reading()
 
     def mid_answer(self) -> bool:

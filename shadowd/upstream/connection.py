@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from shadowd.exchange import ERROR_INTERNAL, ERROR_RESET, ERROR_TIMEOUT, Headers
 from shadowd.http1.response import (
-    ResponseBody,
     ResponseComplete,
     ResponseFailed,
     ResponseHead,
@@ -161,8 +160,8 @@ class UpstreamConnection(asyncio.Protocol):
             for event in events:
                 if call.done:
                     return  # cancelled by the sink (its client left): nothing more for it
-                if type(event) is ResponseBody:
-                    sink.on_response_body(event.chunk)
+                if type(event) is bytes:  # a piece of the body
+                    sink.on_response_body(event)
                 elif type(event) is ResponseHead:
                     sink.on_response_head(event.status, event.reason, event.headers)
                 elif type(event) is ResponseComplete:
