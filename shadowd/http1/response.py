@@ -20,7 +20,7 @@ from typing import Final
 import httptools
 
 from shadowd.exchange import ERROR_PROTOCOL, ERROR_RESET, Headers
-from shadowd.upstream.request import HOP_BY_HOP, connection_listed
+from shadowd.upstream.request import HOP_BY_HOP, PLAIN_CONNECTION, connection_listed
 
 NO_BODY_STATUS: Final = frozenset({204, 304})
 LAST_CHUNK: Final = b"0\r\n\r\n"
@@ -241,7 +241,8 @@ def frame_head(
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
-            if lname == b"connection":
+            # "keep-alive" or "close" (nearly every answer) lists no other field: no rescan
+            if lname == b"connection" and value.lower() not in PLAIN_CONNECTION:
                 listed = connection_listed(headers)
             continue
         if lname == b"content-length":

@@ -20,13 +20,12 @@ from shadowd.http1.request import (
     InternalError,
     ParsedRequest,
     Refused,
-    RequestEvent,
     RequestStream,
     SendData,
     UpgradeRequested,
 )
 from shadowd.ingress.responses import error_response
-from shadowd.upstream.request import HOP_BY_HOP, connection_listed
+from shadowd.upstream.request import HOP_BY_HOP, PLAIN_CONNECTION, connection_listed
 
 if TYPE_CHECKING:
     from shadowd.ingress.server import Ingress
@@ -95,17 +94,10 @@ class RequestReader(asyncio.Protocol, abc.ABC):
         self._ingress.connection_closed(self)
 
     def data_received(self, data: bytes) -> None:
-        stream = self._stream
-        events = stream.receive(data, self._ingress.now)
-        if events:
-            self._handle(events)
-        # A half-sent request counts as idle too; once one is being answered, the
-        # primary's deadline applies instead.
-        self.idle_since = 0.0 if self._queue else self._ingress.now
-
-    def _handle(self, events: list[RequestEvent]) -> None:
-        """Act on the stream's events in order. What a subclass does with a request (relay,
-        answer) runs here: an exception from it is our bug, answered 500 and logged."""
+        """Feed the stream, then act on its events in order. What a subclass does with a
+        request (relay, answer) runs here: an exception from it is our bug, answered 500 and
+        logged. (One method, not two: this runs for every read.)"""
+        events = self._stream.receive(data, self._ingress.now)
         try:
             for event in events:
                 if self._closed:
@@ -125,6 +117,9 @@ class RequestReader(asyncio.Protocol, abc.ABC):
                     self._internal_error(event.exc)
         except Exception as exc:  # ours, not the client's: logged with its traceback
             self._internal_error(exc)
+        # A half-sent request counts as idle too; once one is being answered, the
+        # primary's deadline applies instead.
+        self.idle_since = 0.0 if self._queue else self._ingress.now
 
     # -- endings ---------------------------------------------------------------------------
     def _refused(self, refusal: Refused) -> None:
@@ -251,7 +246,11 @@ def forwardable_headers(headers: Headers) -> tuple[Headers, bool, bytes]:
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
-            if lname == b"connection" and listed is None:
+            if (
+                lname == b"connection"
+                and listed is None
+                and value.lower() not in PLAIN_CONNECTION  # lists no other field: no rescan
+            ):
                 listed = connection_listed(headers)
             continue
         if lname == b"host":

@@ -25,13 +25,16 @@ from shadowd.exchange import (
 )
 from shadowd.http1.request import ParsedRequest, SendData
 from shadowd.http1.response import LAST_CHUNK, frame_head
-from shadowd.ingress.http import MAX_PIPELINED, RequestReader, forwardable_headers
+from shadowd.ingress.http import MAX_PIPELINED, RequestReader
 from shadowd.ingress.responses import error_response
 from shadowd.upstream.collect import BodyKeeper
 from shadowd.upstream.connection import Call
 from shadowd.upstream.request import (
     ALWAYS_LENGTH_METHODS,
+    HOP_BY_HOP,
     IDEMPOTENT_METHODS,
+    PLAIN_CONNECTION,
+    connection_listed,
 )
 from shadowd.upstream.tunnel import UpstreamTunnel, open_tunnel
 
@@ -43,6 +46,7 @@ ACCESS_LOG = logging.getLogger("shadowd.access")
 _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
+_FORWARDING_NOTABLE = frozenset({b"host", _XFF, _XFP, _XFH, b"expect", b"content-length"})
 
 
 class ClientConnection(RequestReader):
@@ -276,21 +280,39 @@ class ClientConnection(RequestReader):
         self.transport.close()
 
     def _forwarded_headers(self, req: ParsedRequest) -> tuple[Headers, bool]:
-        """The client's end-to-end headers with the X-Forwarded-* conventions applied."""
-        kept, has_host, host = forwardable_headers(req.headers)
+        """The client's end-to-end headers with the X-Forwarded-* conventions applied: what
+        ``forwardable_headers`` keeps, in the same single pass (this runs for every request)."""
+        source = req.headers
         headers: Headers = []
-        xff = b""
-        has_proto = has_fhost = False
-        for name, value in kept:
+        listed: frozenset[bytes] = frozenset()
+        has_host = has_proto = has_fhost = False
+        host = xff = b""
+        for name, value in source:
             lname = name.lower()
-            if lname == _XFF:
-                xff = value if not xff else xff + b", " + value
+            if lname in HOP_BY_HOP:
+                # "keep-alive" or "close" lists no other field: no rescan
+                if lname == b"connection" and value.lower() not in PLAIN_CONNECTION:
+                    listed = connection_listed(source)
                 continue
-            if lname == _XFP:
-                has_proto = True
-            elif lname == _XFH:
-                has_fhost = True
+            if lname in _FORWARDING_NOTABLE:
+                if lname == b"host":
+                    has_host = True
+                    host = value
+                elif lname == _XFF:
+                    xff = value if not xff else xff + b", " + value
+                    continue
+                elif lname == _XFP:
+                    has_proto = True
+                elif lname == _XFH:
+                    has_fhost = True
+                else:
+                    continue  # Expect, Content-Length: the body is sent whole, with its own
             headers.append((name, value))
+        if listed:  # rare: the client's Connection header names more hop-by-hop fields
+            headers = [(n, v) for n, v in headers if n.lower() not in listed]
+            xff = b"" if _XFF in listed else xff
+            has_proto = has_proto and _XFP not in listed
+            has_fhost = has_fhost and _XFH not in listed
         client = self._client.encode("latin-1")
         headers.append((b"X-Forwarded-For", xff + b", " + client if xff else client))
         if not has_proto:
