@@ -175,6 +175,17 @@ def test_malformed_answers_fail_as_protocol_errors(answer):
     assert not s.waiting
 
 
+def test_garbage_after_a_whole_answer_keeps_the_answer_but_not_the_connection():
+    assert (
+        Playbook(ResponseStream())
+        << Send()
+        << OK_5 + b"\x00garbage"
+        >> head()
+        >> b"hello"
+        >> ResponseComplete(keep_alive=False)
+    )
+
+
 def test_bytes_nobody_asked_for_are_a_protocol_error():
     assert Playbook(ResponseStream()) << b"HTTP/1.1 200 OK\r\n" >> ResponseFailed("protocol")
 

@@ -142,8 +142,13 @@ class ResponseStream:
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             # An upgrade nobody asked for (pooled requests never carry Upgrade) is as wrong
             # as bad bytes.
-            self.waiting = False
-            events.append(ResponseFailed(ERROR_PROTOCOL))
+            if self.waiting:
+                self.waiting = False
+                events.append(ResponseFailed(ERROR_PROTOCOL))
+            elif events and events[-1] is COMPLETE_KEEP_ALIVE:
+                # Garbage after a whole answer: that answer stands, but the connection is
+                # out of sync (its parser failed) and must not carry another request.
+                events[-1] = COMPLETE_CLOSE
         self._events = _NOTHING
         if self.waiting and self._head_only and self._status:
             # llhttp cannot be told the request was HEAD: it waits for the announced body.
