@@ -142,7 +142,7 @@ class ResponseStream:
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             # An upgrade nobody asked for (pooled requests never carry Upgrade) is as wrong
             # as bad bytes.
-            if self.waiting:
+            if self._answer_open():
                 self.waiting = False
                 events.append(ResponseFailed(ERROR_PROTOCOL))
             elif events and events[-1] is COMPLETE_KEEP_ALIVE:
@@ -167,9 +167,10 @@ class ResponseStream:
             return [COMPLETE_CLOSE]  # a close-delimited body ends with the close
         return [ResponseFailed(ERROR_RESET)]
 
-    @property
-    def mid_answer(self) -> bool:
-        return self.waiting and self._status != 0
+    def _answer_open(self) -> bool:
+        # A call, not the attribute: the parser's callbacks change it under the caller, and
+        # a type checker that narrowed the attribute before feed_data cannot know.
+        return self.waiting
 
     # -- httptools callbacks --------------------------------------------------------------------
     def on_status(self, reason: bytes) -> None:
