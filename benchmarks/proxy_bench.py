@@ -64,8 +64,9 @@ def wrk(url: str, duration: float, connections: int) -> dict[str, float]:
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = duration_ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = duration_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    # Anchored: the thread statistics above have columns like "68.50%" that "50%" would match.
+    p50 = duration_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = duration_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         print(f"    wrk reported errors: {errors.group(0)}", file=sys.stderr)

@@ -9,6 +9,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     "proxy_bench.py",
+    "http1_bench.py",
     "planes_bench.py",
     "faults_bench.py",
     "diff_bench.py",

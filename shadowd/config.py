@@ -72,6 +72,8 @@ class IngressConfig:
     max_header_bytes: int = 64 * 1024
     idle_timeout: float = 75.0  # seconds a keep-alive client connection may stay idle
     header_timeout: float = 60.0  # seconds to send a whole request head (nginx's default)
+    # seconds to send a whole request body once its head is in (nginx's client_body_timeout)
+    body_timeout: float = 60.0
     # Ingress (data plane) processes sharing the listener; 0 = "auto", one per core.
     workers: int = 0
 

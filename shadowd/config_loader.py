@@ -78,6 +78,7 @@ INGRESS = {
     "max_header_bytes": ("max_header_bytes", size),
     "idle_timeout": ("idle_timeout", duration),
     "header_timeout": ("header_timeout", duration),
+    "body_timeout": ("body_timeout", duration),
     "workers": ("workers", worker_count),
 }
 ANALYSIS = {

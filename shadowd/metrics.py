@@ -56,6 +56,7 @@ REJECT_REASONS = (
     "primary_timeout",
     "pipeline_full",  # too many pipelined requests waiting on one connection
     "header_timeout",  # the request head did not arrive within ingress.header_timeout
+    "body_timeout",  # the request body did not arrive within ingress.body_timeout
     "http_version",  # HTTP/2 (prior knowledge) or another version shadowd does not speak
     "internal_error",  # a bug in shadowd, logged with its traceback
     OTHER,

@@ -67,11 +67,13 @@ async def test_slowloris_heads_are_closed_at_the_deadline_and_others_still_serve
                 writer.write(b"X-%d: y\r\n" % i)
                 try:
                     async with asyncio.timeout(0.2):
-                        data = await reader.read()
+                        # read(n), not read(): a read-to-EOF cancelled by the timeout
+                        # loses what it had read (the 408 arriving just before the close)
+                        data = await reader.read(65536)
                 except TimeoutError:
                     continue
                 closed_at.append(loop.time())
-                results.append(data)
+                results.append(data + await read_to_close(reader, 5.0))
                 return
             results.append(b"still open")
         finally:
@@ -96,6 +98,38 @@ async def test_slowloris_heads_are_closed_at_the_deadline_and_others_still_serve
     assert max(closed_at) - started < header_timeout + 5.0
     assert rejected(shadowd, "header_timeout") == slow_count
     assert shadowd.daemon.ingress.connections == 0
+
+
+async def test_a_trickled_body_is_refused_at_its_deadline_and_never_relayed(primary, start_shadowd):
+    body_timeout = 1.5
+    shadowd = await start_shadowd(
+        primary.url,
+        primary.url,
+        ingress={"body_timeout": body_timeout, "header_timeout": 60.0, "idle_timeout": 60.0},
+    )
+    reader, writer = await asyncio.open_connection(*address(shadowd.url))
+    loop = asyncio.get_running_loop()
+    writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+    started = loop.time()
+    answer = b""
+    # A byte every 100 ms: never idle, never done.
+    for _ in range(100):
+        writer.write(b"x")
+        try:
+            async with asyncio.timeout(0.1):
+                answer = await reader.read(65536)  # not read(): see the slowloris test
+        except TimeoutError:
+            continue
+        break
+    closed_at = loop.time()
+    answer += await read_to_close(reader, 5.0)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+    assert b"request body not received in time" in answer
+    # after the deadline (checked once a second), never before it
+    assert body_timeout <= closed_at - started < body_timeout + 5.0
+    assert rejected(shadowd, "body_timeout") == 1
+    assert primary.seen == []
 
 
 async def test_idle_keep_alive_connections_are_reaped(primary, start_shadowd):

@@ -476,3 +476,33 @@ async def test_many_requests_split_across_reads_are_not_mistaken_for_a_large_hea
         answer(ingress.primary_pool.calls[i])
     assert ingress.rejected("headers_too_large") == 0
     assert len(parse_answers(bytes(transport.data))) == 20
+
+
+# -- X-Forwarded-* and the client's Connection header -------------------------------------------
+async def test_forwarded_fields_the_client_declared_hop_by_hop_are_not_relayed_or_merged():
+    conn, _transport, ingress = connect()
+    conn.data_received(
+        b"GET /a HTTP/1.1\r\nHost: shop\r\nConnection: x-forwarded-for, X-Forwarded-Proto\r\n"
+        b"X-Forwarded-For: 10.9.9.9\r\nX-Forwarded-Proto: https\r\nX-Kept: 1\r\n\r\n"
+    )
+    (call,) = ingress.primary_pool.calls
+    head = call.payload.partition(b"\r\n\r\n")[0]
+    assert b"10.9.9.9" not in head
+    assert b"\r\nX-Forwarded-For: 127.0.0.1\r\n" in head
+    assert b"\r\nX-Forwarded-Proto: http\r\n" in head  # ours: the client's was hop-by-hop
+    assert b"\r\nX-Kept: 1\r\n" in head
+    assert head.endswith(b"\r\nX-Forwarded-Host: shop")
+
+
+async def test_forwarded_fields_of_an_ordinary_request_are_merged():
+    conn, _transport, ingress = connect()
+    conn.data_received(
+        b"GET /a HTTP/1.1\r\nHost: shop\r\nConnection: keep-alive\r\nExpect: 100-continue\r\n"
+        b"X-Forwarded-For: 10.9.9.9\r\nX-Forwarded-Proto: https\r\n\r\n"
+    )
+    (call,) = ingress.primary_pool.calls
+    head = call.payload.partition(b"\r\n\r\n")[0]
+    assert b"\r\nX-Forwarded-For: 10.9.9.9, 127.0.0.1\r\n" in head
+    assert b"\r\nX-Forwarded-Proto: https\r\n" in head
+    assert b"X-Forwarded-Proto: http\r\n" not in head
+    assert b"connection" not in head.lower() and b"expect" not in head.lower()

@@ -1,8 +1,10 @@
-"""Reading HTTP/1.1 requests from a client socket with llhttp (httptools), within limits.
+"""Reading HTTP/1.1 requests from a client socket: the I/O around ``RequestStream``.
 
-``RequestReader`` is the part every ingress mode shares: parsing, the header and body limits
-(431/413), malformed requests (400), idle tracking. A subclass decides what a complete
-request means (``request_received``): relay it (proxy) or answer it and copy it (tap).
+``RequestReader`` is the part every ingress mode shares: it feeds the socket's bytes to the
+sans-io ``shadowd.http1.request.RequestStream`` (parsing, limits, trailers, 100-continue, the
+pipelining queue, deadlines) and does what its events ask: writes, refusals (counted and
+answered), closing, idle tracking. A subclass decides what a complete request means
+(``request_received``): relay it (proxy) or answer it and copy it (tap).
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ import logging
 import time
 from typing import TYPE_CHECKING, cast
 
-import httptools
-
 from shadowd.exchange import Exchange, Headers, Request
+from shadowd.http1.request import (
+    InternalError,
+    ParsedRequest,
+    Refused,
+    RequestStream,
+    SendData,
+    UpgradeRequested,
+)
 from shadowd.ingress.responses import error_response
-from shadowd.upstream.request import HOP_BY_HOP, connection_listed
+from shadowd.upstream.request import HOP_BY_HOP, PLAIN_CONNECTION, connection_listed
 
 if TYPE_CHECKING:
     from shadowd.ingress.server import Ingress
@@ -25,78 +33,37 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger("shadowd.ingress")
 LINGER_SECONDS = 5.0
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_NOTABLE = frozenset({b"content-length", b"host", b"transfer-encoding", b"upgrade", b"expect"})
-
-
-class ParsedRequest:
-    __slots__ = ("body", "framed", "headers", "http11", "keep_alive", "method", "upgrade", "url")
-
-    def __init__(
-        self,
-        method: bytes,
-        url: bytes,
-        headers: Headers,
-        body: bytes,
-        keep_alive: bool,
-        http11: bool,
-        framed: bool = False,
-        upgrade: bytes = b"",
-    ) -> None:
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.body = body
-        self.keep_alive = keep_alive
-        self.http11 = http11
-        # The client declared a body (Content-Length or Transfer-Encoding), maybe an empty one.
-        self.framed = framed
-        self.upgrade = upgrade  # the Upgrade header's value ("websocket"), b"" without one
+# Requests read ahead of their answer on one connection. Each costs its head and body in
+# memory, and answering them is in order anyway: past this the client is refused (503).
+MAX_PIPELINED = 128
 
 
 class RequestReader(asyncio.Protocol, abc.ABC):
-    """Trailer fields of a chunked request body are dropped, never merged into the headers
-    (RFC 9110 §6.5.1): the body is forwarded whole with a Content-Length, so there is no
-    trailer section to carry them in, and a trailer must not be able to pose as a header
-    (``Host``, an identity header set by an authenticating proxy in front of us)."""
+    """Drives a ``RequestStream`` (shadowd.http1.request) for one client socket: feeds it what
+    arrives, writes what it asks for, counts and answers its refusals, closes."""
 
-    def __init__(self, ingress: Ingress) -> None:
+    def __init__(self, ingress: Ingress, max_pipelined: int) -> None:
         self._ingress = ingress
-        self._limits = ingress.config.ingress
-        self._parser = httptools.HttpRequestParser(self)
+        limits = self._limits = ingress.config.ingress
+        self._stream = RequestStream(
+            max_header_bytes=limits.max_header_bytes,
+            max_body_bytes=limits.max_request_body_bytes,
+            max_pipelined=max_pipelined,
+            header_timeout=limits.header_timeout,
+            body_timeout=limits.body_timeout,
+        )
+        # the requests read and not answered yet, oldest first (the stream's)
+        self._queue = self._stream.queue
         self.transport: asyncio.Transport | None = None
         self._client = ""
         self._closed = False
-        self._url = b""
-        self._headers: Headers = []
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._head_bytes = 0
-        self._framed = False
-        self._upgrade = b""
-        # between a message's first byte and its blank line; on_header outside it is a trailer
-        self._in_head = False
-        self._in_body = False  # between the blank line and the message's end
-        # llhttp hands a header line over only once it is complete, and httptools gathers it
-        # until then: the bytes of the head read so far are bounded here, chunk by chunk
-        # (those of the chunk it began in aside, so as never to count a previous request's).
-        self._head_raw = 0
-        self._head_began_here = False
-        # when the head being read started arriving (0: none is); bounded by header_timeout
-        self._head_started = 0.0
-        self._continue_owed = False
-        self._rejected = False
         self._reading_paused = False
         self.idle_since = 0.0
 
     # -- for subclasses ---------------------------------------------------------------------
     @abc.abstractmethod
     def request_received(self, request: ParsedRequest) -> None:
-        """A request was read in full: relay it (proxy) or answer and copy it (tap)."""
-
-    def busy(self) -> bool:
-        """Whether a request is being answered (then the idle timeout does not apply)."""
-        return False
+        """A request was read in full and queued: relay it (proxy) or answer it (tap)."""
 
     def mid_answer(self) -> bool:
         """Whether part of an answer has been written and the rest has not."""
@@ -123,164 +90,56 @@ class RequestReader(asyncio.Protocol, abc.ABC):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._stream.stop()
         self._ingress.connection_closed(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._rejected:
-            return  # the parser stopped at the refused request; the rest is not read
-        if not self._in_body and not self._head_started:
-            self._head_started = self._ingress.now
-        self._head_began_here = False
+        """Feed the stream, then act on its events in order. What a subclass does with a
+        request (relay, answer) runs here: an exception from it is our bug, answered 500 and
+        logged. (One method, not two: this runs for every read.)"""
+        events = self._stream.receive(data, self._ingress.now)
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.upgrade_requested(data[exc.args[0] :])
-        except httptools.HttpParserCallbackError as exc:
-            # llhttp wraps what our own callbacks raised: a bug here, not bad input.
-            self._internal_error(exc.__context__ or exc)
-        except httptools.HttpParserError:
-            if not self._rejected:
-                if self._parser.get_method() == b"PRI":
-                    self._refuse_http2()
-                else:
-                    self._reject(400, "bad_request", "malformed HTTP request")
-        if self._in_head and not self._head_began_here and not self._rejected:
-            self._head_raw += len(data)
-            if self._head_raw > self._limits.max_header_bytes:
-                self._reject(431, "headers_too_large", "request header fields too large")
+            for event in events:
+                if self._closed:
+                    # A local answer that ended the connection, inside the same read as what
+                    # followed it: nothing more may be written, and nothing was refused.
+                    return
+                if type(event) is ParsedRequest:  # read in full, queued
+                    self.request_received(event)
+                elif type(event) is SendData:
+                    assert self.transport is not None
+                    self.transport.write(event.data)
+                elif type(event) is Refused:
+                    self._refused(event)
+                elif type(event) is UpgradeRequested:
+                    self.upgrade_requested(event.rest)
+                elif type(event) is InternalError:
+                    self._internal_error(event.exc)
+        except Exception as exc:  # ours, not the client's: logged with its traceback
+            self._internal_error(exc)
         # A half-sent request counts as idle too; once one is being answered, the
         # primary's deadline applies instead.
-        self.idle_since = 0.0 if self.busy() else self._ingress.now
-
-    # -- httptools callbacks (request side) -----------------------------------------------
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._body = []
-        self._body_size = 0
-        self._head_bytes = 0
-        self._framed = False
-        self._upgrade = b""
-        self._in_head = True
-        self._head_raw = 0
-        self._head_began_here = True
-        if not self._head_started:
-            self._head_started = self._ingress.now
-
-    def on_url(self, url: bytes) -> None:
-        if self._rejected:
-            return
-        self._url += url
-        self._head_bytes += len(url)
-        if self._head_bytes > self._limits.max_header_bytes:
-            self._reject(431, "headers_too_large", "request header fields too large")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._rejected or not self._in_head:
-            return  # refused already, or a trailer field: dropped (see the class docstring)
-        self._headers.append((name, value))
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self._limits.max_header_bytes:
-            self._reject(431, "headers_too_large", "request header fields too large")
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._in_body = True
-        self._head_started = 0.0
-        if self._rejected:
-            return
-        expect_continue = False
-        hosts = 0
-        for name, value in self._headers:
-            lname = name.lower()
-            if lname not in _NOTABLE:
-                continue  # most headers: one set lookup instead of five comparisons
-            if lname == b"content-length":
-                self._framed = True
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self._limits.max_request_body_bytes:
-                    self._reject(413, "request_too_large", "request body too large")
-                    return
-            elif lname == b"host":
-                hosts += 1
-            elif lname == b"transfer-encoding":
-                self._framed = True
-            elif lname == b"upgrade":
-                self._upgrade = value
-            elif lname == b"expect" and value.lower() == b"100-continue":
-                expect_continue = True
-        if hosts > 1:
-            # RFC 9112 §3.2: which one the primary would pick is anybody's guess.
-            self._reject(400, "bad_request", "more than one Host header")
-            return
-        if expect_continue and self.transport is not None:
-            if self.busy():
-                # An earlier answer may be mid-stream: invite the body once it is sent.
-                self._continue_owed = True
-            else:
-                # The body is read here, not by the primary: invite it now.
-                self.transport.write(CONTINUE)
-
-    def on_body(self, chunk: bytes) -> None:
-        if self._rejected:
-            return
-        self._body_size += len(chunk)
-        if self._body_size > self._limits.max_request_body_bytes:
-            self._reject(413, "request_too_large", "request body too large")
-            return
-        self._body.append(chunk)
-
-    def on_message_complete(self) -> None:
-        self._in_body = False
-        self._continue_owed = False
-        if self._rejected:
-            return
-        parser = self._parser
-        body = self._body
-        self.request_received(
-            ParsedRequest(
-                parser.get_method(),
-                self._url,
-                self._headers,
-                body[0] if len(body) == 1 else b"".join(body),
-                parser.should_keep_alive(),
-                parser.get_http_version() != "1.0",
-                self._framed,
-                # llhttp stops at an upgrade only with "Connection: upgrade" as well
-                self._upgrade if self._upgrade and parser.should_upgrade() else b"",
-            )
-        )
+        self.idle_since = 0.0 if self._queue else self._ingress.now
 
     # -- endings ---------------------------------------------------------------------------
-    def _reject(self, status: int, reason: str, message: str) -> None:
+    def _refused(self, refusal: Refused) -> None:
         """Refuse a request we could not read in full; the connection cannot be reused.
         Answers to earlier pipelined requests still go first, then this one, then close."""
-        if self._rejected or self._closed:
-            # Closed already (a local answer that ended the connection, inside the same read
-            # as what followed it): nothing more may be written, and nothing was refused.
-            return
-        self._rejected = True
-        self._continue_owed = False
-        self._ingress.metrics.ingress_rejected(reason)
-        self._ingress.metrics.ingress_request(status)
-        answer = error_response(status, message, close=True)
-        if self.busy():
+        if refusal.reason == "http_version":
+            LOG.warning(
+                "HTTP/2 connection refused: shadowd speaks HTTP/1.x only",
+                extra={"client": self._client},
+            )
+        self._ingress.metrics.ingress_rejected(refusal.reason)
+        self._ingress.metrics.ingress_request(refusal.status)
+        answer = error_response(refusal.status, refusal.message, close=True)
+        if self._stream.busy:
             self._pause_reading()
             self.answer_later(answer)
             return
         assert self.transport is not None
         self.transport.write(answer)
         self.close_lingering()
-
-    def _refuse_http2(self) -> None:
-        LOG.warning(
-            "HTTP/2 connection refused: shadowd speaks HTTP/1.x only",
-            extra={"client": self._client},
-        )
-        self._reject(505, "http_version", "HTTP/2 is not supported here, use HTTP/1.1")
 
     def _internal_error(self, exc: BaseException) -> None:
         """One of our own callbacks raised: log it with its traceback, count it, and end the
@@ -290,11 +149,11 @@ class RequestReader(asyncio.Protocol, abc.ABC):
             exc_info=(type(exc), exc, exc.__traceback__),
             extra={"client": self._client},
         )
-        self._rejected = True
+        self._stream.stop()
         metrics = self._ingress.metrics
         metrics.ingress_rejected("internal_error")
         transport = self.transport
-        if transport is None:
+        if transport is None or self._closed:
             return
         self._closed = True
         if self.mid_answer():
@@ -312,7 +171,7 @@ class RequestReader(asyncio.Protocol, abc.ABC):
         (nginx's lingering close)."""
         transport = self.transport
         self._closed = True
-        self._rejected = True  # data_received drops everything from now on
+        self._stream.stop()  # data_received drops everything from now on
         if transport is None:
             return
         if not transport.can_write_eof():
@@ -367,17 +226,13 @@ class RequestReader(asyncio.Protocol, abc.ABC):
             self._closed = True
             transport.close()
             return
-        # A head trickled in a byte at a time keeps the connection from ever being idle:
-        # its own deadline (nginx's client_header_timeout). While earlier requests are being
-        # answered, reading is paused and the head cannot arrive: no deadline then.
-        started = self._head_started
-        if started and now - started > self._limits.header_timeout and not self.busy():
-            self._rejected = True
+        refusal = self._stream.expired(now)
+        if refusal is not None:
             self._closed = True
             metrics = self._ingress.metrics
-            metrics.ingress_rejected("header_timeout")
-            metrics.ingress_request(408)
-            transport.write(error_response(408, "request head not received in time", close=True))
+            metrics.ingress_rejected(refusal.reason)
+            metrics.ingress_request(refusal.status)
+            transport.write(error_response(refusal.status, refusal.message, close=True))
             transport.close()
 
 
@@ -391,7 +246,11 @@ def forwardable_headers(headers: Headers) -> tuple[Headers, bool, bytes]:
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
-            if lname == b"connection" and listed is None:
+            if (
+                lname == b"connection"
+                and listed is None
+                and value.lower() not in PLAIN_CONNECTION  # lists no other field: no rescan
+            ):
                 listed = connection_listed(headers)
             continue
         if lname == b"host":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 import httptools
@@ -24,7 +23,9 @@ from shadowd.exchange import (
     Answer,
     Headers,
 )
-from shadowd.ingress.http import CONTINUE, ParsedRequest, RequestReader, forwardable_headers
+from shadowd.http1.request import ParsedRequest, SendData
+from shadowd.http1.response import LAST_CHUNK, frame_head
+from shadowd.ingress.http import MAX_PIPELINED, RequestReader
 from shadowd.ingress.responses import error_response
 from shadowd.upstream.collect import BodyKeeper
 from shadowd.upstream.connection import Call
@@ -32,6 +33,7 @@ from shadowd.upstream.request import (
     ALWAYS_LENGTH_METHODS,
     HOP_BY_HOP,
     IDEMPOTENT_METHODS,
+    PLAIN_CONNECTION,
     connection_listed,
 )
 from shadowd.upstream.tunnel import UpstreamTunnel, open_tunnel
@@ -41,24 +43,18 @@ if TYPE_CHECKING:
     from shadowd.mirror import PendingExchange
 
 ACCESS_LOG = logging.getLogger("shadowd.access")
-_NO_BODY_STATUS = frozenset({204, 304})
 _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
-_STATUS_LINES = {code: b"HTTP/1.1 %d " % code for code in range(100, 600)}
-# Requests read ahead of their answer on one connection. Each costs its head and body in
-# memory, and answering them is in order anyway: past this the client is refused (503).
-MAX_PIPELINED = 128
+_FORWARDING_NOTABLE = frozenset({b"host", _XFF, _XFP, _XFH, b"expect", b"content-length"})
 
 
 class ClientConnection(RequestReader):
     """One client socket in proxy mode; also the ``ResponseSink`` of its primary calls."""
 
     def __init__(self, ingress: Ingress) -> None:
-        super().__init__(ingress)
+        super().__init__(ingress, MAX_PIPELINED)
         self._ingress: Ingress = ingress
-        # requests parsed but not answered yet (pipelining): the first one is in flight
-        self._queue: deque[ParsedRequest] = deque()
         # the answer being relayed
         self._call: Call | None = None
         self._current: ParsedRequest | None = None
@@ -121,19 +117,16 @@ class ClientConnection(RequestReader):
 
     # -- RequestReader ---------------------------------------------------------------------
     def request_received(self, request: ParsedRequest) -> None:
+        # The stream queued it. Answered in order, one at a time: it goes now if nothing is
+        # in flight, and reading pauses while requests wait behind the one in flight.
         queue = self._queue
-        if len(queue) >= MAX_PIPELINED:
-            self._reject(503, "pipeline_full", "too many pipelined requests")
-            return
-        queue.append(request)
-        if len(queue) == 1:
-            # The only one: a local answer empties the queue, nothing to loop over.
-            self._dispatch(request)
-        else:
-            self._pause_reading()  # pipelined: answer in order, one at a time
-
-    def busy(self) -> bool:
-        return bool(self._queue)
+        if self._current is None:
+            if len(queue) == 1:
+                self._dispatch(request)  # the only one: a local answer empties the queue
+            else:
+                self._serve()
+        if len(queue) > 1:
+            self._pause_reading()
 
     def mid_answer(self) -> bool:
         return self._head_sent and self._current is not None
@@ -287,21 +280,39 @@ class ClientConnection(RequestReader):
         self.transport.close()
 
     def _forwarded_headers(self, req: ParsedRequest) -> tuple[Headers, bool]:
-        """The client's end-to-end headers with the X-Forwarded-* conventions applied."""
-        kept, has_host, host = forwardable_headers(req.headers)
+        """The client's end-to-end headers with the X-Forwarded-* conventions applied: what
+        ``forwardable_headers`` keeps, in the same single pass (this runs for every request)."""
+        source = req.headers
         headers: Headers = []
-        xff = b""
-        has_proto = has_fhost = False
-        for name, value in kept:
+        listed: frozenset[bytes] = frozenset()
+        has_host = has_proto = has_fhost = False
+        host = xff = b""
+        for name, value in source:
             lname = name.lower()
-            if lname == _XFF:
-                xff = value if not xff else xff + b", " + value
+            if lname in HOP_BY_HOP:
+                # "keep-alive" or "close" lists no other field: no rescan
+                if lname == b"connection" and value.lower() not in PLAIN_CONNECTION:
+                    listed = connection_listed(source)
                 continue
-            if lname == _XFP:
-                has_proto = True
-            elif lname == _XFH:
-                has_fhost = True
+            if lname in _FORWARDING_NOTABLE:
+                if lname == b"host":
+                    has_host = True
+                    host = value
+                elif lname == _XFF:
+                    xff = value if not xff else xff + b", " + value
+                    continue
+                elif lname == _XFP:
+                    has_proto = True
+                elif lname == _XFH:
+                    has_fhost = True
+                else:
+                    continue  # Expect, Content-Length: the body is sent whole, with its own
             headers.append((name, value))
+        if listed:  # rare: the client's Connection header names more hop-by-hop fields
+            headers = [(n, v) for n, v in headers if n.lower() not in listed]
+            xff = b"" if _XFF in listed else xff
+            has_proto = has_proto and _XFP not in listed
+            has_fhost = has_fhost and _XFH not in listed
         client = self._client.encode("latin-1")
         headers.append((b"X-Forwarded-For", xff + b", " + client if xff else client))
         if not has_proto:
@@ -317,41 +328,16 @@ class ClientConnection(RequestReader):
         req = self._current
         assert req is not None
         self._status = status
-        no_body = req.method == b"HEAD" or status in _NO_BODY_STATUS
-        listed = None
-        framed = False
-        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d " % status, reason, b"\r\n"]
-        append = parts.append
-        for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"connection":
-                    listed = connection_listed(headers)
-                continue
-            if lname == b"content-length":
-                framed = True
-            append(name)
-            append(b": ")
-            append(value)
-            append(b"\r\n")
-        if listed:
-            parts = parts[:3] + _without(parts[3:], listed)
-            append = parts.append
-        if not no_body and not framed:
-            # chunked or close-delimited upstream: re-chunk for 1.1, close-delimit for 1.0
-            if req.http11:
-                append(b"Transfer-Encoding: chunked\r\n")
-                self._chunked = True
-            else:
-                self._close_after = True
-        if self._close_after or self._ingress.draining:
-            self._close_after = True
-            append(b"Connection: close\r\n")
-        elif not req.http11:
-            append(b"Connection: keep-alive\r\n")
-        append(b"\r\n")
+        head, self._chunked, self._close_after = frame_head(
+            status,
+            reason,
+            headers,
+            head_request=req.method == b"HEAD",
+            http11=req.http11,
+            close=self._close_after or self._ingress.draining,
+        )
         # Held until the upstream read is parsed, so that head and body leave in one write.
-        self._out.append(b"".join(parts))
+        self._out.append(head)
         if self._pending is not None:
             self._answer = Answer(target=PRIMARY, status=status, headers=headers)
 
@@ -373,7 +359,7 @@ class ClientConnection(RequestReader):
         if self._closed:
             return
         if self._chunked:
-            self._out.append(b"0\r\n\r\n")
+            self._out.append(LAST_CHUNK)
         self.on_response_flush()
         self._ingress.metrics.ingress_request(self._status)
         if self._ingress.access_log:
@@ -466,10 +452,10 @@ class ClientConnection(RequestReader):
     def _request_done(self) -> None:
         self._current = None
         queue = self._queue
-        if queue:
-            queue.popleft()
+        now = self._ingress.now
+        unblocked = self._stream.answered(now)  # the answered request leaves the queue
         if self._close_after or self._ingress.draining:
-            if queue or self._reading_paused or self._parser.should_upgrade():
+            if queue or self._reading_paused or self._stream.upgrading:
                 self.close_lingering()  # requests (or a tunnel's bytes) left unread
             else:
                 self._closed = True
@@ -484,13 +470,11 @@ class ClientConnection(RequestReader):
             self.transport.write(self._final)
             self.close_lingering()
             return
-        self.idle_since = self._ingress.now
-        if self._head_started:
-            self._head_started = self.idle_since  # its deadline runs from now on
-        if self._continue_owed:
-            self._continue_owed = False
-            assert self.transport is not None
-            self.transport.write(CONTINUE)
+        self.idle_since = now
+        for event in unblocked:  # a 100 Continue owed to the request read meanwhile
+            if type(event) is SendData:
+                assert self.transport is not None
+                self.transport.write(event.data)
         self._resume_reading()
 
 
@@ -539,12 +523,3 @@ def _origin_form(url: bytes) -> bytes | None:
         return None
     path = parsed.path or b"/"
     return path + b"?" + parsed.query if parsed.query else path
-
-
-def _without(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
-    """Drop ``name: value\\r\\n`` quadruples whose name is in ``names``."""
-    kept: list[bytes] = []
-    for i in range(0, len(parts), 4):
-        if parts[i].lower() not in names:
-            kept.extend(parts[i : i + 4])
-    return kept

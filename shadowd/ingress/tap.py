@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shadowd.exchange import Headers
-from shadowd.ingress.http import ParsedRequest, RequestReader, forwardable_headers
+from shadowd.http1.request import ParsedRequest, SendData
+from shadowd.ingress.http import MAX_PIPELINED, RequestReader, forwardable_headers
 from shadowd.upstream.request import ALWAYS_LENGTH_METHODS
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ class TapConnection(RequestReader):
     """One connection from a mirroring proxy. Answers every copy at once, then copies it on."""
 
     def __init__(self, ingress: Ingress) -> None:
-        super().__init__(ingress)
+        # Every copy is answered as soon as it is read: at most what one read holds waits.
+        super().__init__(ingress, MAX_PIPELINED)
         self._ingress: Ingress = ingress
 
     def request_received(self, request: ParsedRequest) -> None:
@@ -48,7 +50,12 @@ class TapConnection(RequestReader):
         finally:
             if not request.keep_alive:
                 self._closed = True
+                self._stream.stop()
                 transport.close()
+            else:
+                for event in self._stream.answered(self._ingress.now):
+                    if type(event) is SendData:  # a 100 Continue owed to a request behind it
+                        transport.write(event.data)
 
     def _copy(self, request: ParsedRequest) -> None:
         headers, has_host, _ = forwardable_headers(request.headers)

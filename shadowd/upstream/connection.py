@@ -1,8 +1,8 @@
 """One pooled HTTP/1.1 client connection to a target, driven by callbacks (no task per request).
 
 The hot path of the proxy: aiohttp's ClientSession costs more per request than the whole
-proxy budget, so answers are parsed here with llhttp (httptools) and handed to a
-``ResponseSink`` chunk by chunk as they arrive.
+proxy budget, so answers are read here by the sans-io ``ResponseStream`` (llhttp inside) and
+handed to a ``ResponseSink`` chunk by chunk as they arrive.
 """
 
 from __future__ import annotations
@@ -11,9 +11,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Protocol, cast
 
-import httptools
-
-from shadowd.exchange import ERROR_INTERNAL, ERROR_PROTOCOL, ERROR_RESET, ERROR_TIMEOUT, Headers
+from shadowd.exchange import ERROR_INTERNAL, ERROR_RESET, ERROR_TIMEOUT, Headers
+from shadowd.http1.response import (
+    ResponseComplete,
+    ResponseFailed,
+    ResponseHead,
+    ResponseStream,
+)
 
 if TYPE_CHECKING:
     from shadowd.upstream.pool import UpstreamPool
@@ -97,35 +101,16 @@ class Call:
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = (
-        "_body_until_close",
-        "_call",
-        "_got_bytes",
-        "_headers",
-        "_informational",
-        "_parser",
-        "_paused",
-        "_pool",
-        "_reason",
-        "_status_code",
-        "_status_keep_alive",
-        "closed",
-        "served",
-        "transport",
-    )
+    """Drives a ``ResponseStream`` (shadowd.http1.response) for one pooled connection: writes
+    the call's request, feeds the stream what arrives, hands its events to the call's sink."""
+
+    __slots__ = ("_call", "_paused", "_pool", "_stream", "closed", "served", "transport")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self._stream = ResponseStream()
         self._call: Call | None = None
-        self._headers: Headers = []
-        self._reason = b""
-        self._status_code = 0
-        self._informational = False
-        self._status_keep_alive = False
-        self._body_until_close = False
-        self._got_bytes = False
         self._paused = False
         self.closed = False
         self.served = 0  # answers completed on this connection (0: never reused)
@@ -135,9 +120,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._call = call
         call.connection = self
         call.connecting = False
-        self._headers = []
-        self._got_bytes = False
-        self._body_until_close = False
+        self._stream.expect(head_only=call.head_only)
         assert self.transport is not None
         # The sink may have filled up before this connection was attached (pipelining).
         if call.paused:
@@ -169,47 +152,51 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         call = self._call
         if call is None:
-            # Bytes nobody asked for on an idle connection: the stream is out of sync.
-            self.abort()
+            self.abort()  # bytes nobody asked for on an idle connection: out of sync
             return
-        self._got_bytes = True
+        events = self._stream.receive(data)
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            # What a sink raised, wrapped by llhttp: our bug, not the target's bad bytes.
-            cause = exc.__context__ or exc
+            sink = call.sink
+            for event in events:
+                if call.done:
+                    return  # cancelled by the sink (its client left): nothing more for it
+                if type(event) is bytes:  # a piece of the body
+                    sink.on_response_body(event)
+                elif type(event) is ResponseHead:
+                    sink.on_response_head(event.status, event.reason, event.headers)
+                elif type(event) is ResponseComplete:
+                    self._complete(event.keep_alive)
+                    return
+                elif type(event) is ResponseFailed:
+                    self._fail(event.kind)
+                    return
+            if not call.done:
+                sink.on_response_flush()
+        except Exception as exc:  # the sink's, not the target's bad bytes: our bug
             LOG.error(
                 "internal error while handling an answer",
-                exc_info=(type(cause), cause, cause.__traceback__),
+                exc_info=(type(exc), exc, exc.__traceback__),
                 extra={"target": self._pool.target.name},
             )
             self._fail(ERROR_INTERNAL)
-            return
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            # An upgrade nobody asked for (pooled requests never carry Upgrade) is as wrong
-            # as bad bytes; uncaught, it would escape data_received.
-            self._fail(ERROR_PROTOCOL)
-            return
-        if self._call is call and not call.done:
-            if call.head_only and self._status_code:
-                # llhttp cannot be told the request was HEAD: it waits for the announced
-                # body. The answer is complete at its head; a fresh parser reads the next.
-                self._parser = httptools.HttpResponseParser(self)
-                self._complete(keep_alive=self._status_keep_alive)
-            else:
-                call.sink.on_response_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         call = self._call
         self._pool.connection_closed(self)
+        stream = self._stream
+        got_bytes = stream.got_bytes
+        # FIN (exc is None) completes a close-delimited body; a reset cuts it short.
+        events = stream.closed(clean=exc is None)
         if call is None or call.done:
             return
-        if self._body_until_close and self._status_code:
-            self._complete(keep_alive=False)  # a close-delimited body ends with the close
-            return
         self._call = None
-        if call.retryable and not self._got_bytes and self.served > 0:
+        for event in events:
+            if type(event) is ResponseComplete:
+                self._call = call
+                self._complete(keep_alive=False)
+                return
+        if call.retryable and not got_bytes and self.served > 0:
             # A kept-alive connection the target closed as we reused it: nothing was answered,
             # so an idempotent request may go again on a fresh connection.
             call.retryable = False
@@ -218,47 +205,11 @@ class UpstreamConnection(asyncio.Protocol):
             return
         call.finish_error(ERROR_RESET)
 
-    # -- httptools callbacks --------------------------------------------------------------
-    def on_status(self, reason: bytes) -> None:
-        self._reason = reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if 100 <= status < 200:
-            self._informational = True  # 100 Continue, 103 Early Hints: not the answer
-            self._headers = []
-            return
-        call = self._call
-        if call is None:
-            return
-        self._status_code = status
-        self._status_keep_alive = self._parser.should_keep_alive()
-        headers = self._headers
-        if not call.head_only and status not in (204, 304):
-            self._body_until_close = not _has_framing(headers)
-        call.sink.on_response_head(status, self._reason, headers)
-
-    def on_body(self, chunk: bytes) -> None:
-        call = self._call
-        if call is not None and not call.done:
-            call.sink.on_response_body(chunk)
-
-    def on_message_complete(self) -> None:
-        if self._informational:
-            self._informational = False
-            return
-        if self._call is not None and not self._call.done:
-            self._complete(keep_alive=self._parser.should_keep_alive())
-
     # -- internals ------------------------------------------------------------------------
     def _complete(self, keep_alive: bool) -> None:
         call = self._call
         assert call is not None
         self._call = None
-        self._status_code = 0
         call.done = True
         call.connection = None
         if call.timer is not None:
@@ -283,11 +234,3 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_timeout(self) -> None:
         self._fail(ERROR_TIMEOUT)
-
-
-def _has_framing(headers: Headers) -> bool:
-    for name, _ in headers:
-        lname = name.lower()
-        if lname == b"content-length" or lname == b"transfer-encoding":
-            return True
-    return False

@@ -31,6 +31,10 @@ IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", 
 ALWAYS_LENGTH_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
+# Connection header values (lower-cased) that declare no other field hop-by-hop.
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+
+
 def connection_listed(headers: Headers) -> frozenset[bytes]:
     """Header names a ``Connection`` header declares hop-by-hop (besides the fixed ones)."""
     names: set[bytes] = set()
