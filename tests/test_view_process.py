@@ -94,9 +94,7 @@ async def test_a_killed_view_process_is_replaced_and_loses_nothing(targets, star
     assert verdict.verdict == "fail"  # the candidate adds $.new to every answer
 
 
-async def test_a_reset_is_never_answered_with_the_statistics_before_it(
-    targets, start_supervisor
-):
+async def test_a_reset_is_never_answered_with_the_statistics_before_it(targets, start_supervisor):
     supervisor = await start_supervisor(targets["primary"].url, targets["candidate"].url)
     assert await _get_many(_url(supervisor), 15, connections=3) == [200] * 15
     assert await supervisor.settle(timeout=15.0)
