@@ -34,14 +34,14 @@ log = logging.getLogger("shadowd.admin")
 ROUTES = (
     "GET /healthz",
     "GET /readyz",
-    "GET /metrics",
+    "GET /metrics[?scope=fleet]",
     "GET /api/v1",
     "GET /api/v1/report",
     "GET /api/v1/endpoints/{id}/samples",
-    "POST /api/v1/reset",
+    "POST /api/v1/reset[?scope=fleet]",
     "GET /api/v1/mirror",
     "POST /api/v1/mirror",
-    "GET|POST /api/v1/verdict[?gate=1]",
+    "GET|POST /api/v1/verdict[?gate=1][&scope=fleet]",
     "GET /",
 )
 
@@ -280,6 +280,23 @@ def _guard(token: bytes | None, hosts: Callable[[], HostCheck]) -> Any:
     return guard
 
 
+def _fleet_of(control: AdminControl, request: web.Request) -> tuple[Any, web.Response | None]:
+    """The fleet's view (``shadowd.stream.fleet.FleetView``) when the request asks for it
+    with ``?scope=fleet`` (or ``[stream] view = "fleet"`` makes it the default); None for
+    this instance's own view. The second member is the error to answer instead."""
+    scope = request.query.get("scope") or control.config.stream.view
+    if scope == "instance":
+        return None, None
+    if scope != "fleet":
+        return None, error_response(400, f"scope must be 'instance' or 'fleet', got {scope!r}")
+    fleet = getattr(control, "fleet", None)
+    if fleet is None:
+        return None, error_response(
+            400, 'no fleet here: the fleet view needs [stream] backend = "redis"'
+        )
+    return fleet, None
+
+
 def create_admin_app(control: AdminControl) -> web.Application:
     """The admin application. Reads the token file once, now (raises ``ConfigError``)."""
     token = read_token(control.config)
@@ -295,12 +312,23 @@ def create_admin_app(control: AdminControl) -> web.Application:
         return json_response(state, status=200 if state["ready"] else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        body = generate_latest(control.metrics.registry)
+        fleet, problem = _fleet_of(control, request)
+        if problem is not None:
+            return problem
+        body = generate_latest((fleet or control).metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     serialized: list[Any] = [None, b""]  # (the last report object, its JSON)
 
     async def report(request: web.Request) -> web.Response:
+        fleet, problem = _fleet_of(control, request)
+        if problem is not None:
+            return problem
+        if fleet is not None:
+            return web.Response(
+                body=orjson.dumps(fleet.report(), option=orjson.OPT_NON_STR_KEYS),
+                content_type="application/json",
+            )
         data = control.report()
         # A supervisor hands out one report object until its statistics change: polled every
         # 100 ms, a 200-endpoint report (~0.5 MB) is serialised once, not on every poll.
@@ -317,6 +345,11 @@ def create_admin_app(control: AdminControl) -> web.Application:
         return json_response(found)
 
     async def reset(request: web.Request) -> web.Response:
+        fleet, problem = _fleet_of(control, request)
+        if problem is not None:
+            return problem
+        if fleet is not None:
+            return json_response({"cleared": await fleet.reset(), "scope": "fleet"})
         return json_response({"cleared": control.reset()})
 
     async def mirror_get(request: web.Request) -> web.Response:
@@ -335,7 +368,10 @@ def create_admin_app(control: AdminControl) -> web.Application:
         return json_response(control.mirror_status())
 
     async def verdict(request: web.Request) -> web.Response:
-        judged = await control.current_verdict()
+        fleet, problem = _fleet_of(control, request)
+        if problem is not None:
+            return problem
+        judged = await (fleet or control).current_verdict()
         # Argo Rollouts reads any 2xx body and decides with its conditions; Flagger's webhook
         # wants a refusal as a non-2xx that it will not retry: 412, never 5xx.
         gate = request.query.get("gate") in ("1", "true", "yes")

@@ -1,0 +1,319 @@
+"""An analysis worker that reads the Redis stream (``[stream] backend = "redis"``).
+
+The same diff stage as the local hand-off's worker (``shadowd.analysis.worker``), fed from
+the consumer group instead of a Unix socket. Every ``snapshot_interval`` it folds what it
+counted into its cumulative statistics and publishes them to Redis together with the
+acknowledgement of exactly the records they count (``StreamReader.publish_snapshot``): a
+``kill -9`` at any instant loses no acknowledged work, and what it had read but not
+published stays pending until another worker claims it (``XAUTOCLAIM``).
+
+It runs alone (``shadowd worker -c FILE``: ``run_alone``) or under ``shadowd run``'s
+supervisor (``run_supervised``), which also gets each interval's delta for the instance's
+own view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import time
+from collections import deque
+from typing import Any
+
+import msgpack
+import numpy as np
+from prometheus_client import Counter
+
+from shadowd import sdnotify
+from shadowd.aggregate import Aggregator
+from shadowd.analysis.snapshot import merge_snapshot, snapshot_of
+from shadowd.analysis.stage import DiffStage
+from shadowd.config import Config
+from shadowd.control import Channel, ChannelClosed
+from shadowd.metrics import Metrics, export_families
+from shadowd.stream.redis_stream import RECONNECT, UNREACHABLE, StreamReader, consumer_name
+from shadowd.verdict.evidence import VerdictEvidence
+
+log = logging.getLogger("shadowd.analysis")
+
+BACKLOG_RECORDS = 2_000  # records read and waiting for the diff; reading pauses when full
+FLEET_SNAPSHOT_VERSION = 1
+
+
+class StreamAnalysisWorker:
+    def __init__(self, config: Config, consumer: str | None = None) -> None:
+        self.config = config
+        self.consumer = consumer or consumer_name(config.stream)
+        self.metrics = Metrics(config)
+        self._records = Counter(
+            "shadowd_stream_records",
+            "Exchange records this analysis worker took from the stream, by how: read (new), "
+            "reclaimed (left pending by a dead worker), acknowledged (counted and published)",
+            ["how"],
+            registry=self.metrics.registry,
+        )
+        for how in ("read", "reclaimed", "acknowledged"):
+            self._records.labels(how)
+        self.stage = DiffStage(
+            config.diff, self._fresh(), self._fresh_evidence(), self.metrics, BACKLOG_RECORDS
+        )
+        self.reader = StreamReader(config.stream, self.consumer)
+        # Cumulative statistics since the start (or the fleet's last reset): what Redis holds.
+        self.total = self._fresh()
+        self.total_evidence = self._fresh_evidence()
+        self._rng = np.random.default_rng(0x5AD1)
+        self._in_stage: deque[bytes] = deque()  # ids submitted to the stage, in order
+        self._taken = 0  # records the stage has taken out of its backlog (diffed or not)
+        self._unacked: list[bytes] = []  # counted in ``total`` but not yet acknowledged
+        self.fleet_generation = 0
+        self.generation = 0  # the supervisor's (per-instance reset)
+        self.connected = False
+        self.error: str | None = None
+        self._stopping = False
+        self._room = asyncio.Event()
+        self._publishing = asyncio.Lock()
+        self.stage.on_room = self._room.set
+
+    def _fresh(self) -> Aggregator:
+        return Aggregator(self.config, self.metrics)
+
+    def _fresh_evidence(self) -> VerdictEvidence:
+        return VerdictEvidence(self.config.endpoints.max)
+
+    # -- reading ---------------------------------------------------------------------------
+    async def consume(self) -> None:
+        """Read, and reclaim, until stopped; reconnect with a doubling back-off."""
+        delay = RECONNECT[0]
+        claim_every = self.config.stream.claim_idle / 2
+        claimed_at = 0.0
+        while not self._stopping:
+            try:
+                if not self.connected:
+                    await self.reader.join()
+                    self.fleet_generation = await self.reader.generation()
+                    self.connected, self.error, delay = True, None, RECONNECT[0]
+                    log.info("stream: %s reads %s", self.consumer, self.config.stream.key)
+                    sdnotify.notify(f"READY=1\nSTATUS=reading {self.config.stream.key}")
+                room = BACKLOG_RECORDS - self.stage.backlog
+                if room < self.config.stream.batch:
+                    self._room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._room.wait()
+                    continue
+                now = time.monotonic()
+                if now - claimed_at >= claim_every:
+                    entries, deleted = await self.reader.reclaim(room)
+                    if self.reader.reclaim_done:
+                        claimed_at = now
+                    if deleted:
+                        self.metrics.mirror_dropped("stream_trimmed", deleted)
+                    if entries:
+                        self._records.labels("reclaimed").inc(len(entries))
+                        self._submit(entries)
+                        continue
+                entries = await self.reader.read(min(room, self.config.stream.batch * 4))
+                self._records.labels("read").inc(len(entries))
+                self._submit(entries)
+            except UNREACHABLE as exc:
+                if self.connected:
+                    log.warning("stream: Redis unreachable, reading stops: %s", exc)
+                    sdnotify.notify("STATUS=Redis unreachable; reconnecting")
+                self.connected, self.error = False, f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT[1])
+
+    def _submit(self, entries: list[tuple[bytes, bytes | None]]) -> None:
+        submit = self.stage.submit
+        for entry_id, payload in entries:
+            self._in_stage.append(entry_id)
+            # An entry without its record (trimmed after it was read) decodes as nothing:
+            # the stage counts it as undecodable, and it is acknowledged like any other.
+            submit(payload if payload is not None else b"")
+
+    # -- publishing ------------------------------------------------------------------------
+    def take_delta(self) -> dict[str, Any] | None:
+        """Statistics counted since the last call, folded into the cumulative ones; the ids
+        they count join those to acknowledge."""
+        aggregator, evidence = self.stage.swap_statistics(self._fresh(), self._fresh_evidence())
+        taken = self.stage.received - self.stage.backlog
+        for _ in range(taken - self._taken):
+            self._unacked.append(self._in_stage.popleft())
+        self._taken = taken
+        if not aggregator.endpoints:
+            return None
+        delta = snapshot_of(aggregator, evidence)
+        merge_snapshot(self.total, self.total_evidence, delta, self._rng)
+        return delta
+
+    async def publish(self) -> bool:
+        """Store the cumulative snapshot in Redis and acknowledge what it counts."""
+        trimmed = await self.reader.trimmed()
+        if trimmed:
+            self.metrics.mirror_dropped("stream_trimmed", trimmed)
+        blob = msgpack.packb(
+            {
+                "v": FLEET_SNAPSHOT_VERSION,
+                "consumer": self.consumer,
+                "at": time.time(),
+                "started_at": self.total.started_at,
+                "snapshot": snapshot_of(self.total, self.total_evidence),
+                "metrics": export_families(self.metrics.registry),
+                "status": self.status(),
+            },
+            use_bin_type=True,
+        )
+        ack = self._unacked
+        generation = await self.reader.publish_snapshot(blob, ack, self.fleet_generation)
+        self._records.labels("acknowledged").inc(len(ack))
+        self._unacked = []
+        if generation != self.fleet_generation:  # a fleet reset: start a new window
+            self.fleet_generation = generation
+            self.total, self.total_evidence = self._fresh(), self._fresh_evidence()
+        return True
+
+    async def publish_round(self) -> dict[str, Any] | None:
+        """Take the interval's delta and publish the cumulative snapshot; the delta. One at a
+        time: a snapshot stored after a newer one would uncount acknowledged records."""
+        async with self._publishing:
+            delta = self.take_delta()
+            try:
+                await self.publish()
+            except UNREACHABLE as exc:
+                # Kept: the next round publishes them (the records stay pending meanwhile).
+                log.warning("stream: snapshot not published (%s); retrying next round", exc)
+            return delta
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "stream": {
+                "backend": "redis",
+                "consumer": self.consumer,
+                "connected": self.connected,
+                "error": self.error,
+            },
+            "backlog": self.stage.backlog,
+            "diffed": self.stage.diffed,
+            "received": self.stage.received,
+            "unacknowledged": len(self._unacked) + len(self._in_stage),
+        }
+
+    async def _finish(self, grace: float) -> dict[str, Any] | None:
+        """Stop reading, work off the backlog, publish it (acknowledged); the last delta."""
+        self._stopping = True
+        await self.stage.wait_idle(grace)
+        return await self.publish_round()
+
+    # -- running alone: ``shadowd worker`` --------------------------------------------------
+    async def run_alone(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        stage = loop.create_task(self.stage.run(), name="diff-stage")
+        reading = loop.create_task(self.consume(), name="stream-reader")
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.analysis.snapshot_interval):
+                        await stop.wait()
+                if not stop.is_set():
+                    await self.publish_round()
+            sdnotify.notify("STOPPING=1\nSTATUS=publishing the last snapshot")
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+            await self._finish(5.0)
+        finally:
+            reading.cancel()
+            stage.cancel()
+            await self.reader.close()
+
+    # -- under ``shadowd run``'s supervisor -------------------------------------------------
+    async def run_supervised(self, channel: Channel) -> None:
+        loop = asyncio.get_running_loop()
+        stage = loop.create_task(self.stage.run(), name="diff-stage")
+        reading = loop.create_task(self.consume(), name="stream-reader")
+        channel.send({"t": "ready", "pid": os.getpid()})
+        reporter = loop.create_task(self._report_every(channel), name="reporter")
+        try:
+            await self._serve(channel, reading)
+        finally:
+            reporter.cancel()
+            reading.cancel()
+            stage.cancel()
+            await self.reader.close()
+
+    async def _serve(self, channel: Channel, reading: asyncio.Task[None]) -> None:
+        while True:
+            try:
+                message = await channel.receive()
+            except ChannelClosed:
+                log.warning("supervisor gone: stream analysis worker %s stops", self.consumer)
+                return
+            kind = message["t"]
+            if kind == "report_now":
+                await self.report(channel, seq=message.get("seq"))
+            elif kind == "reset":
+                # The instance's view starts afresh; the fleet's keeps what was counted (its
+                # own reset is POST /api/v1/reset?scope=fleet): taken, but not sent.
+                self.generation = message["gen"]
+                self.take_delta()
+            elif kind == "config":
+                self.config = pickle.loads(message["config"])
+                self.stage.config = self.config.diff
+                await self.report(channel, seq=message.get("seq"))
+            elif kind == "drain":
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reading
+                last = await self._finish(message.get("grace", 5.0))
+                await self.report(channel, seq=message.get("seq"), delta=last)
+                await channel.drain()
+                return
+
+    async def report(self, channel: Channel, seq: int | None = None, delta: Any = "take") -> None:
+        if delta == "take":
+            delta = await self.publish_round()
+        message: dict[str, Any] = {
+            "t": "report",
+            "gen": self.generation,
+            "seq": seq,
+            "metrics": export_families(self.metrics.registry),
+            "status": self.status(),
+        }
+        if delta is not None:
+            message["delta"] = delta
+        with contextlib.suppress(ChannelClosed):
+            channel.send(message)
+
+    async def _report_every(self, channel: Channel) -> None:
+        while True:
+            await asyncio.sleep(self.config.analysis.snapshot_interval)
+            await self.report(channel)
+            with contextlib.suppress(ChannelClosed):
+                await channel.drain()
+
+
+def run_worker(config: Config, consumer: str | None = None) -> int:
+    """``shadowd worker -c FILE``: until SIGTERM/SIGINT, then the backlog is worked off and
+    published (acknowledged) before it exits."""
+    import signal
+
+    async def main() -> None:
+        worker = StreamAnalysisWorker(config, consumer)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info(
+            "analysis worker",
+            extra={"consumer": worker.consumer, "stream": config.stream.key, "pid": os.getpid()},
+        )
+        await worker.run_alone(stop)
+
+    if config.analysis.nice:
+        with contextlib.suppress(OSError):
+            os.nice(config.analysis.nice)
+    asyncio.run(main())
+    return 0
