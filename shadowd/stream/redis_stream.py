@@ -317,15 +317,19 @@ class StreamReader:
         info = await self.client.xinfo_stream(self.config.key)
         groups = await self.client.xinfo_groups(self.config.key)
         group = self.config.group.encode()
-        read = next(
-            (g.get("entries-read") for g in groups if g.get("name") in (group, self.config.group)),
-            None,
-        )
+        mine = next((g for g in groups if g.get("name") in (group, self.config.group)), None)
         added = info.get("entries-added")
-        if read is None or added is None:
+        if mine is None or added is None:
             return 0
-        # The group reads, and MAXLEN trims, the stream in order: both are prefixes of the
-        # entries ever added, so the trimmed entries the group never read are the difference.
+        read = mine.get("entries-read")
+        if read is None:  # Redis keeps no count before the group's first read
+            if mine.get("last-delivered-id") not in (b"0-0", "0-0"):
+                return 0
+            read = 0
+        # The group reads, and MAXLEN trims, the stream in order: while the group lags behind
+        # the trim point, everything it read was trimmed too, and the trimmed records it
+        # never read are the difference (exact then; a lower bound once it has caught up, and
+        # the claimed total never goes down).
         unread_trimmed = max(0, int(added) - int(info["length"]) - int(read))
         return int(await self._claim_trimmed(keys=[self.keys["trimmed"]], args=[unread_trimmed]))
 
