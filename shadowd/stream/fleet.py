@@ -90,6 +90,7 @@ class FleetView:
             except UNREACHABLE as exc:
                 if self.connected:
                     log.warning("fleet view: Redis unreachable: %s", exc)
+                    self._report = None  # its status says so
                 self.connected, self.error = False, f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(self.config.analysis.snapshot_interval)
 
@@ -100,7 +101,8 @@ class FleetView:
         pipe.hgetall(self.keys["ingress"])
         pipe.get(self.keys["generation"])
         snapshots, ingress, generation = await pipe.execute()
-        self.connected, self.error = True, None
+        if not self.connected:
+            self.connected, self.error, self._report = True, None, None
         raw = (snapshots, ingress)
         changed = raw != self._raw
         if changed:
