@@ -184,9 +184,7 @@ async def test_fleet_report_of_two_ingress_and_two_workers_equals_one_process(
         write_capture(tmp_path / "b.shadow", exchanges[1::2]),
     ]
     fleet = FleetView(config)
-    workers = [
-        await shadowd("worker", "-c", str(config_path), "--consumer", name) for name in "wx"
-    ]
+    workers = [await shadowd("worker", "-c", str(config_path), "--consumer", name) for name in "wx"]
     try:
         # Both workers are in the group (they publish an empty snapshot at once) before any
         # record is appended, so that each takes a share.
@@ -248,7 +246,9 @@ async def test_a_worker_killed_with_sigkill_loses_nothing_acknowledged_and_anoth
         survivor = await shadowd("worker", "-c", str(config_path), "--consumer", "survivor")
         await fleet_counts(fleet, 6000)
         async with asyncio.timeout(10.0):
-            while (await client.xpending("t:kill", config.stream.group))["pending"]:
+            while True:  # the survivor acknowledges with its next snapshot
+                if not (await client.xpending("t:kill", config.stream.group))["pending"]:
+                    break
                 await asyncio.sleep(0.05)
         await fleet.refresh()
         # Exactly once: what the dead worker acknowledged is counted in its snapshot, what
@@ -299,36 +299,36 @@ async def test_the_sender_sheds_and_counts_when_its_buffer_is_full_or_redis_is_g
     assert not sender.offer(exchange)  # not connected yet: shed, never waited for
     assert shed == ["stream_down"]
     sender.start()
-    async with asyncio.timeout(10.0):
-        while not sender.connected:
-            await asyncio.sleep(0.01)
+    await sender_until(sender, lambda: sender.connected)
     # One turn of the loop: the sender's task cannot run, the buffer fills to its bound.
     offered = [sender.offer(exchange) for _ in range(20)]
     assert offered.count(True) == 11 and shed.count("stream_backlog") == 9
-    async with asyncio.timeout(10.0):
-        while sender.handed_off < 11:
-            await asyncio.sleep(0.01)
+    await sender_until(sender, lambda: sender.handed_off == 11)
     client = redis.Redis.from_url(redis_server.url)
     assert await client.xlen("t:shed") == 11
     await client.aclose()
     await redis_server.kill()
-    async with asyncio.timeout(10.0):
-        while sender.connected:  # found out at the next append
-            sender.offer(exchange)
-            await asyncio.sleep(0.01)
+    assert sender.offer(exchange)  # buffered: found out when it is appended
+    await sender_until(sender, lambda: not sender.connected)
+    assert shed.count("stream_down") == 2  # that record, shed when the append failed
     before = shed.count("stream_down")
     assert not sender.offer(exchange)
     assert shed.count("stream_down") == before + 1
     # Back: it reconnects by itself (doubling back-off) and appends again.
     await redis_server.start()
-    async with asyncio.timeout(20.0):
-        while not sender.connected:
-            await asyncio.sleep(0.02)
+    await sender_until(sender, lambda: sender.connected, timeout=20.0)
     assert sender.offer(exchange)
     assert await sender.close()
     client = redis.Redis.from_url(redis_server.url)
     assert await client.xlen("t:shed") == 1  # a restarted Redis without persistence
     await client.aclose()
+
+
+async def sender_until(sender: StreamSender, done: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not done():
+            sender.changed.clear()
+            await sender.changed.wait()
 
 
 def test_config_refuses_credentials_in_the_url_and_a_claim_idle_below_the_snapshots(tmp_path):
@@ -368,8 +368,11 @@ async def admin_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any
 
 
 async def until(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    """Until another process's state (read over HTTP) meets ``condition``."""
     async with asyncio.timeout(timeout):
-        while not await condition():
+        while True:
+            if await condition():
+                return
             await asyncio.sleep(0.05)
 
 
@@ -399,7 +402,7 @@ async def test_redis_down_production_is_served_copies_are_shed_and_it_reconnects
 
             async def analysis_ready(expected: bool = True) -> bool:
                 try:
-                    status, state = await admin_json(session, api + "/readyz")
+                    _, state = await admin_json(session, api + "/readyz")
                 except aiohttp.ClientError:
                     return False
                 return state.get("analysis", {}).get("ready") is expected

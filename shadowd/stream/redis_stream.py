@@ -60,6 +60,22 @@ end
 return gen
 """
 
+# A live worker keeps the records it holds (read, not yet acknowledged) from looking idle, so
+# that XAUTOCLAIM hands over only a dead (or stalled) worker's: each one it still owns is
+# claimed again by itself, which resets its idle time. One it no longer owns is left alone.
+# KEYS: stream; ARGV: group, consumer, ids...
+KEEP_ALIVE_LUA = """
+local kept = 0
+for i = 3, #ARGV do
+  local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #mine > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+"""
+
 # How many records were trimmed by MAXLEN before the group read them is a fleet-wide total
 # that only grows; each worker claims the part no other worker has counted yet, so that the
 # sum of every worker's shadowd_mirror_dropped_total{reason="stream_trimmed"} is that total.
@@ -152,6 +168,8 @@ class StreamSender:
         self.connected = False
         self.error: str | None = None
         self.handed_off = 0  # records Redis has accepted
+        # Set whenever ``connected`` or ``handed_off`` changes (for tests and status).
+        self.changed = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-sender")
@@ -198,6 +216,7 @@ class StreamSender:
                 if not self.connected:
                     await self._client.ping()
                     self.connected, self.error, delay = True, None, RECONNECT[0]
+                    self.changed.set()
                     log.info("stream: connected to %s", self.config.url)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
@@ -206,6 +225,7 @@ class StreamSender:
                 while self._buffer:
                     batch = self._take_batch()
                     self.handed_off += await append_records(self._client, self.config, batch)
+                    self.changed.set()
                     batch = []
                 now = time.monotonic()
                 if self._series is not None and now - published_at >= 1.0:
@@ -215,6 +235,7 @@ class StreamSender:
                 if self.connected:
                     log.warning("stream: Redis unreachable, copies are shed: %s", exc)
                 self.connected, self.error = False, f"{type(exc).__name__}: {exc}"
+                self.changed.set()
                 self._shed_buffer(batch)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT[1])
@@ -261,6 +282,7 @@ class StreamReader:
         self.keys = fleet_keys(config)
         self._publish = self.client.register_script(PUBLISH_LUA)
         self._claim_trimmed = self.client.register_script(CLAIM_TRIMMED_LUA)
+        self._keep_alive = self.client.register_script(KEEP_ALIVE_LUA)
         self._claim_cursor = b"0-0"
 
     async def join(self) -> None:
@@ -305,6 +327,15 @@ class StreamReader:
         ]
         deleted = len(answer[2]) if len(answer) > 2 else 0
         return claimed, deleted
+
+    async def keep_alive(self, held: list[bytes]) -> int:
+        """Reset the idle time of the records this worker holds; how many it still owns."""
+        if not held:
+            return 0
+        kept = await self._keep_alive(
+            keys=[self.config.key], args=[self.config.group, self.consumer, *held]
+        )
+        return int(kept)
 
     @property
     def reclaim_done(self) -> bool:

@@ -68,6 +68,7 @@ class StreamAnalysisWorker:
         self._in_stage: deque[bytes] = deque()  # ids submitted to the stage, in order
         self._taken = 0  # records the stage has taken out of its backlog (diffed or not)
         self._unacked: list[bytes] = []  # counted in ``total`` but not yet acknowledged
+        self._held: set[bytes] = set()  # every id read and not yet acknowledged
         self.fleet_generation = 0
         self.generation = 0  # the supervisor's (per-instance reset)
         self.connected = False
@@ -111,6 +112,8 @@ class StreamAnalysisWorker:
                         claimed_at = now
                     if deleted:
                         self.metrics.mirror_dropped("stream_trimmed", deleted)
+                    # Ours already (kept alive late, e.g. after a long pause): held once.
+                    entries = [e for e in entries if e[0] not in self._held]
                     if entries:
                         self._records.labels("reclaimed").inc(len(entries))
                         self._submit(entries)
@@ -126,10 +129,19 @@ class StreamAnalysisWorker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT[1])
 
+    async def keep_alive(self) -> None:
+        """Every third of ``claim_idle``: the records held here must not look abandoned."""
+        while True:
+            await asyncio.sleep(self.config.stream.claim_idle / 3)
+            if self.connected:
+                with contextlib.suppress(*UNREACHABLE):
+                    await self.reader.keep_alive(list(self._held))
+
     def _submit(self, entries: list[tuple[bytes, bytes | None]]) -> None:
         submit = self.stage.submit
         for entry_id, payload in entries:
             self._in_stage.append(entry_id)
+            self._held.add(entry_id)
             # An entry without its record (trimmed after it was read) decodes as nothing:
             # the stage counts it as undecodable, and it is acknowledged like any other.
             submit(payload if payload is not None else b"")
@@ -170,6 +182,7 @@ class StreamAnalysisWorker:
         generation = await self.reader.publish_snapshot(blob, ack, self.fleet_generation)
         self._records.labels("acknowledged").inc(len(ack))
         self._unacked = []
+        self._held.difference_update(ack)
         if generation != self.fleet_generation:  # a fleet reset: start a new window
             self.fleet_generation = generation
             self.total, self.total_evidence = self._fresh(), self._fresh_evidence()
@@ -212,6 +225,7 @@ class StreamAnalysisWorker:
         loop = asyncio.get_running_loop()
         stage = loop.create_task(self.stage.run(), name="diff-stage")
         reading = loop.create_task(self.consume(), name="stream-reader")
+        keeping = loop.create_task(self.keep_alive(), name="stream-keep-alive")
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -226,6 +240,7 @@ class StreamAnalysisWorker:
             await self._finish(5.0)
         finally:
             reading.cancel()
+            keeping.cancel()
             stage.cancel()
             await self.reader.close()
 
@@ -234,12 +249,14 @@ class StreamAnalysisWorker:
         loop = asyncio.get_running_loop()
         stage = loop.create_task(self.stage.run(), name="diff-stage")
         reading = loop.create_task(self.consume(), name="stream-reader")
+        keeping = loop.create_task(self.keep_alive(), name="stream-keep-alive")
         channel.send({"t": "ready", "pid": os.getpid()})
         reporter = loop.create_task(self._report_every(channel), name="reporter")
         try:
             await self._serve(channel, reading)
         finally:
             reporter.cancel()
+            keeping.cancel()
             reading.cancel()
             stage.cancel()
             await self.reader.close()
