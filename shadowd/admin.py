@@ -34,14 +34,14 @@ log = logging.getLogger("shadowd.admin")
 ROUTES = (
     "GET /healthz",
     "GET /readyz",
-    "GET /metrics[?scope=fleet]",
+    "GET /metrics",
     "GET /api/v1",
     "GET /api/v1/report",
     "GET /api/v1/endpoints/{id}/samples",
-    "POST /api/v1/reset[?scope=fleet]",
+    "POST /api/v1/reset",
     "GET /api/v1/mirror",
     "POST /api/v1/mirror",
-    "GET|POST /api/v1/verdict[?gate=1][&scope=fleet]",
+    "GET|POST /api/v1/verdict[?gate=1]",
     "GET /",
 )
 
@@ -339,7 +339,10 @@ def create_admin_app(control: AdminControl) -> web.Application:
 
     async def samples(request: web.Request) -> web.Response:
         endpoint_id = request.match_info["id"]
-        found = endpoint_samples(control.aggregator, endpoint_id)
+        fleet, problem = _fleet_of(control, request)
+        if problem is not None:
+            return problem
+        found = endpoint_samples((fleet or control).aggregator, endpoint_id)
         if found is None:
             return error_response(404, f"no endpoint with id {endpoint_id!r}")
         return json_response(found)

@@ -21,6 +21,7 @@ import os
 import pickle
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -76,6 +77,8 @@ class StreamAnalysisWorker:
         self._stopping = False
         self._room = asyncio.Event()
         self._publishing = asyncio.Lock()
+        # systemd's view of a worker running alone (under the supervisor: nothing).
+        self._notify: Callable[[str], object] = lambda status: None
         self.stage.on_room = self._room.set
 
     def _fresh(self) -> Aggregator:
@@ -97,7 +100,7 @@ class StreamAnalysisWorker:
                     self.fleet_generation = await self.reader.generation()
                     self.connected, self.error, delay = True, None, RECONNECT[0]
                     log.info("stream: %s reads %s", self.consumer, self.config.stream.key)
-                    sdnotify.notify(f"READY=1\nSTATUS=reading {self.config.stream.key}")
+                    self._notify(f"STATUS=reading {self.config.stream.key} as {self.consumer}")
                 room = BACKLOG_RECORDS - self.stage.backlog
                 if room < self.config.stream.batch:
                     self._room.clear()
@@ -122,9 +125,9 @@ class StreamAnalysisWorker:
                 self._records.labels("read").inc(len(entries))
                 self._submit(entries)
             except UNREACHABLE as exc:
-                if self.connected:
+                if self.connected or self.error is None:  # lost, or not there at the start
                     log.warning("stream: Redis unreachable, reading stops: %s", exc)
-                    sdnotify.notify("STATUS=Redis unreachable; reconnecting")
+                    self._notify(f"STATUS=Redis unreachable ({exc}); reconnecting")
                 self.connected, self.error = False, f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT[1])
@@ -222,6 +225,10 @@ class StreamAnalysisWorker:
 
     # -- running alone: ``shadowd worker`` --------------------------------------------------
     async def run_alone(self, stop: asyncio.Event) -> None:
+        # Ready at once, whether Redis is there or not: STATUS= says which (a unit that waits
+        # for Redis to start would be killed by systemd's start timeout, and restarted).
+        self._notify = sdnotify.notify
+        sdnotify.notify(f"READY=1\nSTATUS=connecting to {self.config.stream.url}")
         loop = asyncio.get_running_loop()
         stage = loop.create_task(self.stage.run(), name="diff-stage")
         reading = loop.create_task(self.consume(), name="stream-reader")
