@@ -75,11 +75,9 @@ class StreamAnalysisWorker:
         self.connected = False
         self.error: str | None = None
         self._stopping = False
-        self._room = asyncio.Event()
         self._publishing = asyncio.Lock()
         # systemd's view of a worker running alone (under the supervisor: nothing).
         self._notify: Callable[[str], object] = lambda status: None
-        self.stage.on_room = self._room.set
 
     def _fresh(self) -> Aggregator:
         return Aggregator(self.config, self.metrics)
@@ -103,10 +101,9 @@ class StreamAnalysisWorker:
                     self._notify(f"STATUS=reading {self.config.stream.key} as {self.consumer}")
                 room = BACKLOG_RECORDS - self.stage.backlog
                 if room < self.config.stream.batch:
-                    self._room.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(1.0):
-                            await self._room.wait()
+                    # Read ahead no further: what a worker holds must be diffed well within
+                    # claim_idle. The stage works it off; one round trip refills it.
+                    await self.stage.wait_idle(1.0)
                     continue
                 now = time.monotonic()
                 if now - claimed_at >= claim_every:
