@@ -124,18 +124,28 @@ def redis_client(config: StreamConfig) -> redis.Redis:
     )
 
 
+# A batch of records in one command: redis-py spends ~20 µs of the caller's CPU per pipelined
+# XADD building and parsing commands, on the ingress's loop; one script call per batch costs
+# that once per batch. KEYS: stream; ARGV: maxlen, records...
+APPEND_LUA = """
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'r', ARGV[i])
+end
+return #ARGV - 1
+"""
+
+
 async def append_records(
     client: redis.Redis, config: StreamConfig, payloads: Iterable[bytes]
 ) -> int:
-    """Append records with one pipelined round trip (no transaction: each XADD stands alone)."""
-    pipe = client.pipeline(transaction=False)
-    count = 0
-    for payload in payloads:
-        pipe.xadd(config.key, {FIELD: payload}, maxlen=config.maxlen, approximate=True)
-        count += 1
-    if count:
-        await pipe.execute()
-    return count
+    """Append records with one round trip: ``XADD key MAXLEN ~ maxlen * r record`` each."""
+    batch = list(payloads)
+    if not batch:
+        return 0
+    # A Script only hashes its text (EVALSHA, then EVAL once if Redis does not know it yet).
+    script = client.register_script(APPEND_LUA)
+    appended = await script(keys=[config.key], args=[config.maxlen, *batch])
+    return int(appended)
 
 
 class StreamSender:
