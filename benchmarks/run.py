@@ -15,6 +15,7 @@ BENCHMARKS = [
     "capture_bench.py",
     "replay_bench.py",
     "middleware_bench.py",
+    "stream_bench.py",
 ]
 
 
