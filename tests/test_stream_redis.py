@@ -459,3 +459,78 @@ async def test_redis_down_production_is_served_copies_are_shed_and_it_reconnects
 
 async def _equals(value, expected) -> bool:  # type: ignore[no-untyped-def]
     return await value == expected
+
+
+async def test_two_instances_on_one_stream_show_the_same_fleet_view(
+    redis_server, services, tmp_path
+):
+    primary, candidate = services
+    daemons, ingress, admin = [], [], []
+    for name, view in (("a", "instance"), ("b", "fleet")):
+        ingress.append(free_port())
+        admin.append(free_port())
+        path = write_config(
+            tmp_path / f"{name}.toml",
+            redis_server.url,
+            "t:two",
+            targets__primary={"url": primary.url},
+            targets__candidate={"url": candidate.url},
+            ingress={"listen": f"127.0.0.1:{ingress[-1]}", "workers": 1},
+            analysis={"workers": 1},
+            admin={"listen": f"127.0.0.1:{admin[-1]}"},
+            stream={"view": view},
+        )
+        path.write_text(
+            path.read_text().replace('[targets.secondary]\nurl = "http://127.0.0.1:10"\n', "")
+        )
+        daemons.append(ShadowdProcess(path))
+        await daemons[-1].start()
+    a, b = (f"http://127.0.0.1:{port}" for port in admin)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def both_ready() -> bool:
+                for api in (a, b):
+                    try:
+                        _, state = await admin_json(session, api + "/readyz")
+                    except aiohttp.ClientError:
+                        return False
+                    if not state.get("analysis", {}).get("ready"):
+                        return False
+                return True
+
+            await until(both_ready, timeout=30.0)
+            for port, count in zip(ingress, (60, 40), strict=True):
+                for i in range(count):
+                    async with session.get(f"http://127.0.0.1:{port}/users/{i}") as answer:
+                        assert answer.status == 200
+
+            async def fleet_counts_everything() -> bool:
+                _, report = await admin_json(session, a + "/api/v1/report?scope=fleet")
+                _, default_b = await admin_json(session, b + "/api/v1/report")
+                return report["totals"]["exchanges"] == default_b["totals"]["exchanges"] == 100
+
+            await until(fleet_counts_everything, timeout=30.0)
+            # Any instance serves the same fleet view; [stream] view = "fleet" makes it the
+            # default (b), ?scope=instance still gives each instance its own share.
+            _, fleet_a = await admin_json(session, a + "/api/v1/report?scope=fleet")
+            _, fleet_b = await admin_json(session, b + "/api/v1/report")
+            assert comparable(fleet_a) == comparable(fleet_b)
+            _, own_a = await admin_json(session, a + "/api/v1/report")
+            _, own_b = await admin_json(session, b + "/api/v1/report?scope=instance")
+            assert own_a["totals"]["exchanges"] + own_b["totals"]["exchanges"] == 100
+            _, verdict_a = await admin_json(session, a + "/api/v1/verdict?scope=fleet")
+            _, verdict_b = await admin_json(session, b + "/api/v1/verdict")
+            assert verdict_a["exchanges"] == verdict_b["exchanges"] == 100
+            assert verdict_a["verdict"] == verdict_b["verdict"]
+            async with session.get(b + "/metrics") as answer:
+                text = await answer.text()
+            acknowledged = [
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith('shadowd_stream_records_total{how="acknowledged"}')
+            ]
+            assert acknowledged == [100.0]  # both workers' series, summed by the fleet's /metrics
+    finally:
+        for daemon in daemons:
+            await daemon.kill()

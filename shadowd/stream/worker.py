@@ -76,6 +76,7 @@ class StreamAnalysisWorker:
         self.error: str | None = None
         self._stopping = False
         self._publishing = asyncio.Lock()
+        self._published_at = -1e9  # monotonic time of the last snapshot stored in Redis
         # systemd's view of a worker running alone (under the supervisor: nothing).
         self._notify: Callable[[str], object] = lambda status: None
 
@@ -193,8 +194,14 @@ class StreamAnalysisWorker:
         time: a snapshot stored after a newer one would uncount acknowledged records."""
         async with self._publishing:
             delta = self.take_delta()
+            now = time.monotonic()
+            if delta is None and not self._unacked and now - self._published_at < 2 * (
+                self.config.analysis.snapshot_interval
+            ):
+                return None  # nothing new: an idle worker does not rewrite its snapshot
             try:
                 await self.publish()
+                self._published_at = now
             except UNREACHABLE as exc:
                 # Kept: the next round publishes them (the records stay pending meanwhile).
                 log.warning("stream: snapshot not published (%s); retrying next round", exc)
