@@ -195,8 +195,10 @@ class StreamAnalysisWorker:
         async with self._publishing:
             delta = self.take_delta()
             now = time.monotonic()
-            if delta is None and not self._unacked and now - self._published_at < 2 * (
-                self.config.analysis.snapshot_interval
+            if (
+                delta is None
+                and not self._unacked
+                and now - self._published_at < 2 * self.config.analysis.snapshot_interval
             ):
                 return None  # nothing new: an idle worker does not rewrite its snapshot
             try:
