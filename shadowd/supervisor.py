@@ -130,7 +130,7 @@ class Supervisor:
         if config.stream.redis:
             from shadowd.stream.fleet import FleetView
 
-            self.fleet = FleetView(config)
+            self.fleet = FleetView(config, self.mirror_status)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, *, ingress_sock: socket.socket | None = None) -> None:

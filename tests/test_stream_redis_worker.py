@@ -24,6 +24,7 @@ from test_stream_redis import (
     write_config,
 )
 
+from shadowd.capture.reader import read_capture
 from shadowd.config import load_config
 
 pytestmark = pytest.mark.integration
@@ -89,7 +90,9 @@ async def test_worker_is_ready_without_redis_says_so_and_reads_once_it_is_there(
         notify.sock.close()
 
 
-async def test_sigterm_publishes_and_acknowledges_everything_taken_before_exit(tmp_path):
+async def test_sigterm_publishes_acknowledges_and_records_everything_taken_before_exit(
+    tmp_path,
+):
     server = RedisServer(free_port())
     await server.start()
     try:
@@ -97,8 +100,9 @@ async def test_sigterm_publishes_and_acknowledges_everything_taken_before_exit(t
             tmp_path / "w.toml",
             server.url,
             "t:term",
-            analysis={"snapshot_interval": "10s"},
-            stream={"claim_idle": "30s"},
+            analysis={"snapshot_interval": "60s"},
+            stream={"claim_idle": "180s"},
+            capture={"path": str(tmp_path / "live.shadow")},
         )
         config = load_config(config_path)
         capture = write_capture(tmp_path / "c.shadow", workload(seed=9, count=300))
@@ -106,7 +110,7 @@ async def test_sigterm_publishes_and_acknowledges_everything_taken_before_exit(t
         worker = await shadowd("worker", "-c", str(config_path), "--consumer", "w")
         client = redis.Redis.from_url(server.url)
         try:
-            # It has read them all (nothing left to deliver) and, with a 10 s interval, has
+            # It has read them all (nothing left to deliver) and, with a 60 s interval, has
             # published none of them yet.
             async with asyncio.timeout(20.0):
                 while True:
@@ -120,6 +124,8 @@ async def test_sigterm_publishes_and_acknowledges_everything_taken_before_exit(t
             assert (await client.xpending("t:term", config.stream.group))["pending"] == 0
             snapshots = await client.hgetall("t:term:fleet:snapshots")
             assert list(snapshots) == [b"w"]
+            # [capture] holds: the worker recorded what it took, in a file of its own.
+            assert sum(1 for _ in read_capture(tmp_path / "live.w.shadow")) == 300
         finally:
             await stop(worker)
             await client.aclose()

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -46,8 +47,13 @@ class FleetSeries(MergedSeries):
 
 
 class FleetView:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, instance_status: Callable[[], dict[str, Any]] | None = None
+    ) -> None:
         self.config = config
+        # This instance's mirroring status (its kill switch, queue): the fleet's report
+        # carries it beside the fleet's members, so the dashboard's switch stays truthful.
+        self._instance_status = instance_status
         self.keys = fleet_keys(config.stream)
         self.client = redis_client(config.stream)
         self.aggregator = Aggregator(config)
@@ -90,7 +96,6 @@ class FleetView:
             except UNREACHABLE as exc:
                 if self.connected:
                     log.warning("fleet view: Redis unreachable: %s", exc)
-                    self._report = None  # its status says so
                 self.connected, self.error = False, f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(self.config.analysis.snapshot_interval)
 
@@ -101,8 +106,7 @@ class FleetView:
         pipe.hgetall(self.keys["ingress"])
         pipe.get(self.keys["generation"])
         snapshots, ingress, generation = await pipe.execute()
-        if not self.connected:
-            self.connected, self.error, self._report = True, None, None
+        self.connected, self.error = True, None
         raw = (snapshots, ingress)
         changed = raw != self._raw
         if changed:
@@ -163,9 +167,12 @@ class FleetView:
         }
 
     def report(self) -> dict[str, Any]:
+        """Built once per merge; the status part is current at every call."""
         if self._report is None:
-            self._report = build_report(self.aggregator, self.status())
-        return self._report
+            self._report = build_report(self.aggregator)
+        status = dict(self._instance_status()) if self._instance_status is not None else {}
+        status.update(self.status())
+        return {**self._report, "mirroring": status}
 
     async def current_verdict(self) -> Verdict:
         return await self.verdicts.current()

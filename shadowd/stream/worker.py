@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -32,6 +33,7 @@ from shadowd import sdnotify
 from shadowd.aggregate import Aggregator
 from shadowd.analysis.snapshot import merge_snapshot, snapshot_of
 from shadowd.analysis.stage import DiffStage
+from shadowd.capture.writer import CaptureWriter
 from shadowd.config import Config
 from shadowd.control import Channel, ChannelClosed
 from shadowd.metrics import Metrics, export_families
@@ -62,6 +64,7 @@ class StreamAnalysisWorker:
             config.diff, self._fresh(), self._fresh_evidence(), self.metrics, BACKLOG_RECORDS
         )
         self.reader = StreamReader(config.stream, self.consumer)
+        self.capture: CaptureWriter | None = None
         # Cumulative statistics since the start (or the fleet's last reset): what Redis holds.
         self.total = self._fresh()
         self.total_evidence = self._fresh_evidence()
@@ -79,6 +82,28 @@ class StreamAnalysisWorker:
         self._published_at = -1e9  # monotonic time of the last snapshot stored in Redis
         # systemd's view of a worker running alone (under the supervisor: nothing).
         self._notify: Callable[[str], object] = lambda status: None
+
+    async def start_capture(self) -> None:
+        """``[capture]``: each worker records what it takes, in a file of its own
+        (``live.<consumer>.shadow``), off any relaying loop as in the local plane."""
+        capture_config = self.config.capture
+        if capture_config is None:
+            return
+        path = capture_config.path
+        path = path.with_name(f"{path.stem}.{self.consumer}{path.suffix}")
+        self.capture = CaptureWriter(
+            dataclasses.replace(capture_config, path=path),
+            digest=self.config.digest,
+            on_written=self.metrics.capture_written,
+            on_dropped=self.metrics.capture_dropped,
+            on_failed=self.metrics.capture_failed,
+        )
+        await self.capture.start()
+        self.stage.listeners.append(self.capture.submit)
+
+    async def close_capture(self) -> None:
+        if self.capture is not None:
+            await self.capture.close(timeout=10.0)
 
     def _fresh(self) -> Aggregator:
         return Aggregator(self.config, self.metrics)
@@ -221,6 +246,7 @@ class StreamAnalysisWorker:
             "diffed": self.stage.diffed,
             "received": self.stage.received,
             "unacknowledged": len(self._unacked) + len(self._in_stage),
+            "capture": self.capture.status() if self.capture is not None else None,
         }
 
     async def _finish(self, grace: float) -> dict[str, Any] | None:
@@ -234,6 +260,7 @@ class StreamAnalysisWorker:
         # Ready at once, whether Redis is there or not: STATUS= says which (a unit that waits
         # for Redis to start would be killed by systemd's start timeout, and restarted).
         self._notify = sdnotify.notify
+        await self.start_capture()
         sdnotify.notify(f"READY=1\nSTATUS=connecting to {self.config.stream.url}")
         loop = asyncio.get_running_loop()
         stage = loop.create_task(self.stage.run(), name="diff-stage")
@@ -256,9 +283,11 @@ class StreamAnalysisWorker:
             keeping.cancel()
             stage.cancel()
             await self.reader.close()
+            await self.close_capture()
 
     # -- under ``shadowd run``'s supervisor -------------------------------------------------
     async def run_supervised(self, channel: Channel) -> None:
+        await self.start_capture()
         loop = asyncio.get_running_loop()
         stage = loop.create_task(self.stage.run(), name="diff-stage")
         reading = loop.create_task(self.consume(), name="stream-reader")
@@ -273,6 +302,7 @@ class StreamAnalysisWorker:
             reading.cancel()
             stage.cancel()
             await self.reader.close()
+            await self.close_capture()
 
     async def _serve(self, channel: Channel, reading: asyncio.Task[None]) -> None:
         while True:
