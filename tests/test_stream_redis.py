@@ -534,3 +534,13 @@ async def test_two_instances_on_one_stream_show_the_same_fleet_view(
     finally:
         for daemon in daemons:
             await daemon.kill()
+
+
+def test_a_reload_does_not_change_the_stream_it_needs_a_restart(tmp_path):
+    from shadowd.ingress.plane import restart_only_changes
+
+    old = load_config(write_config(tmp_path / "old.toml", "redis://127.0.0.1:1/0", "k1"))
+    new = load_config(write_config(tmp_path / "new.toml", "redis://127.0.0.1:2/0", "k2"))
+    applied, restart_only = restart_only_changes(old, new)
+    assert restart_only == ["stream"]
+    assert applied.stream == old.stream
