@@ -28,7 +28,12 @@ from shadowd.analysis.snapshot import merge_snapshot
 from shadowd.config import Config
 from shadowd.metrics import Families, MergedSeries, Metrics, SupervisorMetrics, export_families
 from shadowd.report import build_report
-from shadowd.stream.redis_stream import UNREACHABLE, fleet_keys, redis_client
+from shadowd.stream.redis_stream import (
+    FLEET_SNAPSHOT_VERSION,
+    UNREACHABLE,
+    fleet_keys,
+    redis_client,
+)
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import Verdict
 from shadowd.verdict.schedule import ScheduledVerdict
@@ -97,6 +102,8 @@ class FleetView:
                 if self.connected:
                     log.warning("fleet view: Redis unreachable: %s", exc)
                 self.connected, self.error = False, f"{type(exc).__name__}: {exc}"
+            except Exception:  # a bug or a damaged entry must not end the view's refreshes
+                log.exception("fleet view: merging the snapshots failed")
             await asyncio.sleep(self.config.analysis.snapshot_interval)
 
     async def refresh(self) -> bool:
@@ -128,6 +135,9 @@ class FleetView:
         stale = STALE_AFTER_INTERVALS * self.config.analysis.snapshot_interval
         for name in sorted(snapshots):  # one order everywhere: every admin merges alike
             doc = msgpack.unpackb(snapshots[name], raw=False, strict_map_key=False)
+            if not isinstance(doc, dict) or doc.get("v") != FLEET_SNAPSHOT_VERSION:
+                log.warning("fleet view: %r has another snapshot layout; skipped", name)
+                continue
             merge_snapshot(aggregator, evidence, doc["snapshot"], rng)
             consumer = name.decode(errors="replace")
             members[f"analysis:{consumer}"] = doc["metrics"]

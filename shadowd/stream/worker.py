@@ -37,13 +37,18 @@ from shadowd.capture.writer import CaptureWriter
 from shadowd.config import Config
 from shadowd.control import Channel, ChannelClosed
 from shadowd.metrics import Metrics, export_families
-from shadowd.stream.redis_stream import RECONNECT, UNREACHABLE, StreamReader, consumer_name
+from shadowd.stream.redis_stream import (
+    FLEET_SNAPSHOT_VERSION,
+    RECONNECT,
+    UNREACHABLE,
+    StreamReader,
+    consumer_name,
+)
 from shadowd.verdict.evidence import VerdictEvidence
 
 log = logging.getLogger("shadowd.analysis")
 
 BACKLOG_RECORDS = 2_000  # records read and waiting for the diff; reading pauses when full
-FLEET_SNAPSHOT_VERSION = 1
 
 
 class StreamAnalysisWorker:
