@@ -85,6 +85,7 @@ class StreamAnalysisWorker:
         self._stopping = False
         self._publishing = asyncio.Lock()
         self._published_at = -1e9  # monotonic time of the last snapshot stored in Redis
+        self._resumed = False  # an earlier snapshot under our name was looked for
         # systemd's view of a worker running alone (under the supervisor: nothing).
         self._notify: Callable[[str], object] = lambda status: None
 
@@ -127,6 +128,8 @@ class StreamAnalysisWorker:
                 if not self.connected:
                     await self.reader.join()
                     self.fleet_generation = await self.reader.generation()
+                    if not self._resumed:
+                        await self._resume_snapshot()
                     self.connected, self.error, delay = True, None, RECONNECT[0]
                     log.info("stream: %s reads %s", self.consumer, self.config.stream.key)
                     self._notify(f"STATUS=reading {self.config.stream.key} as {self.consumer}")
@@ -159,6 +162,24 @@ class StreamAnalysisWorker:
                 self.connected, self.error = False, f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT[1])
+
+    async def _resume_snapshot(self) -> None:
+        """A worker started again under the same name (``[stream] consumer``) continues its
+        earlier snapshot rather than overwrite it: what that one acknowledged stays counted.
+        Once only, before the first read: after a reconnection the snapshot is our own."""
+        blob = await self.reader.client.hget(self.reader.keys["snapshots"], self.consumer)
+        self._resumed = True
+        if blob is None:
+            return
+        doc = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        if doc.get("v") != FLEET_SNAPSHOT_VERSION:
+            log.warning(
+                "stream: %s: an earlier snapshot of another layout is replaced", self.consumer
+            )
+            return
+        merge_snapshot(self.total, self.total_evidence, doc["snapshot"], self._rng)
+        self.total.started_at = self.total.reset_at = doc["started_at"]
+        log.info("stream: %s continues its earlier snapshot", self.consumer)
 
     async def keep_alive(self) -> None:
         """Every third of ``claim_idle``: the records held here must not look abandoned."""
@@ -224,6 +245,8 @@ class StreamAnalysisWorker:
         time: a snapshot stored after a newer one would uncount acknowledged records."""
         async with self._publishing:
             delta = self.take_delta()
+            if not self._resumed:  # not connected yet: an earlier snapshot may be ours
+                return delta
             now = time.monotonic()
             if (
                 delta is None
