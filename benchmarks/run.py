@@ -16,6 +16,7 @@ BENCHMARKS = [
     "capture_bench.py",
     "replay_bench.py",
     "middleware_bench.py",
+    "stream_bench.py",
 ]
 
 

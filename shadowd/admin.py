@@ -322,6 +322,23 @@ def _guard(token: bytes | None, hosts: Callable[[], HostCheck]) -> Any:
     return guard
 
 
+def _fleet_of(control: AdminControl, request: web.Request) -> tuple[Any, web.Response | None]:
+    """The fleet's view (``shadowd.stream.fleet.FleetView``) when the request asks for it
+    with ``?scope=fleet`` (or ``[stream] view = "fleet"`` makes it the default); None for
+    this instance's own view. The second member is the error to answer instead."""
+    scope = request.query.get("scope") or control.config.stream.view
+    if scope == "instance":
+        return None, None
+    if scope != "fleet":
+        return None, error_response(400, f"scope must be 'instance' or 'fleet', got {scope!r}")
+    fleet = getattr(control, "fleet", None)
+    if fleet is None:
+        return None, error_response(
+            400, 'no fleet here: the fleet view needs [stream] backend = "redis"'
+        )
+    return fleet, None
+
+
 def create_admin_app(control: AdminControl) -> web.Application:
     """The admin application. Reads the token file once, now (raises ``ConfigError``)."""
     token = read_token(control.config)
@@ -337,20 +354,39 @@ def create_admin_app(control: AdminControl) -> web.Application:
         return json_response(state, status=200 if state["ready"] else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        body = generate_latest(control.metrics.registry)
+        fleet, problem = _fleet_of(control, request)
+        if problem is not None:
+            return problem
+        body = generate_latest((fleet or control).metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def report(request: web.Request) -> web.Response:
+        fleet, problem = _fleet_of(control, request)
+        if problem is not None:
+            return problem
+        if fleet is not None:
+            return web.Response(
+                body=orjson.dumps(fleet.report(), option=orjson.OPT_NON_STR_KEYS),
+                content_type="application/json",
+            )
         return web.Response(body=await control.report_json(), content_type="application/json")
 
     async def samples(request: web.Request) -> web.Response:
         endpoint_id = request.match_info["id"]
-        found = endpoint_samples(control.aggregator, endpoint_id)
+        fleet, problem = _fleet_of(control, request)
+        if problem is not None:
+            return problem
+        found = endpoint_samples((fleet or control).aggregator, endpoint_id)
         if found is None:
             return error_response(404, f"no endpoint with id {endpoint_id!r}")
         return json_response(found)
 
     async def reset(request: web.Request) -> web.Response:
+        fleet, problem = _fleet_of(control, request)
+        if problem is not None:
+            return problem
+        if fleet is not None:
+            return json_response({"cleared": await fleet.reset(), "scope": "fleet"})
         return json_response({"cleared": control.reset()})
 
     async def mirror_get(request: web.Request) -> web.Response:
@@ -371,7 +407,10 @@ def create_admin_app(control: AdminControl) -> web.Application:
     judged_json: list[Any] = [None, b""]  # (the last verdict served, its JSON)
 
     async def verdict(request: web.Request) -> web.Response:
-        judged = await control.current_verdict()
+        fleet, problem = _fleet_of(control, request)
+        if problem is not None:
+            return problem
+        judged = await (fleet or control).current_verdict()
         # The same judgement is served until the next one: polled every 100 ms, a
         # 200-endpoint verdict is serialised once, not on every poll.
         if judged is not judged_json[0]:

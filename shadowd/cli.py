@@ -80,7 +80,7 @@ def _report(args: argparse.Namespace) -> int:
             sys.stdout.write(render_samples(samples) + "\n")
         return 0
     try:
-        report = admin_get(args.url, "/api/v1/report", _token(args))
+        report = admin_get(args.url, "/api/v1/report" + _scope(args), _token(args))
     except AdminUnreachable as exc:
         print(f"shadowd report: {exc}", file=sys.stderr)
         return 3
@@ -186,8 +186,10 @@ def _verdict(args: argparse.Namespace) -> int:
     """Exit 0 pass, 1 fail, 2 inconclusive, 3 could not judge."""
     try:
         token = _token(args)
-        verdict = admin_get(args.url, "/api/v1/verdict", token)
-        report = admin_get(args.url, "/api/v1/report", token) if args.markdown else None
+        verdict = admin_get(args.url, "/api/v1/verdict" + _scope(args), token)
+        report = (
+            admin_get(args.url, "/api/v1/report" + _scope(args), token) if args.markdown else None
+        )
     except AdminUnreachable as exc:
         print(f"shadowd verdict: could not judge: {exc}", file=sys.stderr)
         return 3
@@ -242,6 +244,59 @@ def admin_get(url: str, path: str, token: str | None) -> Any:
     except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as exc:
         reason = getattr(exc, "reason", exc)
         raise AdminUnreachable(f"cannot reach the admin API at {url}: {reason}") from exc
+
+
+def _scope(args: argparse.Namespace) -> str:
+    scope = getattr(args, "scope", None)
+    return f"?scope={scope}" if scope else ""
+
+
+def _stream_config(args: argparse.Namespace, command: str) -> Any:
+    """The config of a command that works on the [stream] (Redis); None after a message."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    if not config.stream.redis:
+        print(
+            f'shadowd {command}: {args.config}: stream.backend: must be "redis" '
+            "(this command works on the fleet's stream)",
+            file=sys.stderr,
+        )
+        return None
+    return config
+
+
+def _worker(args: argparse.Namespace) -> int:
+    config = _stream_config(args, "worker")
+    if config is None:
+        return 2
+    from shadowd.logs import setup_logging
+    from shadowd.stream.worker import run_worker
+
+    setup_logging(config.logging.level, config.logging.format)
+    _install_uvloop()
+    return run_worker(config, args.consumer)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    config = _stream_config(args, "publish")
+    if config is None:
+        return 2
+    from shadowd.errors import CaptureError
+    from shadowd.stream.redis_stream import publish_capture
+
+    try:
+        count = asyncio.run(publish_capture(config.stream, Path(args.capture)))
+    except CaptureError as exc:
+        print(f"shadowd publish: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"shadowd publish: {config.stream.url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{count} records appended to {config.stream.key}")
+    return 0
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -302,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="the running daemon's divergence report")
     _add_admin_args(report)
     report.add_argument("--json", action="store_true", help="print the JSON report")
+    report.add_argument(
+        "--scope",
+        choices=("instance", "fleet"),
+        help="this instance's view or the fleet's merged one ([stream] on Redis); "
+        "default: the daemon's [stream] view",
+    )
     report.add_argument(
         "--samples", metavar="ENDPOINT_ID", help="recent divergent exchanges of one endpoint"
     )
@@ -366,8 +427,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_admin_args(verdict)
     verdict.add_argument("--json", action="store_true", help="print the verdict JSON")
+    verdict.add_argument(
+        "--scope",
+        choices=("instance", "fleet"),
+        help="judge this instance's statistics or the fleet's merged ones",
+    )
     verdict.add_argument("--markdown", metavar="FILE", help="write a promotion report")
     verdict.set_defaults(func=_verdict)
+
+    worker = sub.add_parser(
+        "worker",
+        help="an analysis worker alone: reads the [stream] on Redis, publishes to the fleet",
+    )
+    worker.add_argument("-c", "--config", required=True, help="TOML config file")
+    worker.add_argument(
+        "--consumer", help="this worker's name in the group (default: [stream] consumer)"
+    )
+    worker.set_defaults(func=_worker)
+
+    publish = sub.add_parser(
+        "publish", help="append a capture's records to the [stream] on Redis (for the fleet)"
+    )
+    publish.add_argument("capture", help="a .shadow capture")
+    publish.add_argument("-c", "--config", required=True, help="TOML config file")
+    publish.set_defaults(func=_publish)
 
     check = sub.add_parser("check-config", help="validate a config file; every problem is listed")
     check.add_argument("file")

@@ -215,6 +215,29 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """Where the analysis plane reads exchange records from (``shadowd.stream``): the local
+    hand-off (``"local"``: embedded, nothing to install) or a Redis stream shared by a fleet
+    of ingress/tap instances and analysis workers on any hosts (``"redis"``)."""
+
+    backend: str = "local"  # "local" | "redis"
+    url: str = "redis://127.0.0.1:6379/0"  # redis://, rediss:// (TLS) or unix://; no password
+    password_file: Path | None = None  # the Redis password (AUTH), 0600, never in the TOML
+    key: str = "shadowd:exchanges"  # the stream; snapshots live under "<key>:fleet:*"
+    group: str = "shadowd-analysis"  # the consumer group every analysis worker joins
+    consumer: str = ""  # this worker's name in the group ("" = "<hostname>.<pid>")
+    maxlen: int = 1_000_000  # XADD MAXLEN ~: beyond it the oldest records are trimmed
+    claim_idle: float = 30.0  # seconds a record may stay unacknowledged before another
+    # worker takes it over (XAUTOCLAIM): a dead worker's records are processed elsewhere
+    batch: int = 256  # records per pipelined XADD batch and per XREADGROUP
+    view: str = "instance"  # what report/verdict/metrics show without ?scope=: or "fleet"
+
+    @property
+    def redis(self) -> bool:
+        return self.backend == "redis"
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "info"
     format: str = "text"  # "text" | "json"
@@ -229,6 +252,7 @@ class Config:
     secondary: TargetConfig | None = None
     ingress: IngressConfig = IngressConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    stream: StreamConfig = StreamConfig()
     mirror: MirrorConfig = MirrorConfig()
     endpoints: EndpointsConfig = EndpointsConfig()
     diff: DiffConfig = DiffConfig()

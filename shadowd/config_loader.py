@@ -37,6 +37,7 @@ from shadowd.config import (
     IngressConfig,
     LoggingConfig,
     MirrorConfig,
+    StreamConfig,
     TargetConfig,
     VerdictConfig,
 )
@@ -58,10 +59,12 @@ from shadowd.config_readers import (
     number,
     one_of,
     redact_path,
+    redis_url,
     regex,
     removable_header,
     route_template,
     size,
+    stream_name,
     string,
     strings,
     token_file,
@@ -86,6 +89,18 @@ ANALYSIS = {
     "queue_bytes": ("queue_bytes", size),
     "snapshot_interval": ("snapshot_interval", duration),
     "nice": ("nice", integer(0, 19)),
+}
+STREAM = {
+    "backend": ("backend", one_of("local", "redis")),
+    "url": ("url", redis_url),
+    "password_file": ("password_file", token_file),
+    "key": ("key", stream_name),
+    "group": ("group", stream_name),
+    "consumer": ("consumer", stream_name),
+    "maxlen": ("maxlen", integer(1_000, 1_000_000_000)),
+    "claim_idle": ("claim_idle", duration),
+    "batch": ("batch", integer(1, 10_000)),
+    "view": ("view", one_of("instance", "fleet")),
 }
 TARGET = {
     "url": ("url", string),
@@ -180,6 +195,7 @@ LOGGING = {
 SECTIONS: dict[str, Mapping[str, tuple[str | None, Reader]]] = {
     "ingress": INGRESS,
     "analysis": ANALYSIS,
+    "stream": STREAM,
     "targets": {},  # nested tables, read by _targets
     "mirror": MIRROR,
     "endpoints": ENDPOINTS,
@@ -374,6 +390,9 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
     ingress = IngressConfig(**sections.get("ingress", {}))
     admin = AdminConfig(**sections.get("admin", {}))
     _cross_checks(ingress, admin, targets, problems)
+    analysis = AnalysisConfig(**sections.get("analysis", {}))
+    stream = StreamConfig(**sections.get("stream", {}))
+    _stream_checks(stream, analysis, problems)
     if problems.items:
         raise ConfigError(problems.items)
     primary, candidate = targets["primary"], targets["candidate"]
@@ -384,7 +403,8 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
         candidate=candidate,
         secondary=targets.get("secondary"),
         ingress=ingress,
-        analysis=AnalysisConfig(**sections.get("analysis", {})),
+        analysis=analysis,
+        stream=stream,
         mirror=MirrorConfig(**sections.get("mirror", {})),
         endpoints=EndpointsConfig(**sections.get("endpoints", {})),
         diff=DiffConfig(**diff),
@@ -437,6 +457,19 @@ def _this_host(host: str) -> bool:
     Linux and macOS route to the local host)."""
     address = _ip(host)
     return _is_loopback(host) or (address is not None and address.is_unspecified)
+
+
+def _stream_checks(stream: StreamConfig, analysis: AnalysisConfig, problems: _Problems) -> None:
+    # A record unacknowledged for claim_idle is taken over by another worker. A live worker
+    # acknowledges with each snapshot, so claim_idle must leave it several snapshots' time,
+    # or its records would be counted twice (once by it, once by the claimer).
+    if stream.claim_idle < max(1.0, 3 * analysis.snapshot_interval):
+        problems.add(
+            "stream.claim_idle",
+            f"must be at least 1s and 3 x analysis.snapshot_interval "
+            f"({3 * analysis.snapshot_interval:g}s): a live worker acknowledges with each "
+            "snapshot, and an entry idle this long is handed to another worker",
+        )
 
 
 def _cross_checks(

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from shadowd.config import Listen
 
@@ -354,3 +355,28 @@ def kind_of(value: Any) -> str:
         list: "a list",
         dict: "a table",
     }.get(type(value), type(value).__name__)
+
+
+def redis_url(value: Any) -> str:
+    """``redis://host:port/db``, ``rediss://`` (TLS) or ``unix:///path``; credentials belong
+    in ``password_file``, never in a file that is read by many and logged."""
+    text = string(value)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise Invalid(f"is not a valid URL ({exc}): {text!r}") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise Invalid(f"must be a redis://, rediss:// or unix:// URL, got {text!r}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise Invalid(f"needs a host: {text!r}")
+    if parts.password or parts.username:
+        raise Invalid("must not carry credentials: put the password in stream.password_file")
+    return text
+
+
+def stream_name(value: Any) -> str:
+    text = string(value)
+    if not text or len(text) > 200 or any(c <= " " or c == "\x7f" for c in text):
+        raise Invalid(f"must be 1-200 printable characters without spaces, got {text!r}")
+    return text

@@ -44,6 +44,10 @@ DROP_REASONS = (
     "client_gone",  # the client left before the primary's answer: nothing to compare with
     "primary_incomplete",  # the primary's answer did not complete: nothing to compare with
     "disabled",  # the kill switch emptied the queue
+    # [stream] backend = "redis" (shadowd.stream.redis_stream):
+    "stream_down",  # Redis unreachable: the record could not be appended to the stream
+    "stream_backlog",  # the bounded buffer of records waiting for Redis was full
+    "stream_trimmed",  # the stream's MAXLEN trimmed the record before any worker read it
     OTHER,
 )
 SKIP_REASONS = ("sampled_out", "method", "path", "disabled", "not_modified", OTHER)
@@ -153,9 +157,9 @@ class Metrics:
         self._verdict, self._criteria = _verdict_series(registry)
 
     # -- the data plane ------------------------------------------------------------------
-    def mirror_dropped(self, reason: str) -> None:
+    def mirror_dropped(self, reason: str, count: int = 1) -> None:
         child = self._dropped.get(reason)
-        (child if child is not None else self._dropped[OTHER]).inc()
+        (child if child is not None else self._dropped[OTHER]).inc(count)
 
     def mirror_skipped(self, reason: str) -> None:
         child = self._skipped.get(reason)

@@ -141,6 +141,12 @@ class Supervisor:
             lambda: (self.generation, self._merges),
             self.metrics.observe_verdict,
         )
+        # [stream] on Redis: the fleet's merged view, beside this instance's (?scope=fleet).
+        self.fleet: Any = None
+        if config.stream.redis:
+            from shadowd.stream.fleet import FleetView
+
+            self.fleet = FleetView(config, self.mirror_status)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, *, ingress_sock: socket.socket | None = None) -> None:
@@ -169,6 +175,8 @@ class Supervisor:
             self._timeline_task = asyncio.get_running_loop().create_task(
                 sample_every(self.timeline, self.timeline_counts), name="timeline"
             )
+            if self.fleet is not None:
+                self.fleet.start()
         except BaseException:
             await self._kill_all()
             await self.verdicts.close()
@@ -441,6 +449,8 @@ class Supervisor:
         await self.view.close()
         if self._timeline_task is not None:
             self._timeline_task.cancel()
+        if self.fleet is not None:
+            await self.fleet.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if self._control_server is not None:
@@ -617,10 +627,34 @@ class Supervisor:
         }
         workers = self.workers_status()
         all_running = all(w["running"] == w["configured"] for w in workers.values())
-        return {
+        state = {
             "ready": self.started and all_running and targets["primary"]["reachable"],
             "targets": targets,
             "workers": workers,
+        }
+        if self.config.stream.redis:
+            # Redis down never makes the proxy unready (production is served unchanged);
+            # the analysis side's readiness says so, for an operator and an alert.
+            state["analysis"] = self._stream_readiness()
+        return state
+
+    def _stream_readiness(self) -> dict[str, Any]:
+        ingress = [w.status for w in self._workers.values() if w.role == INGRESS]
+        analysis = [
+            w.status.get("stream", {}) for w in self._workers.values() if w.role == ANALYSIS
+        ]
+        errors = [s.get("error") for s in analysis if s.get("error")]
+        connected = (
+            sum(1 for s in ingress if s.get("analysis_connected")),
+            sum(1 for s in analysis if s.get("connected")),
+        )
+        return {
+            "ready": connected == (len(ingress), len(analysis)) and bool(ingress or analysis),
+            "stream": "redis",
+            "key": self.config.stream.key,
+            "ingress_connected": connected[0],
+            "analysis_connected": connected[1],
+            "error": errors[0] if errors else None,
         }
 
     async def current_verdict(self) -> Verdict:

@@ -43,6 +43,12 @@ async def _main(args: argparse.Namespace, config: Config) -> None:
         )
         sock = socket.socket(fileno=args.fd) if args.fd is not None else None
         await worker.run(channel, sock, args.port)
+    elif config.stream.redis:
+        from shadowd.stream.redis_stream import consumer_name
+        from shadowd.stream.worker import StreamAnalysisWorker
+
+        name = consumer_name(config.stream, f".analysis-{args.index}")
+        await StreamAnalysisWorker(config, name).run_supervised(channel)
     else:
         from shadowd.analysis.worker import AnalysisWorker
 

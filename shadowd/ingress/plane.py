@@ -127,6 +127,7 @@ def restart_only_changes(old: Config, new: Config) -> tuple[Config, list[str]]:
             ("admin.listen", old.admin.listen, new.admin.listen),
             ("admin.token_file", old.admin.token_file, new.admin.token_file),
             ("capture", old.capture, new.capture),
+            ("stream", old.stream, new.stream),  # its connections are made at start
         )
         if before != after
     ]
@@ -142,5 +143,6 @@ def restart_only_changes(old: Config, new: Config) -> tuple[Config, list[str]]:
             analysis=dataclasses.replace(new.analysis, workers=old.analysis.workers),
             admin=old.admin,
             capture=old.capture,
+            stream=old.stream,
         )
     return new, changed

@@ -11,7 +11,7 @@ import logging
 import os
 import pickle
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shadowd.config import Config
 from shadowd.control import Channel, ChannelClosed
@@ -19,6 +19,9 @@ from shadowd.ingress.plane import DataPlane
 from shadowd.metrics import Metrics, export_families
 from shadowd.stream.handoff import RecordSender
 from shadowd.tasks import TaskGroup
+
+if TYPE_CHECKING:
+    from shadowd.stream.redis_stream import StreamSender
 
 log = logging.getLogger("shadowd.ingress")
 
@@ -31,9 +34,21 @@ class IngressWorker:
         self.index = index
         self.metrics = Metrics(config)
         self._tasks = TaskGroup()
-        self.sender = RecordSender(
-            handoff_path, config.analysis.queue_bytes, self.metrics.mirror_dropped
-        )
+        self.sender: RecordSender | StreamSender
+        if config.stream.redis:  # the fleet's stream on Redis instead of the local hand-off
+            from shadowd.stream.redis_stream import StreamSender, consumer_name
+
+            self.sender = StreamSender(
+                config.stream,
+                config.analysis.queue_bytes,
+                self.metrics.mirror_dropped,
+                series=lambda: export_families(self.metrics.registry),
+                name=consumer_name(config.stream, f".ingress-{index}"),
+            )
+        else:
+            self.sender = RecordSender(
+                handoff_path, config.analysis.queue_bytes, self.metrics.mirror_dropped
+            )
         self.plane = DataPlane(config, self.metrics, self._tasks, self.sender.offer)
 
     async def run(self, channel: Channel, sock: socket.socket | None, port: int) -> None:

@@ -1,0 +1,407 @@
+"""An analysis worker that reads the Redis stream (``[stream] backend = "redis"``).
+
+The same diff stage as the local hand-off's worker (``shadowd.analysis.worker``), fed from
+the consumer group instead of a Unix socket. Every ``snapshot_interval`` it folds what it
+counted into its cumulative statistics and publishes them to Redis together with the
+acknowledgement of exactly the records they count (``StreamReader.publish_snapshot``): a
+``kill -9`` at any instant loses no acknowledged work, and what it had read but not
+published stays pending until another worker claims it (``XAUTOCLAIM``).
+
+It runs alone (``shadowd worker -c FILE``: ``run_alone``) or under ``shadowd run``'s
+supervisor (``run_supervised``), which also gets each interval's delta for the instance's
+own view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import pickle
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import numpy as np
+from prometheus_client import Counter
+
+from shadowd import sdnotify
+from shadowd.aggregate import Aggregator
+from shadowd.analysis.snapshot import merge_snapshot, snapshot_of
+from shadowd.analysis.stage import DiffStage
+from shadowd.capture.writer import CaptureWriter
+from shadowd.config import Config
+from shadowd.control import Channel, ChannelClosed
+from shadowd.metrics import Metrics, export_families
+from shadowd.stream.redis_stream import (
+    FLEET_SNAPSHOT_VERSION,
+    RECONNECT,
+    UNREACHABLE,
+    StreamReader,
+    consumer_name,
+)
+from shadowd.verdict.evidence import VerdictEvidence
+
+log = logging.getLogger("shadowd.analysis")
+
+BACKLOG_RECORDS = 2_000  # records read and waiting for the diff; reading pauses when full
+
+
+class StreamAnalysisWorker:
+    def __init__(self, config: Config, consumer: str | None = None) -> None:
+        self.config = config
+        self.consumer = consumer or consumer_name(config.stream)
+        self.metrics = Metrics(config)
+        self._records = Counter(
+            "shadowd_stream_records",
+            "Exchange records this analysis worker took from the stream, by how: read (new), "
+            "reclaimed (left pending by a dead worker), acknowledged (counted and published)",
+            ["how"],
+            registry=self.metrics.registry,
+        )
+        for how in ("read", "reclaimed", "acknowledged"):
+            self._records.labels(how)
+        self.stage = DiffStage(
+            config.diff, self._fresh(), self._fresh_evidence(), self.metrics, BACKLOG_RECORDS
+        )
+        self.reader = StreamReader(config.stream, self.consumer)
+        self.capture: CaptureWriter | None = None
+        # Cumulative statistics since the start (or the fleet's last reset): what Redis holds.
+        self.total = self._fresh()
+        self.total_evidence = self._fresh_evidence()
+        self._rng = np.random.default_rng(0x5AD1)
+        self._in_stage: deque[bytes] = deque()  # ids submitted to the stage, in order
+        self._taken = 0  # records the stage has taken out of its backlog (diffed or not)
+        self._unacked: list[bytes] = []  # counted in ``total`` but not yet acknowledged
+        self._held: set[bytes] = set()  # every id read and not yet acknowledged
+        self.fleet_generation = 0
+        self.generation = 0  # the supervisor's (per-instance reset)
+        self.connected = False
+        self.error: str | None = None
+        self._stopping = False
+        self._publishing = asyncio.Lock()
+        self._published_at = -1e9  # monotonic time of the last snapshot stored in Redis
+        self._resumed = False  # an earlier snapshot under our name was looked for
+        # systemd's view of a worker running alone (under the supervisor: nothing).
+        self._notify: Callable[[str], object] = lambda status: None
+
+    async def start_capture(self) -> None:
+        """``[capture]``: each worker records what it takes, in a file of its own
+        (``live.<consumer>.shadow``), off any relaying loop as in the local plane."""
+        capture_config = self.config.capture
+        if capture_config is None:
+            return
+        path = capture_config.path
+        path = path.with_name(f"{path.stem}.{self.consumer}{path.suffix}")
+        self.capture = CaptureWriter(
+            dataclasses.replace(capture_config, path=path),
+            digest=self.config.digest,
+            on_written=self.metrics.capture_written,
+            on_dropped=self.metrics.capture_dropped,
+            on_failed=self.metrics.capture_failed,
+        )
+        await self.capture.start()
+        self.stage.listeners.append(self.capture.submit)
+
+    async def close_capture(self) -> None:
+        if self.capture is not None:
+            await self.capture.close(timeout=10.0)
+
+    def _fresh(self) -> Aggregator:
+        return Aggregator(self.config, self.metrics)
+
+    def _fresh_evidence(self) -> VerdictEvidence:
+        return VerdictEvidence(self.config.endpoints.max)
+
+    # -- reading ---------------------------------------------------------------------------
+    async def consume(self) -> None:
+        """Read, and reclaim, until stopped; reconnect with a doubling back-off."""
+        delay = RECONNECT[0]
+        claim_every = self.config.stream.claim_idle / 2
+        claimed_at = 0.0
+        while not self._stopping:
+            try:
+                if not self.connected:
+                    await self.reader.join()
+                    self.fleet_generation = await self.reader.generation()
+                    if not self._resumed:
+                        await self._resume_snapshot()
+                    self.connected, self.error, delay = True, None, RECONNECT[0]
+                    log.info("stream: %s reads %s", self.consumer, self.config.stream.key)
+                    self._notify(f"STATUS=reading {self.config.stream.key} as {self.consumer}")
+                room = BACKLOG_RECORDS - self.stage.backlog
+                if room < self.config.stream.batch:
+                    # Read ahead no further: what a worker holds must be diffed well within
+                    # claim_idle. The stage works it off; one round trip refills it.
+                    await self.stage.wait_idle(1.0)
+                    continue
+                now = time.monotonic()
+                if now - claimed_at >= claim_every:
+                    entries, deleted = await self.reader.reclaim(room)
+                    if self.reader.reclaim_done:
+                        claimed_at = now
+                    if deleted:
+                        self.metrics.mirror_dropped("stream_trimmed", deleted)
+                    # Ours already (kept alive late, e.g. after a long pause): held once.
+                    entries = [e for e in entries if e[0] not in self._held]
+                    if entries:
+                        self._records.labels("reclaimed").inc(len(entries))
+                        self._submit(entries)
+                        continue
+                entries = await self.reader.read(min(room, self.config.stream.batch * 4))
+                self._records.labels("read").inc(len(entries))
+                self._submit(entries)
+            except UNREACHABLE as exc:
+                if self.connected or self.error is None:  # lost, or not there at the start
+                    log.warning("stream: Redis unreachable, reading stops: %s", exc)
+                    self._notify(f"STATUS=Redis unreachable ({exc}); reconnecting")
+                self.connected, self.error = False, f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT[1])
+
+    async def _resume_snapshot(self) -> None:
+        """A worker started again under the same name (``[stream] consumer``) continues its
+        earlier snapshot rather than overwrite it: what that one acknowledged stays counted.
+        Once only, before the first read: after a reconnection the snapshot is our own."""
+        blob = await self.reader.client.hget(self.reader.keys["snapshots"], self.consumer)
+        self._resumed = True
+        if blob is None:
+            return
+        doc = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        if doc.get("v") != FLEET_SNAPSHOT_VERSION:
+            log.warning(
+                "stream: %s: an earlier snapshot of another layout is replaced", self.consumer
+            )
+            return
+        merge_snapshot(self.total, self.total_evidence, doc["snapshot"], self._rng)
+        self.total.started_at = self.total.reset_at = doc["started_at"]
+        log.info("stream: %s continues its earlier snapshot", self.consumer)
+
+    async def keep_alive(self) -> None:
+        """Every third of ``claim_idle``: the records held here must not look abandoned."""
+        while True:
+            await asyncio.sleep(self.config.stream.claim_idle / 3)
+            if self.connected:
+                with contextlib.suppress(*UNREACHABLE):
+                    await self.reader.keep_alive(list(self._held))
+
+    def _submit(self, entries: list[tuple[bytes, bytes | None]]) -> None:
+        submit = self.stage.submit
+        for entry_id, payload in entries:
+            self._in_stage.append(entry_id)
+            self._held.add(entry_id)
+            # An entry without its record (trimmed after it was read) decodes as nothing:
+            # the stage counts it as undecodable, and it is acknowledged like any other.
+            submit(payload if payload is not None else b"")
+
+    # -- publishing ------------------------------------------------------------------------
+    def take_delta(self) -> dict[str, Any] | None:
+        """Statistics counted since the last call, folded into the cumulative ones; the ids
+        they count join those to acknowledge."""
+        aggregator, evidence = self.stage.swap_statistics(self._fresh(), self._fresh_evidence())
+        taken = self.stage.received - self.stage.backlog
+        for _ in range(taken - self._taken):
+            self._unacked.append(self._in_stage.popleft())
+        self._taken = taken
+        if not aggregator.endpoints:
+            return None
+        delta = snapshot_of(aggregator, evidence)
+        merge_snapshot(self.total, self.total_evidence, delta, self._rng)
+        return delta
+
+    async def publish(self) -> bool:
+        """Store the cumulative snapshot in Redis and acknowledge what it counts."""
+        trimmed = await self.reader.trimmed()
+        if trimmed:
+            self.metrics.mirror_dropped("stream_trimmed", trimmed)
+        blob = msgpack.packb(
+            {
+                "v": FLEET_SNAPSHOT_VERSION,
+                "consumer": self.consumer,
+                "at": time.time(),
+                "started_at": self.total.started_at,
+                "snapshot": snapshot_of(self.total, self.total_evidence),
+                "metrics": export_families(self.metrics.registry),
+                "status": self.status(),
+            },
+            use_bin_type=True,
+        )
+        ack = self._unacked
+        generation = await self.reader.publish_snapshot(blob, ack, self.fleet_generation)
+        self._records.labels("acknowledged").inc(len(ack))
+        self._unacked = []
+        self._held.difference_update(ack)
+        if generation != self.fleet_generation:  # a fleet reset: start a new window
+            self.fleet_generation = generation
+            self.total, self.total_evidence = self._fresh(), self._fresh_evidence()
+        return True
+
+    async def publish_round(self) -> dict[str, Any] | None:
+        """Take the interval's delta and publish the cumulative snapshot; the delta. One at a
+        time: a snapshot stored after a newer one would uncount acknowledged records."""
+        async with self._publishing:
+            delta = self.take_delta()
+            if not self._resumed:  # not connected yet: an earlier snapshot may be ours
+                return delta
+            now = time.monotonic()
+            if (
+                delta is None
+                and not self._unacked
+                and now - self._published_at < 2 * self.config.analysis.snapshot_interval
+            ):
+                return None  # nothing new: an idle worker does not rewrite its snapshot
+            try:
+                await self.publish()
+                self._published_at = now
+            except UNREACHABLE as exc:
+                # Kept: the next round publishes them (the records stay pending meanwhile).
+                log.warning("stream: snapshot not published (%s); retrying next round", exc)
+            return delta
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "stream": {
+                "backend": "redis",
+                "consumer": self.consumer,
+                "connected": self.connected,
+                "error": self.error,
+            },
+            "backlog": self.stage.backlog,
+            "diffed": self.stage.diffed,
+            "received": self.stage.received,
+            "unacknowledged": len(self._unacked) + len(self._in_stage),
+            "capture": self.capture.status() if self.capture is not None else None,
+        }
+
+    async def _finish(self, grace: float) -> dict[str, Any] | None:
+        """Stop reading, work off the backlog, publish it (acknowledged); the last delta."""
+        self._stopping = True
+        await self.stage.wait_idle(grace)
+        return await self.publish_round()
+
+    # -- running alone: ``shadowd worker`` --------------------------------------------------
+    async def run_alone(self, stop: asyncio.Event) -> None:
+        # Ready at once, whether Redis is there or not: STATUS= says which (a unit that waits
+        # for Redis to start would be killed by systemd's start timeout, and restarted).
+        self._notify = sdnotify.notify
+        await self.start_capture()
+        sdnotify.notify(f"READY=1\nSTATUS=connecting to {self.config.stream.url}")
+        loop = asyncio.get_running_loop()
+        stage = loop.create_task(self.stage.run(), name="diff-stage")
+        reading = loop.create_task(self.consume(), name="stream-reader")
+        keeping = loop.create_task(self.keep_alive(), name="stream-keep-alive")
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.analysis.snapshot_interval):
+                        await stop.wait()
+                if not stop.is_set():
+                    await self.publish_round()
+            sdnotify.notify("STOPPING=1\nSTATUS=publishing the last snapshot")
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+            await self._finish(5.0)
+        finally:
+            reading.cancel()
+            keeping.cancel()
+            stage.cancel()
+            await self.reader.close()
+            await self.close_capture()
+
+    # -- under ``shadowd run``'s supervisor -------------------------------------------------
+    async def run_supervised(self, channel: Channel) -> None:
+        await self.start_capture()
+        loop = asyncio.get_running_loop()
+        stage = loop.create_task(self.stage.run(), name="diff-stage")
+        reading = loop.create_task(self.consume(), name="stream-reader")
+        keeping = loop.create_task(self.keep_alive(), name="stream-keep-alive")
+        channel.send({"t": "ready", "pid": os.getpid()})
+        reporter = loop.create_task(self._report_every(channel), name="reporter")
+        try:
+            await self._serve(channel, reading)
+        finally:
+            reporter.cancel()
+            keeping.cancel()
+            reading.cancel()
+            stage.cancel()
+            await self.reader.close()
+            await self.close_capture()
+
+    async def _serve(self, channel: Channel, reading: asyncio.Task[None]) -> None:
+        while True:
+            try:
+                message = await channel.receive()
+            except ChannelClosed:
+                log.warning("supervisor gone: stream analysis worker %s stops", self.consumer)
+                return
+            kind = message["t"]
+            if kind == "report_now":
+                await self.report(channel, seq=message.get("seq"))
+            elif kind == "reset":
+                # The instance's view starts afresh; the fleet's keeps what was counted (its
+                # own reset is POST /api/v1/reset?scope=fleet): taken, but not sent.
+                self.generation = message["gen"]
+                self.take_delta()
+            elif kind == "config":
+                self.config = pickle.loads(message["config"])
+                self.stage.config = self.config.diff
+                await self.report(channel, seq=message.get("seq"))
+            elif kind == "drain":
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reading
+                last = await self._finish(message.get("grace", 5.0))
+                await self.report(channel, seq=message.get("seq"), delta=last)
+                await channel.drain()
+                return
+
+    async def report(self, channel: Channel, seq: int | None = None, delta: Any = "take") -> None:
+        if delta == "take":
+            delta = await self.publish_round()
+        message: dict[str, Any] = {
+            "t": "report",
+            "gen": self.generation,
+            "seq": seq,
+            "metrics": export_families(self.metrics.registry),
+            "status": self.status(),
+        }
+        if delta is not None:
+            message["delta"] = delta
+        with contextlib.suppress(ChannelClosed):
+            channel.send(message)
+
+    async def _report_every(self, channel: Channel) -> None:
+        while True:
+            await asyncio.sleep(self.config.analysis.snapshot_interval)
+            await self.report(channel)
+            with contextlib.suppress(ChannelClosed):
+                await channel.drain()
+
+
+def run_worker(config: Config, consumer: str | None = None) -> int:
+    """``shadowd worker -c FILE``: until SIGTERM/SIGINT, then the backlog is worked off and
+    published (acknowledged) before it exits."""
+    import signal
+
+    async def main() -> None:
+        worker = StreamAnalysisWorker(config, consumer)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info(
+            "analysis worker",
+            extra={"consumer": worker.consumer, "stream": config.stream.key, "pid": os.getpid()},
+        )
+        await worker.run_alone(stop)
+
+    if config.analysis.nice:
+        with contextlib.suppress(OSError):
+            os.nice(config.analysis.nice)
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,550 @@
+"""The exchange stream on Redis Streams, with a real redis-server on a loopback port: ingress
+sides and analysis workers as separate processes, one fleet report equal to one process's,
+a worker killed with SIGKILL, the stream's bound, and Redis going away under live traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+import redis.asyncio as redis
+from aiohttp import web
+from realpeers import ShadowdProcess, free_port
+from test_snapshot_merge import workload
+
+from shadowd.aggregate import Aggregator
+from shadowd.capture.format import encode_header, frame, record_of
+from shadowd.capture.reader import read_capture
+from shadowd.config import Config, ConfigError, StreamConfig, load_config
+from shadowd.diff.engine import diff_exchange
+from shadowd.exchange import Exchange
+from shadowd.metrics import Metrics
+from shadowd.report import build_report
+from shadowd.stream.fleet import FleetView
+from shadowd.stream.redis_stream import StreamReader, StreamSender, append_records
+
+pytestmark = pytest.mark.integration
+
+REDIS_SERVER = shutil.which("redis-server") or (
+    "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+)
+# The report's fields that say when it was built, not what was counted.
+WALL_CLOCK = ("generated_at", "started_at", "window", "mirroring")
+
+
+class RedisServer:
+    """``redis-server`` on 127.0.0.1:<port>, without persistence: a restart starts empty."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        if REDIS_SERVER is None:
+            pytest.fail("redis-server is not installed: run `make setup` (install-system-deps)")
+        self.process = await asyncio.create_subprocess_exec(
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        try:
+            async with asyncio.timeout(10.0):
+                while True:  # until it answers PING (it may not listen yet)
+                    try:
+                        if await client.ping():
+                            return
+                    except (redis.ConnectionError, OSError):
+                        if self.process.returncode is not None:
+                            pytest.fail(f"redis-server exited with {self.process.returncode}")
+                        await asyncio.sleep(0.02)
+        finally:
+            await client.aclose()
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    server = RedisServer(free_port())
+    await server.start()
+    yield server
+    await server.kill()
+
+
+def write_config(path: Path, redis_url: str, key: str, **sections: dict[str, Any]) -> Path:
+    """A config for workers and publishers (targets are never contacted by them)."""
+    tables: dict[str, dict[str, Any]] = {
+        "targets.primary": {"url": "http://127.0.0.1:9"},
+        "targets.secondary": {"url": "http://127.0.0.1:10"},
+        "targets.candidate": {"url": "http://127.0.0.1:11"},
+        "analysis": {"snapshot_interval": "300ms", "nice": 0},
+        "stream": {"backend": "redis", "url": redis_url, "key": key, "claim_idle": "1s"},
+    }
+    for name, values in sections.items():
+        tables.setdefault(name.replace("__", "."), {}).update(values)
+    lines = []
+    for name, values in tables.items():
+        lines.append(f"[{name}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {v!r}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}")
+        lines.append("")
+    path.write_text("\n".join(lines).replace("'", '"'))
+    return path
+
+
+def write_capture(path: Path, exchanges: list[Exchange]) -> Path:
+    with path.open("wb") as out:
+        out.write(encode_header("test", 1e9, ""))
+        for exchange in exchanges:
+            out.write(frame(msgpack.packb(record_of(exchange), use_bin_type=True)))
+    return path
+
+
+def single_process_report(config: Config, captures: list[Path]) -> dict[str, Any]:
+    """What one process reports for the same records (the capture reader, the same diff)."""
+    aggregator = Aggregator(config, Metrics(config))
+    for capture in captures:
+        for exchange in read_capture(capture):
+            aggregator.add(exchange, diff_exchange(exchange, config.diff))
+    return build_report(aggregator)
+
+
+def comparable(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k not in WALL_CLOCK}
+
+
+async def shadowd(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shadowd",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finished(process: asyncio.subprocess.Process, timeout: float = 60.0) -> str:
+    async with asyncio.timeout(timeout):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+async def fleet_counts(fleet: FleetView, exchanges: int, timeout: float = 60.0) -> None:
+    """Until the fleet's merged statistics count ``exchanges`` (read from Redis)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            await fleet.refresh()
+            if fleet.aggregator.totals.exchanges >= exchanges:
+                return
+            await asyncio.sleep(0.05)
+
+
+def consumers(fleet: FleetView) -> dict[str, dict[str, Any]]:
+    return {m["consumer"]: m for m in fleet.members}
+
+
+async def test_fleet_report_of_two_ingress_and_two_workers_equals_one_process(
+    redis_server, tmp_path
+):
+    config_path = write_config(tmp_path / "fleet.toml", redis_server.url, "t:equal")
+    config = load_config(config_path)
+    exchanges = workload(seed=3, count=1500)
+    captures = [
+        write_capture(tmp_path / "a.shadow", exchanges[0::2]),
+        write_capture(tmp_path / "b.shadow", exchanges[1::2]),
+    ]
+    fleet = FleetView(config)
+    workers = [await shadowd("worker", "-c", str(config_path), "--consumer", name) for name in "wx"]
+    try:
+        # Both workers are in the group (they publish an empty snapshot at once) before any
+        # record is appended, so that each takes a share.
+        async with asyncio.timeout(30.0):
+            while len(fleet.members) < 2:
+                await fleet.refresh()
+                await asyncio.sleep(0.05)
+        publishers = [await shadowd("publish", str(c), "-c", str(config_path)) for c in captures]
+        outputs = [await finished(p) for p in publishers]
+        assert outputs == ["750 records appended to t:equal\n"] * 2
+        await fleet_counts(fleet, len(exchanges))
+        # Every worker has published everything it took (nothing left unacknowledged).
+        async with asyncio.timeout(10.0):
+            while any(m["unacknowledged"] for m in fleet.members):
+                await fleet.refresh()
+                await asyncio.sleep(0.05)
+        shares = {name: m["diffed"] for name, m in consumers(fleet).items()}
+        assert sum(shares.values()) == len(exchanges)
+        assert all(shares.values()), shares  # both did a share of the work
+        assert comparable(fleet.report()) == comparable(single_process_report(config, captures))
+        assert fleet.report()["totals"]["exchanges"] == 1500
+    finally:
+        for worker in workers:
+            await stop(worker)
+        await fleet.close()
+
+
+@pytest.mark.parametrize("successor", ["survivor", "doomed"], ids=["another", "same-name"])
+async def test_a_worker_killed_with_sigkill_loses_nothing_acknowledged_and_another_finishes(
+    redis_server, tmp_path, successor
+):
+    """Another worker takes over what the dead one held; or the dead one, started again
+    under its configured name, continues its own snapshot and takes its records back."""
+    config_path = write_config(
+        tmp_path / "fleet.toml", redis_server.url, "t:kill", stream={"batch": 50}
+    )
+    config = load_config(config_path)
+    capture = write_capture(tmp_path / "all.shadow", workload(seed=5, count=6000))
+    await finished(await shadowd("publish", str(capture), "-c", str(config_path)))
+    fleet = FleetView(config)
+    client = redis.Redis.from_url(redis_server.url)
+    doomed = await shadowd("worker", "-c", str(config_path), "--consumer", "doomed")
+    survivor = None
+    try:
+        # Kill it mid-way: it has published (acknowledged) some work and holds more that it
+        # read but has not published.
+        async with asyncio.timeout(30.0):
+            while True:
+                await fleet.refresh()
+                published = consumers(fleet).get("doomed", {}).get("diffed", 0)
+                if published and (await client.xpending("t:kill", config.stream.group))["pending"]:
+                    break
+                await asyncio.sleep(0.01)
+        doomed.send_signal(signal.SIGKILL)
+        await doomed.wait()
+        pending = await client.xpending("t:kill", config.stream.group)
+        assert pending["pending"] > 0
+        await fleet.refresh()
+        acknowledged = fleet.aggregator.totals.exchanges
+        assert 0 < acknowledged < 6000
+
+        survivor = await shadowd("worker", "-c", str(config_path), "--consumer", successor)
+        await fleet_counts(fleet, 6000)
+        async with asyncio.timeout(10.0):
+            while True:  # the survivor acknowledges with its next snapshot
+                if not (await client.xpending("t:kill", config.stream.group))["pending"]:
+                    break
+                await asyncio.sleep(0.05)
+        await fleet.refresh()
+        # Exactly once: what the dead worker acknowledged is counted in its snapshot, what
+        # it left pending was claimed and counted by the survivor, nothing twice.
+        assert comparable(fleet.report()) == comparable(single_process_report(config, [capture]))
+        reclaimed = fleet.series.value("shadowd_stream_records_total", how="reclaimed")
+        assert reclaimed >= pending["pending"]
+        if successor == "survivor":
+            assert consumers(fleet)["doomed"]["diffed"] >= acknowledged
+    finally:
+        await stop(doomed)
+        if survivor is not None:
+            await stop(survivor)
+        await client.aclose()
+        await fleet.close()
+
+
+async def test_the_streams_bound_sheds_the_oldest_records_and_counts_them(redis_server):
+    config = StreamConfig(backend="redis", url=redis_server.url, key="t:bound", maxlen=1000)
+    first = StreamReader(config, "first")
+    second = StreamReader(config, "second")
+    await first.join()
+    payloads = [msgpack.packb({"n": i}) for i in range(5000)]
+    for start in range(0, 5000, 500):
+        await append_records(first.client, config, payloads[start : start + 500])
+    length = await first.client.xlen("t:bound")
+    assert 1000 <= length < 5000  # MAXLEN ~ trims whole macro nodes: at least the bound
+    # The trimmed records nobody read are counted once across the fleet.
+    assert await first.trimmed() == 5000 - length
+    assert await second.trimmed() == 0
+    read = []
+    while entries := await first.read(1000, block_ms=10):
+        read.extend(entries)
+    assert len(read) == length
+    assert msgpack.unpackb(read[0][1]) == {"n": 5000 - length}  # the newest are kept
+    assert await first.trimmed() == 0
+    await first.close()
+    await second.close()
+
+
+async def test_the_sender_sheds_and_counts_when_its_buffer_is_full_or_redis_is_gone(
+    redis_server,
+):
+    config = StreamConfig(backend="redis", url=redis_server.url, key="t:shed")
+    shed: list[str] = []
+    exchange = workload(seed=1, count=1)[0]
+    size = len(msgpack.packb(record_of(exchange), use_bin_type=True))
+    sender = StreamSender(config, limit_bytes=10 * size, on_shed=shed.append)
+    assert not sender.offer(exchange)  # not connected yet: shed, never waited for
+    assert shed == ["stream_down"]
+    sender.start()
+    await sender_until(sender, lambda: sender.connected)
+    # One turn of the loop: the sender's task cannot run, the buffer fills to its bound.
+    offered = [sender.offer(exchange) for _ in range(20)]
+    assert offered.count(True) == 11 and shed.count("stream_backlog") == 9
+    await sender_until(sender, lambda: sender.handed_off == 11)
+    client = redis.Redis.from_url(redis_server.url)
+    assert await client.xlen("t:shed") == 11
+    await client.aclose()
+    await redis_server.kill()
+    assert sender.offer(exchange)  # buffered: found out when it is appended
+    await sender_until(sender, lambda: not sender.connected)
+    assert shed.count("stream_down") == 2  # that record, shed when the append failed
+    before = shed.count("stream_down")
+    assert not sender.offer(exchange)
+    assert shed.count("stream_down") == before + 1
+    # Back: it reconnects by itself (doubling back-off) and appends again.
+    await redis_server.start()
+    await sender_until(sender, lambda: sender.connected, timeout=20.0)
+    assert sender.offer(exchange)
+    assert await sender.close()
+    client = redis.Redis.from_url(redis_server.url)
+    assert await client.xlen("t:shed") == 1  # a restarted Redis without persistence
+    await client.aclose()
+
+
+async def sender_until(sender: StreamSender, done: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not done():
+            sender.changed.clear()
+            await sender.changed.wait()
+
+
+def test_config_refuses_credentials_in_the_url_and_a_claim_idle_below_the_snapshots(tmp_path):
+    path = tmp_path / "bad.toml"
+    write_config(
+        path,
+        "redis://user:secret@127.0.0.1:6379/0",
+        "k",
+        stream={"claim_idle": "500ms", "view": "everything"},
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    text = str(refused.value)
+    assert f"{path}: stream.url: must not carry credentials" in text
+    assert f"{path}: stream.view: " in text
+    write_config(path, "redis://127.0.0.1:6379/0", "k", stream={"claim_idle": "500ms"})
+    with pytest.raises(ConfigError, match=r"stream.claim_idle: must be at least 1s"):
+        load_config(path)
+
+
+@pytest.fixture
+async def services(make_backend):
+    primary, candidate = make_backend(), make_backend()
+
+    async def users(request: web.Request) -> web.Response:
+        return web.json_response({"id": request.match_info["id"], "name": "ada"})
+
+    for backend in (primary, candidate):
+        backend.route("GET", "/users/{id}", users)
+        await backend.start()
+    return primary, candidate
+
+
+async def admin_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with session.get(url) as answer:
+        return answer.status, await answer.json()
+
+
+async def until(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    """Until another process's state (read over HTTP) meets ``condition``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await condition():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_redis_down_production_is_served_copies_are_shed_and_it_reconnects(
+    redis_server, services, tmp_path
+):
+    primary, candidate = services
+    ingress, admin = free_port(), free_port()
+    path = tmp_path / "shadowd.toml"
+    write_config(
+        path,
+        redis_server.url,
+        "t:down",
+        targets__primary={"url": primary.url},
+        targets__candidate={"url": candidate.url},
+        ingress={"listen": f"127.0.0.1:{ingress}", "workers": 1},
+        analysis={"workers": 1},
+        admin={"listen": f"127.0.0.1:{admin}"},
+    )
+    text = path.read_text().replace('[targets.secondary]\nurl = "http://127.0.0.1:10"\n', "")
+    path.write_text(text)
+    daemon = ShadowdProcess(path)
+    await daemon.start()
+    base, api = f"http://127.0.0.1:{ingress}", f"http://127.0.0.1:{admin}"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def analysis_ready(expected: bool = True) -> bool:
+                try:
+                    _, state = await admin_json(session, api + "/readyz")
+                except aiohttp.ClientError:
+                    return False
+                return state.get("analysis", {}).get("ready") is expected
+
+            async def get_all(count: int) -> None:
+                for i in range(count):
+                    async with session.get(f"{base}/users/{i}") as answer:
+                        assert answer.status == 200
+                        assert await answer.json() == {"id": str(i), "name": "ada"}
+
+            async def fleet_exchanges(count: int) -> bool:
+                _, report = await admin_json(session, api + "/api/v1/report?scope=fleet")
+                return report["totals"]["exchanges"] == count
+
+            async def dropped(reason: str) -> float:
+                async with session.get(api + "/metrics") as answer:
+                    for line in (await answer.text()).splitlines():
+                        if line.startswith(f'shadowd_mirror_dropped_total{{reason="{reason}"}}'):
+                            return float(line.split()[-1])
+                return 0.0
+
+            await until(analysis_ready)
+            await get_all(50)
+            await until(lambda: fleet_exchanges(50))
+
+            await redis_server.kill()
+            await get_all(300)  # production is served, unchanged, with Redis gone
+            await until(lambda: analysis_ready(False))
+            status, state = await admin_json(session, api + "/readyz")
+            assert status == 200 and state["ready"] is True  # never out of the balancer
+            assert state["analysis"]["error"]
+            await until(lambda: _equals(dropped("stream_down"), 300.0))
+            status, problem = await admin_json(session, api + "/api/v1/report?scope=fleet")
+            assert status == 200 and problem["mirroring"]["connected"] is False
+
+            await redis_server.start()  # empty: no persistence
+            await until(analysis_ready, timeout=30.0)
+            await get_all(40)
+            # The worker republishes its cumulative snapshot: the fleet sees all it counted.
+            await until(lambda: fleet_exchanges(90), timeout=30.0)
+            _, instance = await admin_json(session, api + "/api/v1/report")
+            assert instance["totals"]["exchanges"] == 90
+            _, verdict = await admin_json(session, api + "/api/v1/verdict?scope=fleet")
+            assert verdict["exchanges"] == 90
+            status, _ = await admin_json(session, api + "/api/v1/report?scope=galaxy")
+            assert status == 400
+        out = await finished(
+            await shadowd("report", "--url", api, "--scope", "fleet", "--json"), timeout=20.0
+        )
+        assert '"exchanges": 90' in out
+    finally:
+        await daemon.kill()
+
+
+async def _equals(value, expected) -> bool:  # type: ignore[no-untyped-def]
+    return await value == expected
+
+
+async def test_two_instances_on_one_stream_show_the_same_fleet_view(
+    redis_server, services, tmp_path
+):
+    primary, candidate = services
+    daemons, ingress, admin = [], [], []
+    for name, view in (("a", "instance"), ("b", "fleet")):
+        ingress.append(free_port())
+        admin.append(free_port())
+        path = write_config(
+            tmp_path / f"{name}.toml",
+            redis_server.url,
+            "t:two",
+            targets__primary={"url": primary.url},
+            targets__candidate={"url": candidate.url},
+            ingress={"listen": f"127.0.0.1:{ingress[-1]}", "workers": 1},
+            analysis={"workers": 1},
+            admin={"listen": f"127.0.0.1:{admin[-1]}"},
+            stream={"view": view},
+        )
+        path.write_text(
+            path.read_text().replace('[targets.secondary]\nurl = "http://127.0.0.1:10"\n', "")
+        )
+        daemons.append(ShadowdProcess(path))
+        await daemons[-1].start()
+    a, b = (f"http://127.0.0.1:{port}" for port in admin)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def both_ready() -> bool:
+                for api in (a, b):
+                    try:
+                        _, state = await admin_json(session, api + "/readyz")
+                    except aiohttp.ClientError:
+                        return False
+                    if not state.get("analysis", {}).get("ready"):
+                        return False
+                return True
+
+            await until(both_ready, timeout=30.0)
+            for port, count in zip(ingress, (60, 40), strict=True):
+                for i in range(count):
+                    async with session.get(f"http://127.0.0.1:{port}/users/{i}") as answer:
+                        assert answer.status == 200
+
+            async def fleet_counts_everything() -> bool:
+                _, report = await admin_json(session, a + "/api/v1/report?scope=fleet")
+                _, default_b = await admin_json(session, b + "/api/v1/report")
+                return report["totals"]["exchanges"] == default_b["totals"]["exchanges"] == 100
+
+            await until(fleet_counts_everything, timeout=30.0)
+            # Any instance serves the same fleet view; [stream] view = "fleet" makes it the
+            # default (b), ?scope=instance still gives each instance its own share.
+            _, fleet_a = await admin_json(session, a + "/api/v1/report?scope=fleet")
+            _, fleet_b = await admin_json(session, b + "/api/v1/report")
+            assert comparable(fleet_a) == comparable(fleet_b)
+            _, own_a = await admin_json(session, a + "/api/v1/report")
+            _, own_b = await admin_json(session, b + "/api/v1/report?scope=instance")
+            assert own_a["totals"]["exchanges"] + own_b["totals"]["exchanges"] == 100
+            _, verdict_a = await admin_json(session, a + "/api/v1/verdict?scope=fleet")
+            _, verdict_b = await admin_json(session, b + "/api/v1/verdict")
+            assert verdict_a["exchanges"] == verdict_b["exchanges"] == 100
+            assert verdict_a["verdict"] == verdict_b["verdict"]
+            async with session.get(b + "/metrics") as answer:
+                text = await answer.text()
+            acknowledged = [
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith('shadowd_stream_records_total{how="acknowledged"}')
+            ]
+            assert acknowledged == [100.0]  # both workers' series, summed by the fleet's /metrics
+    finally:
+        for daemon in daemons:
+            await daemon.kill()
+
+
+def test_a_reload_does_not_change_the_stream_it_needs_a_restart(tmp_path):
+    from shadowd.ingress.plane import restart_only_changes
+
+    old = load_config(write_config(tmp_path / "old.toml", "redis://127.0.0.1:1/0", "k1"))
+    new = load_config(write_config(tmp_path / "new.toml", "redis://127.0.0.1:2/0", "k2"))
+    applied, restart_only = restart_only_changes(old, new)
+    assert restart_only == ["stream"]
+    assert applied.stream == old.stream
