@@ -55,7 +55,7 @@ INGRESS, ANALYSIS = "ingress", "analysis"
 START_TIMEOUT = 30.0  # seconds for a worker to say it is ready
 RESTART_BACKOFF = (0.1, 5.0)  # first and longest pause before starting a dead worker again
 STABLE_AFTER = 10.0  # a worker alive this long has its backoff reset
-REPORT_MAX_AGE = 2.0  # seconds a report is served as it is while a newer one is built
+REPORT_MAX_AGE = 2.0  # asked again within this, a caller is a poller: served without waiting
 
 
 class WorkerProcess:
@@ -130,7 +130,7 @@ class Supervisor:
         )
         # the newest report the view process built: (JSON, the version it reflects)
         self._report_json: tuple[bytes, tuple[int, int, int, int]] | None = None
-        self._report_built_at = 0.0  # monotonic time the newest report was built
+        self._report_asked_at = -REPORT_MAX_AGE  # monotonic time the report was last asked for
         self._report_building: asyncio.Task[tuple[bytes, tuple[int, int, int, int]]] | None = None
         self._fresh_from = 0  # a report must include the merges up to here (``settle``)
         self._beyond_noise: dict[str, float] = {}  # endpoint -> ratio, of the newest report
@@ -676,22 +676,23 @@ class Supervisor:
     async def report_json(self) -> bytes:
         """The report as ``GET /api/v1/report`` serves it, built by the view process.
 
-        A poller gets the newest report at once, and a newer one is built behind it, while
-        one is being built or the newest is less than ``REPORT_MAX_AGE`` old: the view
-        process may be slow on a busy host, the admin API never is. A caller waits for a
-        build only after a reset, a reload or ``settle()``, or when nobody asked for a
-        while (a one-off ``shadowd report`` gets the statistics as they are)."""
+        A poller (someone asked less than ``REPORT_MAX_AGE`` ago) gets the newest report at
+        once, and a newer one is built behind it: the view process may be slow on a busy
+        host, the admin API never is. Anyone else waits for a report of the statistics as
+        they are (a one-off ``shadowd report`` after a test run counts all of it), and so
+        does everyone after a reset, a reload or ``settle()``."""
         version = self._statistics_version()
         latest = self._report_json
+        now = time.monotonic()
+        polling, self._report_asked_at = now - self._report_asked_at < REPORT_MAX_AGE, now
         if latest is not None and latest[1] == version:
             return latest[0]
-        building = self._report_building is not None and not self._report_building.done()
         if (
-            latest is not None
+            polling
+            and latest is not None
             and latest[1][0] == version[0]  # no reset since
             and latest[1][3] == version[3]  # no reload since
             and latest[1][1] >= self._fresh_from
-            and (building or time.monotonic() - self._report_built_at < REPORT_MAX_AGE)
         ):
             self._build_report_soon()
             return latest[0]
@@ -719,7 +720,6 @@ class Supervisor:
         built = (body, version)
         if version[0] == self.generation:
             self._report_json = built
-            self._report_built_at = time.monotonic()
             self.metrics.observe_beyond_noise(beyond_noise)  # gauges follow every report
             self._beyond_noise = dict(beyond_noise)
         return built

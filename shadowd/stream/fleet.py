@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pickle
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,12 +36,16 @@ from shadowd.stream.redis_stream import (
     redis_client,
 )
 from shadowd.verdict.evidence import VerdictEvidence
-from shadowd.verdict.judge import Verdict
+from shadowd.verdict.judge import Verdict, judge
 from shadowd.verdict.schedule import ScheduledVerdict
 
 log = logging.getLogger("shadowd.stream")
 
 STALE_AFTER_INTERVALS = 5  # a worker silent this many snapshot intervals is shown as stale
+
+
+def _judge_frozen(report: dict[str, Any], evidence: bytes, config: Config) -> Verdict:
+    return judge(report, pickle.loads(evidence), config)
 
 
 class FleetSeries(MergedSeries):
@@ -79,7 +84,7 @@ class FleetView:
         self._task: asyncio.Task[None] | None = None
         # Judged on demand, in a thread: the supervisor's own verdict keeps its process.
         self.verdicts = ScheduledVerdict(
-            self._verdict_inputs, lambda: (self.generation, self.version), self._observe
+            self._judge, lambda: (self.generation, self.version), self._observe
         )
 
     def start(self) -> None:
@@ -187,10 +192,14 @@ class FleetView:
     async def current_verdict(self) -> Verdict:
         return await self.verdicts.current()
 
-    def _verdict_inputs(self) -> tuple[dict[str, Any], VerdictEvidence, Config]:
+    async def _judge(self) -> Verdict:
         report = self.report()
-        self.metrics.observe_report(report)
-        return report, self.evidence, self.config
+        self.metrics.observe_beyond_noise(
+            (e["endpoint"], e["divergent_beyond_noise_ratio"]) for e in report["endpoints"]
+        )
+        # Frozen now: the refresh keeps merging into ``evidence`` while the thread judges.
+        frozen = pickle.dumps(self.evidence)
+        return await asyncio.to_thread(_judge_frozen, report, frozen, self.config)
 
     def _observe(self, verdict: Verdict) -> None:
         self.metrics.observe_verdict(verdict)
