@@ -22,17 +22,101 @@ worst divergent kind. Counts are never discounted: the decision is made when the
 read (``decide_fields`` over the whole report).
 
 Without a secondary there is no measured noise and no test is possible: every difference
-counts, except that a field whose differing values nearly all look volatile (UUIDs,
-timestamps, epoch times near now, long tokens) is flagged ``likely_noise`` with that
-evidence, shown in the report, not counted as a divergence.
+counts, except that a field whose differences nearly all look like noise (``likely_noise``
+below: ids, tokens, clocks, durations, float jitter, a set-like array in another order) is
+flagged ``likely_noise`` with that evidence, shown in the report, not counted as a
+divergence. The primary-twice probe (``[noise] primary_probe``) measures noise instead.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from shadowd.diff.model import Difference, DiffKind
+
+_UUID = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+    r"[0-9a-fA-F]{12}$"
+)
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$")
+_HTTP_DATE = re.compile(r"^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT$")
+_TOKEN = re.compile(r"^[A-Za-z0-9+/_=\-]{20,}$")
+# Shorter ids: 12+ hex digits with a digit and a letter (a 16-hex span id), or 12+ letters and
+# digits in both cases (a base62 id). A product code (``SKU-12``, ``ABC123``) is neither.
+_HEX_ID = re.compile(r"^(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{12,}$")
+_MIXED_ID = re.compile(
+    r"^(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[a-z])(?=[A-Za-z0-9_-]*[A-Z])[A-Za-z0-9_-]{12,}$"
+)
+# Field names that say "how long this answer took": a duration differs on every answer.
+_DURATION_NAME = re.compile(
+    r"(took|elapsed|uptime|duration|latency|runtime|time_taken|response_time|processing_time)"
+    r"|(^|_)(ms|us|ns|s|sec|secs|seconds|millis|micros)$",
+    re.IGNORECASE,
+)
+_FIVE_YEARS = 5 * 365 * 86400
+_FLOAT_JITTER = 1e-9  # relative: last-digit noise of a float summed in another order
+
+
+def looks_volatile(value: Any) -> bool:
+    """Values that differ on every answer of any release: ids, tokens, clocks near now."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        now = time.time()
+        return abs(value - now) < _FIVE_YEARS or abs(value / 1000 - now) < _FIVE_YEARS
+    if isinstance(value, str):
+        return bool(
+            _UUID.match(value)
+            or _TIMESTAMP.match(value)
+            or _HTTP_DATE.match(value)
+            or (_TOKEN.match(value) and any(c.isdigit() for c in value))
+            or _HEX_ID.match(value)
+            or _MIXED_ID.match(value)
+        )
+    return False
+
+
+def _last_name(path: str) -> str:
+    last = path.rsplit(".", 1)[-1]
+    if last.endswith('"]'):  # $["took ms"]
+        last = last[last.rfind('["') + 2 : -2]
+    return last
+
+
+def likely_noise(difference: Difference, reordered: frozenset[str] = frozenset()) -> bool:
+    """Whether a difference looks like one any release makes on every answer (used only
+    without measured noise): both values volatile (``looks_volatile``); a number in a field
+    named as a duration (``took_ms``, ``uptime_s``, ``elapsed``); two floats within 1e-9 of
+    each other, relatively; or an element of an array that holds the same elements in
+    another order (``reordered``: the exact paths the diff found so, ``ExchangeDiff``)."""
+    a, b = difference.reference, difference.other
+    if difference.path in reordered:
+        return True
+    if looks_volatile(a) and looks_volatile(b):
+        return True
+    if difference.kind is not DiffKind.CHANGED:
+        return False
+    numbers = (
+        isinstance(a, int | float)
+        and isinstance(b, int | float)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    )
+    if not numbers:
+        return False
+    if _DURATION_NAME.search(_last_name(difference.generic_path)):
+        return True
+    return (isinstance(a, float) or isinstance(b, float)) and math.isclose(
+        a, b, rel_tol=_FLOAT_JITTER
+    )
+
 
 DIVERGENT = "divergent"
 NOISE = "noise"
