@@ -152,6 +152,7 @@ class EndpointStats:
         self.exchanges = 0
         self.divergent = 0  # exchanges where the candidate differs from the primary
         self.noisy = 0  # exchanges where the secondary differs from the primary
+        self.noise_exchanges = 0  # exchanges with a noise baseline's answer (secondary/probe)
         self.overflow = 0  # differences not listed because of the diff engine's per-pair cap
         self.errors: dict[str, int] = {}  # target -> answers that failed (``Answer.error``)
         self.statuses: dict[str, dict[str, int]] = {}  # target -> "2xx" -> answers
@@ -305,6 +306,8 @@ class Aggregator:
             ):
                 stats.last_sample_at = received
                 samples.append(_sample(exchange, diff, self.config))
+        if diff.secondary is not None:
+            stats.noise_exchanges += 1
         if diff.secondary:
             stats.noisy += 1
             totals.noisy += 1

@@ -37,6 +37,7 @@ from shadowd.config import (
     IngressConfig,
     LoggingConfig,
     MirrorConfig,
+    NoiseConfig,
     TargetConfig,
     VerdictConfig,
 )
@@ -125,6 +126,9 @@ DIFF = {
     "noise_relative": ("noise_relative", number(0.0, 1.0)),
     "noise_absolute": ("noise_absolute", number(0.0, 1.0)),
 }
+NOISE = {
+    "primary_probe": ("primary_probe", number(0.0, 1.0)),
+}
 RULE = {
     "name": ("name", string),
     "why": ("why", string),
@@ -183,6 +187,7 @@ SECTIONS: dict[str, Mapping[str, tuple[str | None, Reader]]] = {
     "mirror": MIRROR,
     "endpoints": ENDPOINTS,
     "diff": DIFF,
+    "noise": NOISE,
     "capture": CAPTURE,
     "admin": ADMIN,
     "verdict": VERDICT,
@@ -373,6 +378,13 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
     ingress = IngressConfig(**sections.get("ingress", {}))
     admin = AdminConfig(**sections.get("admin", {}))
     _cross_checks(ingress, admin, targets, problems)
+    noise = NoiseConfig(**sections.get("noise", {}))
+    if noise.primary_probe > 0 and targets.get("secondary") is not None:
+        problems.add(
+            "noise.primary_probe",
+            "is for running without a secondary; [targets.secondary] already measures noise "
+            "(remove one of them)",
+        )
     if problems.items:
         raise ConfigError(problems.items)
     primary, candidate = targets["primary"], targets["candidate"]
@@ -387,6 +399,7 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
         mirror=MirrorConfig(**sections.get("mirror", {})),
         endpoints=EndpointsConfig(**sections.get("endpoints", {})),
         diff=DiffConfig(**diff),
+        noise=noise,
         capture=CaptureConfig(**capture) if capture and "path" in capture else None,
         admin=admin,
         verdict=VerdictConfig(**sections.get("verdict", {})),

@@ -150,6 +150,9 @@ class FieldCounts:
     kinds: Mapping[str, int]
     noise_kinds: Mapping[str, int] | None = None
     volatile: int = 0
+    # Exchanges the noise was counted over, when fewer than ``exchanges`` (the primary-twice
+    # probe answers a share of them); None: the same exchanges.
+    noise_exchanges: int | None = None
 
 
 def margin_odds(relative: float) -> float:
@@ -157,26 +160,33 @@ def margin_odds(relative: float) -> float:
     return (1 + relative) / (1 - relative) if relative < 1 else float("inf")
 
 
+def _shown_count(count: float) -> str:
+    """A count as reasons say it: an integer, or a scaled probe count with one decimal."""
+    return str(int(count)) if float(count).is_integer() else f"{count:.1f}"
+
+
 def _margins(
-    divergent: int, noise: int, exchanges: int, relative: float, absolute: float
+    divergent: int, noise: float, exchanges: int, relative: float, absolute: float
 ) -> FieldDecision | None:
-    """The margin part of the rule: a NOISE / WITHIN_NOISE decision, or None if it passes."""
+    """The margin part of the rule: a NOISE / WITHIN_NOISE decision, or None if it passes.
+    ``noise`` is out of the same ``exchanges`` (a probe's count is scaled to them)."""
     if divergent <= noise:
         return FieldDecision(
-            NOISE, f"the secondary differs as often ({noise} vs {divergent} of {exchanges})"
+            NOISE,
+            f"the secondary differs as often ({_shown_count(noise)} vs {divergent} of {exchanges})",
         )
     gap = divergent - noise
     rel = gap / (divergent + noise)
     if rel <= relative:
         return FieldDecision(
             NOISE,
-            f"candidate {divergent} vs secondary {noise}: {rel:.0%} apart, "
+            f"candidate {divergent} vs secondary {_shown_count(noise)}: {rel:.0%} apart, "
             f"not more than the {relative:.0%} relative margin",
         )
     if gap / exchanges <= absolute:
         return FieldDecision(
             WITHIN_NOISE,
-            f"{gap} more differences than noise in {exchanges} exchanges, "
+            f"{_shown_count(gap)} more differences than noise in {exchanges} exchanges, "
             f"not more than the {absolute:.2%} absolute margin",
         )
     return None
@@ -187,7 +197,8 @@ def _no_secondary(divergent: int, volatile: int) -> FieldDecision:
         return FieldDecision(
             LIKELY_NOISE,
             f"no secondary, but both values look like ids, tokens or clocks in "
-            f"{volatile} of {divergent} differences (configure a secondary to measure it)",
+            f"{volatile} of {divergent} differences (configure a secondary or "
+            f"[noise] primary_probe to measure it)",
             count=divergent,
         )
     return FieldDecision(DIVERGENT, "no secondary to measure noise against", count=divergent)
@@ -233,6 +244,7 @@ def decide_fields(
     decisions: list[FieldDecision | None] = [None] * len(fields)
     # cells: (field index, kind, candidate count, noise count, margin decision or None)
     cells: list[tuple[int, str, int, int, FieldDecision | None]] = []
+    noise_sizes: list[int] = []  # per cell: the exchanges its noise count is out of
     for i, fld in enumerate(fields):
         vol = fld.volatile if volatile is None else volatile[i]
         if fld.exchanges <= 0 or fld.divergent <= 0:
@@ -248,15 +260,25 @@ def decide_fields(
             if count <= 0:
                 continue
             noise = fld.noise if fld.noise_kinds is None else int(fld.noise_kinds.get(kind, 0))
+            sampled = fld.noise_exchanges
+            if sampled is not None and sampled <= 0:
+                # The probe has answered none of this endpoint's exchanges yet: no noise is
+                # measured, so every difference counts, as without a secondary.
+                decision = _no_secondary(fld.divergent, vol)
+                decisions[i] = FieldDecision(decision.decision, decision.why, kind, count)
+                break
+            # The margins compare rates: the noise count scaled to the candidate's exchanges.
+            scaled = noise if sampled is None else noise * fld.exchanges / sampled
             cells.append(
                 (
                     i,
                     kind,
                     int(count),
                     noise,
-                    _margins(count, noise, fld.exchanges, relative, absolute),
+                    _margins(count, scaled, fld.exchanges, relative, absolute),
                 )
             )
+            noise_sizes.append(fld.exchanges if sampled is None else sampled)
     if cells:
         tested = [j for j, cell in enumerate(cells) if cell[4] is None]
         p = np.ones(len(cells))  # a cell within the margins cannot be a divergence
@@ -266,6 +288,7 @@ def decide_fields(
                 np.array([cells[j][3] for j in tested]),
                 np.array([fields[cells[j][0]].exchanges for j in tested]),
                 margin_odds(relative),
+                np.array([noise_sizes[j] for j in tested]),
             )
         q = bh_adjusted(p)
         by_field: dict[int, list[FieldDecision]] = {}
