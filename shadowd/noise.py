@@ -30,6 +30,7 @@ divergence. The primary-twice probe (``[noise] primary_probe``) measures noise i
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
@@ -48,16 +49,15 @@ _UUID = re.compile(
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$")
 _HTTP_DATE = re.compile(r"^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT$")
 _TOKEN = re.compile(r"^[A-Za-z0-9+/_=\-]{20,}$")
-# Shorter ids: 12+ hex digits with a digit and a letter (a 16-hex span id), or 12+ letters and
-# digits in both cases (a base62 id). A product code (``SKU-12``, ``ABC123``) is neither.
+# Shorter ids: 12+ hex digits with a digit and a letter (a 16-hex span id), or a base62 id
+# (``_looks_random``). A product code (``SKU-12``, ``ABC123``) is neither.
 _HEX_ID = re.compile(r"^(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{12,}$")
-_MIXED_ID = re.compile(
-    r"^(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[a-z])(?=[A-Za-z0-9_-]*[A-Z])[A-Za-z0-9_-]{12,}$"
-)
+_ALPHANUMERIC = re.compile(r"^[A-Za-z0-9]{12,}$")
 # Field names that say "how long this answer took": a duration differs on every answer.
 _DURATION_NAME = re.compile(
     r"(took|elapsed|uptime|duration|latency|runtime|time_taken|response_time|processing_time)"
-    r"|(^|_)(ms|us|ns|s|sec|secs|seconds|millis|micros)$",
+    r"|(^|_)(ms|us|ns|s|sec|secs|seconds|millis|micros)$"
+    r"|^text:line:.*<n> ?(ms|µs|us|ns|s|sec|secs|seconds)\b",
     re.IGNORECASE,
 )
 _FIVE_YEARS = 5 * 365 * 86400
@@ -78,9 +78,20 @@ def looks_volatile(value: Any) -> bool:
             or _HTTP_DATE.match(value)
             or (_TOKEN.match(value) and any(c.isdigit() for c in value))
             or _HEX_ID.match(value)
-            or _MIXED_ID.match(value)
+            or _looks_random(value)
         )
     return False
+
+
+def _looks_random(value: str) -> bool:
+    """12+ letters and digits that switch between lower case, upper case and digits at least
+    every third character: random base62 (``k3J9xQ2mP7vR``, ~60 % switches), not words,
+    codes or CamelCase (``SKU123456789``: 1 switch; ``PaymentMethod``: 2)."""
+    if not _ALPHANUMERIC.match(value):
+        return False
+    classes = ["d" if c.isdigit() else "u" if c.isupper() else "l" for c in value]
+    switches = sum(a != b for a, b in itertools.pairwise(classes))
+    return switches * 3 >= len(value)
 
 
 def _last_name(path: str) -> str:
@@ -320,5 +331,27 @@ def decide_fields(
                 )
             by_field.setdefault(i, []).append(decision)
         for i, options in by_field.items():
-            decisions[i] = max(options, key=lambda d: (_RANK[d.decision], d.count))
+            decision = max(options, key=lambda d: (_RANK[d.decision], d.count))
+            fld = fields[i]
+            vol = fld.volatile if volatile is None else volatile[i]
+            if (
+                decision.decision == DIVERGENT
+                and fld.noise_exchanges is not None
+                and vol >= 0.9 * fld.divergent
+            ):
+                # The probe asks the same instance twice: what differs per instance (its
+                # start time, clock skew, host name) it cannot show. Values that look like
+                # ids, clocks or durations are then taken for that, as without a secondary.
+                decision = FieldDecision(
+                    LIKELY_NOISE,
+                    f"the primary probe differs less ({decision.why}), but both values look "
+                    f"like ids, clocks or durations in {vol} of {fld.divergent} differences: "
+                    f"noise of an instance, which a second request to the same instance "
+                    f"cannot show",
+                    decision.kind,
+                    decision.count,
+                    decision.p_value,
+                    decision.q_value,
+                )
+            decisions[i] = decision
     return [d if d is not None else FieldDecision(WITHIN_NOISE, "") for d in decisions]

@@ -55,8 +55,10 @@ _VOLATILE = re.compile(
     r"|\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b)"
     r"|(?P<epoch>\b1[5-9]\d{8}(?:\d{3})?(?:\.\d+)?\b)"
     r"|(?P<hex>\b(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}\b)"
-    r"|(?P<token>(?<![\w/+])(?=[A-Za-z0-9_+/]*\d)(?=[A-Za-z0-9_+/]*[A-Za-z])"
-    r"[A-Za-z0-9_+/]{16,}={0,2}(?![\w/+=]))"
+    # a token: 16+ characters with a digit and a letter, or 24+ in both cases without digits
+    r"|(?P<token>(?<![\w/+])(?:(?=[A-Za-z0-9_+/]*\d)(?=[A-Za-z0-9_+/]*[A-Za-z])"
+    r"[A-Za-z0-9_+/]{16,}|(?=[A-Za-z0-9_+/]*[a-z])(?=[A-Za-z0-9_+/]*[A-Z])"
+    r"[A-Za-z0-9_+/]{24,})={0,2}(?![\w/+=]))"
     r"|(?P<n>(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.]))"
 )
 _NUMBER = "n"
@@ -146,6 +148,17 @@ def _changed(
     other_value = _shown(oth_line)
     if ref[0] == oth[0]:
         differing = [(a, b) for a, b in zip(ref[1], oth[1], strict=True) if a[1] != b[1]]
+        if differing and all(a[0] == _NUMBER for a, _ in differing):
+            # Only numbers differ: the first pair, as numbers (a duration's key says so).
+            (_, ref_token), (_, oth_token) = differing[0]
+            out.add(
+                DiffKind.CHANGED,
+                f"text:line[{index}]",
+                _key(ref[0]),
+                float(ref_token),
+                float(oth_token),
+            )
+            return
         if differing and all(a[0] != _NUMBER for a, _ in differing):
             (kind, ref_token), (_, oth_token) = differing[0]
             if kind == _EPOCH:  # a number, so that it is judged as a clock near now
