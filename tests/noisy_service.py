@@ -459,7 +459,7 @@ async def judge_variant(
     requests: int = 1500,
     seed: int = 0,
     flood: bool = False,
-    rate: float = 600.0,
+    rate: float = 250.0,
     probe: float = 0.5,
 ) -> Outcome:
     """Three instances on loopback, a real shadowd in front, seeded traffic; the verdict."""
