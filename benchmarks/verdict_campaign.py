@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from noisy_service import REGRESSIONS, Outcome, judge_variant  # noqa: E402
+from noisy_service import REGRESSIONS, Outcome, judge_variant
 
 
 async def campaign(args: argparse.Namespace) -> list[tuple[str, list[Outcome]]]:
