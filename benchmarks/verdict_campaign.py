@@ -45,6 +45,8 @@ async def campaign(args: argparse.Namespace) -> list[tuple[str, list[Outcome]]]:
         scenarios.append(
             (f"{name}, probe {args.probe:g}", name, "probe", False, args.regression_runs)
         )
+    if args.only:
+        scenarios = [s for s in scenarios if any(word in s[0] for word in args.only)]
     results = []
     for label, variant, baseline, flood, runs in scenarios:
         outcomes = []
@@ -65,7 +67,7 @@ async def campaign(args: argparse.Namespace) -> list[tuple[str, list[Outcome]]]:
                 file=sys.stderr,
                 flush=True,
             )
-            if variant == "identical" and outcome.verdict != "pass":
+            if outcome.verdict != ("pass" if variant == "identical" else "fail"):
                 print(f"    reasons: {outcome.reasons}", file=sys.stderr, flush=True)
         results.append((label, outcomes))
     return results
@@ -73,8 +75,9 @@ async def campaign(args: argparse.Namespace) -> list[tuple[str, list[Outcome]]]:
 
 def table(results: list[tuple[str, list[Outcome]]]) -> str:
     rows = [
-        "| scenario | runs | pass | fail | inconclusive | named | false blames | median s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| scenario | runs | pass | fail | inconclusive | named | false blames | fewest exchanges"
+        " | median s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, outcomes in results:
         verdicts = [o.verdict for o in outcomes]
@@ -87,6 +90,7 @@ def table(results: list[tuple[str, list[Outcome]]]) -> str:
             f"| {label} | {len(outcomes)} | {verdicts.count('pass')} | {verdicts.count('fail')}"
             f" | {verdicts.count('inconclusive')} | {named}"
             f" | {sum(len(o.false_blames()) for o in outcomes)}"
+            f" | {min(o.exchanges for o in outcomes)}"
             f" | {statistics.median(o.seconds for o in outcomes):.1f} |"
         )
     return "\n".join(rows)
@@ -99,6 +103,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1500, help="requests a run")
     parser.add_argument("--rate", type=float, default=250.0, help="paced requests a second")
     parser.add_argument("--probe", type=float, default=0.5, help="[noise] primary_probe")
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="run the scenarios whose label has one of these"
+    )
     args = parser.parse_args()
     began = time.perf_counter()
     results = asyncio.run(campaign(args))
