@@ -43,6 +43,8 @@ def receipt(rng: random.Random, total: str = "12.50") -> str:
 def test_volatile_tokens_are_generalised_in_the_line_key():
     assert template_of("Printed at 2026-11-29T19:14:52Z")[0] == "Printed at <ts>"
     assert template_of("order 3f2a9c1b7d4e6f80 for bob")[0] == "order <hex> for bob"
+    assert template_of("order 0123456789012345 for bob")[0] == "order <hex> for bob"
+    assert template_of("qty 12 of 3")[0] == "qty <n> of <n>"
     assert template_of("id=0b7c5a9e-4f0e-4c1e-9d43-2f0b3e1a9c77;")[0] == "id=<uuid>;"
     assert template_of("Total: 12.50 EUR")[0] == "Total: <n> EUR"
     assert template_of('<input name="csrf" value="Zk3pQ9xL2mV8aR1tB7nW">')[0] == (
