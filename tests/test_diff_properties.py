@@ -188,7 +188,11 @@ def test_text_bodies_differ_line_by_line():
     a = answer(b"line one\nline two\nline three\n", b"text/plain")
     b = answer(b"line one\nline 2\nline three\n", b"text/plain")
     (d,), _ = compare_answers(a, b, DiffConfig())
-    assert (d.path, d.generic_path, d.kind) == ("text:line[1]", "text:line:line two", "changed")
+    assert (d.path, d.generic_path, d.kind) == (
+        "text:line[1]:line two",
+        "text:line:line two",
+        "changed",
+    )
     assert (d.reference, d.other) == ("line two", "line 2")
 
 

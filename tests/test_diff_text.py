@@ -57,18 +57,18 @@ def test_a_changed_line_is_its_own_difference_at_its_template():
     rng = random.Random(1)
     a = text(receipt(rng))
     b = text(receipt(random.Random(1), total="12.60"))
-    assert found(a, b) == [("text:line[4]", "text:line:Total: <n> EUR", "changed")]
+    assert found(a, b) == [("text:line[4]:Total: <n> EUR", "text:line:Total: <n> EUR", "changed")]
 
 
 def test_an_inserted_line_does_not_shift_the_lines_after_it():
     a = text("one\ntwo\nthree\n")
     b = text("one\nnew\ntwo\nthree\n")
-    assert found(a, b) == [("text:line[1]", "text:line:new", "extra")]
+    assert found(a, b) == [("text:line[1]:new", "text:line:new", "extra")]
 
 
 def test_a_removed_line_is_missing():
     assert found(text("one\ntwo\nthree\n"), text("one\nthree\n")) == [
-        ("text:line[1]", "text:line:two", "missing")
+        ("text:line[1]:two", "text:line:two", "missing")
     ]
 
 
@@ -77,15 +77,19 @@ def test_minified_html_is_split_between_tags():
     a = text(page.format("Zk3pQ9xL2mV8aR1tB7nW", "Ann"), b"text/html")
     b = text(page.format("Qm8vT2bN5cX1zL7kD4sE", "Bob"), b"text/html")
     assert found(a, b) == [
-        ("text:line[3]", 'text:line:<input type="hidden" name="csrf" value="<token>">', "changed"),
-        ("text:line[4]", "text:line:<p>Hi Ann</p>", "changed"),
+        (
+            'text:line[3]:<input type="hidden" name="csrf" value="<token>">',
+            'text:line:<input type="hidden" name="csrf" value="<token>">',
+            "changed",
+        ),
+        ("text:line[4]:<p>Hi Ann</p>", "text:line:<p>Hi Ann</p>", "changed"),
     ]
 
 
 def test_csv_rows_are_lines():
     a = text("sku,qty\nA1,3\nB2,4\n", b"text/csv")
     b = text("sku,qty\nA1,3\nB2,5\n", b"text/csv")
-    assert found(a, b) == [("text:line[2]", "text:line:B2,<n>", "changed")]
+    assert found(a, b) == [("text:line[2]:B2,<n>", "text:line:B2,<n>", "changed")]
 
 
 def test_past_the_line_bound_it_is_one_body_difference():
@@ -147,3 +151,16 @@ def test_without_a_secondary_ids_and_clocks_in_lines_are_likely_noise():
     assert fields["text:line:Printed at <ts>"]["decision"] == LIKELY_NOISE
     assert fields["text:line:RECEIPT <hex>"]["decision"] == LIKELY_NOISE
     assert fields["text:line:Total: <n> EUR"]["decision"] == DIVERGENT
+
+
+def test_a_value_from_a_line_that_names_a_secret_is_hidden_in_samples():
+    from shadowd.redact import MARKER, Redaction
+
+    a = text("user: ann\napi_token: Zk3pQ9xL2mV8aR1tB7nW\n")
+    b = text("user: ann\napi_token: Qm8vT2bN5cX1zL7kD4sE\n")
+    (d,), _ = compare_answers(a, b, DiffConfig())
+    assert d.other == "Qm8vT2bN5cX1zL7kD4sE"  # the token alone: no name left to scrub by
+    assert Redaction().value_at(d.path, d.other) == MARKER
+    plain = text("Total: 12.50 EUR\n"), text("Total: 12.60 EUR\n")
+    (total,), _ = compare_answers(*plain, DiffConfig())
+    assert Redaction().value_at(total.path, total.other) == 12.6

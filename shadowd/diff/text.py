@@ -18,7 +18,7 @@ in order (``changed`` at the reference line's key), its surplus ``missing``/``ex
 
 The noise model then does the rest, per key: the print-time line differs on the secondary
 too (noise), the total line only on the candidate (a divergence). The exact path says which
-line it was: ``text:line[12]`` (0-based, the reference's line).
+line it was: ``text:line[12]:<template>`` (0-based, the reference's line).
 
 When the only tokens that differ are ids or clocks (not plain numbers), the values are
 those tokens rather than the lines, so that ``likely_noise`` (no secondary) can recognise
@@ -97,6 +97,12 @@ def _shown(line: str) -> str:
     return line if len(line) <= SHOWN_CHARS else line[:SHOWN_CHARS] + "…"
 
 
+def _exact(index: int, template: str) -> str:
+    """``text:line[12]:<template>``: the line number, and its template, which is what lets a
+    sample's values be hidden when the line names a secret (``redact.value_at``)."""
+    return f"text:line[{index}]:{_key(template)[10:]}"
+
+
 def _key(template: str) -> str:
     if len(template) > MAX_KEY_CHARS:
         template = template[:MAX_KEY_CHARS] + "…"
@@ -128,10 +134,12 @@ def diff_text(reference: bytes, other: bytes, media: str, out: DiffCollector) ->
             _changed(i, ref_lines[i], oth_lines[j], ref[i], oth[j], out)
         for i in range(i1 + paired, i2):
             out.add(
-                DiffKind.MISSING, f"text:line[{i}]", _key(ref[i][0]), _shown(ref_lines[i]), None
+                DiffKind.MISSING, _exact(i, ref[i][0]), _key(ref[i][0]), _shown(ref_lines[i]), None
             )
         for j in range(j1 + paired, j2):
-            out.add(DiffKind.EXTRA, f"text:line[{j}]", _key(oth[j][0]), None, _shown(oth_lines[j]))
+            out.add(
+                DiffKind.EXTRA, _exact(j, oth[j][0]), _key(oth[j][0]), None, _shown(oth_lines[j])
+            )
     if len(out.differences) + out.overflow == before:
         # The bodies differ (the caller knows), but only in blank lines or in spaces around
         # lines: still a difference, under its own key.
@@ -156,7 +164,7 @@ def _changed(
             (_, ref_token), (_, oth_token) = differing[0]
             out.add(
                 DiffKind.CHANGED,
-                f"text:line[{index}]",
+                _exact(index, ref[0]),
                 _key(ref[0]),
                 float(ref_token),
                 float(oth_token),
@@ -167,11 +175,11 @@ def _changed(
             if kind == _EPOCH:  # a number, so that it is judged as a clock near now
                 out.add(
                     DiffKind.CHANGED,
-                    f"text:line[{index}]",
+                    _exact(index, ref[0]),
                     _key(ref[0]),
                     float(ref_token),
                     float(oth_token),
                 )
                 return
             reference_value, other_value = ref_token, oth_token
-    out.add(DiffKind.CHANGED, f"text:line[{index}]", _key(ref[0]), reference_value, other_value)
+    out.add(DiffKind.CHANGED, _exact(index, ref[0]), _key(ref[0]), reference_value, other_value)
