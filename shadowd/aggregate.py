@@ -17,7 +17,6 @@ however long the daemon runs:
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections import deque
 from typing import Any
@@ -33,6 +32,7 @@ from shadowd.diff.timing import parse_server_timing
 from shadowd.endpoints import OTHER
 from shadowd.exchange import Answer, Exchange, Headers
 from shadowd.metrics import Metrics
+from shadowd.noise import likely_noise
 from shadowd.redact import MARKER, Redaction, Unreadable
 
 OTHER_FIELD = "<other>"
@@ -49,32 +49,6 @@ SAMPLE_VALUE_CHARS = 256  # header values and the request target are cut to this
 SAMPLE_BODY_BYTES = 2048
 SAMPLE_INTERVAL = 0.05  # seconds between two samples of an endpoint once its deque is full
 SERVER_TIMING_METRICS = 32  # distinct Server-Timing metric names averaged per endpoint
-
-_UUID = re.compile(
-    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
-    r"[0-9a-fA-F]{12}$"
-)
-_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$")
-_HTTP_DATE = re.compile(r"^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT$")
-_TOKEN = re.compile(r"^[A-Za-z0-9+/_=\-]{20,}$")
-_FIVE_YEARS = 5 * 365 * 86400
-
-
-def looks_volatile(value: Any) -> bool:
-    """Values that differ on every answer of any release: ids, tokens, clocks near now."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int | float):
-        now = time.time()
-        return abs(value - now) < _FIVE_YEARS or abs(value / 1000 - now) < _FIVE_YEARS
-    if isinstance(value, str):
-        return bool(
-            _UUID.match(value)
-            or _TIMESTAMP.match(value)
-            or _HTTP_DATE.match(value)
-            or (_TOKEN.match(value) and any(c.isdigit() for c in value))
-        )
-    return False
 
 
 def endpoint_id(endpoint: str) -> str:
@@ -207,6 +181,7 @@ class EndpointStats:
         self.exchanges = 0
         self.divergent = 0  # exchanges where the candidate differs from the primary
         self.noisy = 0  # exchanges where the secondary differs from the primary
+        self.noise_exchanges = 0  # exchanges with a noise baseline's answer (secondary/probe)
         self.overflow = 0  # differences not listed because of the diff engine's per-pair cap
         self.errors: dict[str, int] = {}  # target -> answers that failed (``Answer.error``)
         self.statuses: dict[str, dict[str, int]] = {}  # target -> "2xx" -> answers
@@ -350,7 +325,7 @@ class Aggregator:
         if diff.candidate:
             stats.divergent += 1
             totals.divergent += 1
-            _count_candidate(stats, diff.candidate, limit)
+            _count_candidate(stats, diff.candidate, limit, diff.reordered)
             # Building a sample costs more than the rest of add(): once the deque is full,
             # at most one per SAMPLE_INTERVAL per endpoint (by the request's own clock).
             samples = stats.samples
@@ -360,6 +335,8 @@ class Aggregator:
             ):
                 stats.last_sample_at = received
                 samples.append(_sample(exchange, diff, self.config))
+        if diff.secondary is not None:
+            stats.noise_exchanges += 1
         if diff.secondary:
             stats.noisy += 1
             totals.noisy += 1
@@ -397,7 +374,12 @@ class Aggregator:
 _STATUS_CLASSES = {i: f"{i}xx" for i in range(1, 6)}
 
 
-def _count_candidate(stats: EndpointStats, differences: list[Difference], limit: int) -> None:
+def _count_candidate(
+    stats: EndpointStats,
+    differences: list[Difference],
+    limit: int,
+    reordered: frozenset[str] = frozenset(),
+) -> None:
     """Field counts for one exchange: each path, and each (path, kind), at most once."""
     counted: set[str] = set()
     kinds_counted: set[tuple[str, str]] = set()
@@ -410,7 +392,7 @@ def _count_candidate(stats: EndpointStats, differences: list[Difference], limit:
         if path not in counted:
             counted.add(path)
             field.divergent += 1
-            if looks_volatile(difference.reference) and looks_volatile(difference.other):
+            if likely_noise(difference, reordered):
                 field.volatile += 1
 
 

@@ -7,6 +7,7 @@ typed attribute here, with its default. Every problem found is reported at once,
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,17 @@ class DiffConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NoiseConfig:
+    # Without a secondary: the share (0..1) of mirrored requests also sent to the primary a
+    # second time, on the copy path, whose answers stand for the secondary's (docs/verdict.md).
+    # 0 is off. It is extra load on the primary: this share of the mirrored requests, again.
+    primary_probe: float = 0.0
+
+
+PROBE_TARGET = "secondary"  # the probe's answers are the noise baseline's, under its name
+
+
+@dataclass(frozen=True, slots=True)
 class CaptureConfig:
     path: Path
     max_bytes: int = 256 * MIB  # rotate when a file reaches this size
@@ -256,6 +268,7 @@ class Config:
     mirror: MirrorConfig = MirrorConfig()
     endpoints: EndpointsConfig = EndpointsConfig()
     diff: DiffConfig = DiffConfig()
+    noise: NoiseConfig = NoiseConfig()
     capture: CaptureConfig | None = None
     admin: AdminConfig = AdminConfig()
     verdict: VerdictConfig = VerdictConfig()
@@ -263,11 +276,27 @@ class Config:
     digest: str = field(default="")  # sha256 of the file's bytes, for reports and captures
 
     @property
+    def probe(self) -> TargetConfig | None:
+        """The primary once more, as the noise baseline, when there is no secondary and
+        ``[noise] primary_probe`` is on: its answers are filed as the secondary's."""
+        if self.secondary is not None or self.noise.primary_probe <= 0:
+            return None
+        return dataclasses.replace(self.primary, name=PROBE_TARGET)
+
+    @property
+    def noise_baseline(self) -> TargetConfig | None:
+        """What noise and the copy-path latency are measured on: the secondary, else the
+        primary-twice probe, else nothing."""
+        return self.secondary if self.secondary is not None else self.probe
+
+    @property
     def mirror_targets(self) -> tuple[TargetConfig, ...]:
-        """Targets that receive copies (never the primary)."""
-        if self.secondary is None:
+        """Targets that receive copies: the candidate, the secondary or the primary-twice
+        probe (the primary itself, on the copy path, for ``[noise] primary_probe`` of them)."""
+        baseline = self.noise_baseline
+        if baseline is None:
             return (self.candidate,)
-        return (self.secondary, self.candidate)
+        return (baseline, self.candidate)
 
 
 def target_from_url(name: str, url: str, **overrides: Any) -> TargetConfig:

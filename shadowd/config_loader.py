@@ -37,6 +37,7 @@ from shadowd.config import (
     IngressConfig,
     LoggingConfig,
     MirrorConfig,
+    NoiseConfig,
     StreamConfig,
     TargetConfig,
     VerdictConfig,
@@ -141,6 +142,9 @@ DIFF = {
     "noise_relative": ("noise_relative", number(0.0, 1.0)),
     "noise_absolute": ("noise_absolute", number(0.0, 1.0)),
 }
+NOISE = {
+    "primary_probe": ("primary_probe", number(0.0, 1.0)),
+}
 RULE = {
     "name": ("name", string),
     "why": ("why", string),
@@ -200,6 +204,7 @@ SECTIONS: dict[str, Mapping[str, tuple[str | None, Reader]]] = {
     "mirror": MIRROR,
     "endpoints": ENDPOINTS,
     "diff": DIFF,
+    "noise": NOISE,
     "capture": CAPTURE,
     "admin": ADMIN,
     "verdict": VERDICT,
@@ -393,6 +398,13 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
     analysis = AnalysisConfig(**sections.get("analysis", {}))
     stream = StreamConfig(**sections.get("stream", {}))
     _stream_checks(stream, analysis, problems)
+    noise = NoiseConfig(**sections.get("noise", {}))
+    if noise.primary_probe > 0 and targets.get("secondary") is not None:
+        problems.add(
+            "noise.primary_probe",
+            "is for running without a secondary; [targets.secondary] already measures noise "
+            "(remove one of them)",
+        )
     if problems.items:
         raise ConfigError(problems.items)
     primary, candidate = targets["primary"], targets["candidate"]
@@ -408,6 +420,7 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
         mirror=MirrorConfig(**sections.get("mirror", {})),
         endpoints=EndpointsConfig(**sections.get("endpoints", {})),
         diff=DiffConfig(**diff),
+        noise=noise,
         capture=CaptureConfig(**capture) if capture and "path" in capture else None,
         admin=admin,
         verdict=VerdictConfig(**sections.get("verdict", {})),

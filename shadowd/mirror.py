@@ -123,6 +123,12 @@ class Mirror:
             for t in targets
         }
         self._breaker_list = list(self._breakers.values())
+        # The primary-twice probe ([noise] primary_probe): the baseline target that is the
+        # primary again goes to this share of the exchanges only (it is production's load).
+        probe = config.probe
+        self._probe_share = config.noise.primary_probe if probe is not None else 1.0
+        self._probe_name = probe.name if probe is not None else None
+        self._probe_draw = random.Random(0x5EED).random  # seeded: a run is reproducible
 
     async def wait_idle(self) -> None:
         """Until no copy is in flight or queued (shutdown, tests)."""
@@ -248,7 +254,6 @@ class Mirror:
     def _send(self, pending: PendingExchange) -> None:
         self._in_flight += 1
         pending.sent = True
-        pending.mirror_remaining = len(self._targets)
         request = pending.exchange.request
         body = request.body
         method = pending.method
@@ -257,7 +262,11 @@ class Mirror:
         headers = pending.headers
         if pending.conditional:
             headers = [(n, v) for n, v in headers if n.lower() not in _CONDITIONAL]
-        for name, pool, template in self._targets:
+        targets = self._targets
+        if self._probe_name is not None and self._probe_draw() >= self._probe_share:
+            targets = [t for t in targets if t[0] != self._probe_name]
+        pending.mirror_remaining = len(targets)
+        for name, pool, template in targets:
             payload = template.build(method, pending.target, headers, body, pending.has_host)
             collector = AnswerCollector(name, self._answer_limit, _Arrival(self, pending))
             pool.send(payload, collector, head_only=head_only, retryable=retryable)

@@ -441,6 +441,10 @@ class Redaction:
         """A diff value shown in a sample, hidden when its path says it holds a secret."""
         if path.startswith("header."):
             return MARKER if self.secret_header(path[7:]) else value
+        if path.startswith("text:line[") and is_secret_field(path):
+            # A text line that names a secret (its template is in the path): a value taken
+            # from it may be the secret alone, without the name that _scrub_text looks for.
+            return MARKER
         if not path.startswith("$"):
             return _scrub_text(value)  # "body" (previews and line diffs), status, error
         try:

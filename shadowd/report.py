@@ -65,6 +65,9 @@ def _decide(endpoints: list[dict[str, Any]], aggregator: Aggregator) -> None:
     ``shadowd.noise``), and each endpoint's rate beyond noise."""
     config = aggregator.config
     rows = [(e, f) for e in endpoints for f in e["fields"]]
+    # The probe answers a share of the exchanges: noise counts are out of those. A secondary
+    # answers all of them (its rare gaps are counted as agreement, as before).
+    probing = config.probe is not None
     decisions = decide_fields(
         [
             FieldCounts(
@@ -74,10 +77,11 @@ def _decide(endpoints: list[dict[str, Any]], aggregator: Aggregator) -> None:
                 f["kinds"],
                 f["noise_kinds"],
                 f["volatile"],
+                e["noise_exchanges"] if probing else None,
             )
             for e, f in rows
         ],
-        has_secondary=config.secondary is not None,
+        has_secondary=config.noise_baseline is not None,
         relative=config.diff.noise_relative,
         absolute=config.diff.noise_absolute,
         significance=config.verdict.significance,
@@ -135,6 +139,7 @@ def _endpoint(stats: EndpointStats) -> dict[str, Any]:
         "divergent_beyond_noise_ratio": 0.0,  # set by _decide
         "noisy": stats.noisy,
         "noise_ratio": _ratio(stats.noisy, exchanges),
+        "noise_exchanges": stats.noise_exchanges,
         "errors": {t: n for t, n in stats.errors.items() if n},
         "status": {t: dict(sorted(c.items())) for t, c in stats.statuses.items() if c},
         "latency": _latency(stats),

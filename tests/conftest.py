@@ -19,6 +19,7 @@ from shadowd.config import (
     Listen,
     LoggingConfig,
     MirrorConfig,
+    NoiseConfig,
     VerdictConfig,
     target_from_url,
 )
@@ -125,6 +126,7 @@ def build_config(
     admin: dict[str, Any] | None = None,
     verdict: dict[str, Any] | None = None,
     logging: dict[str, Any] | None = None,
+    noise: dict[str, Any] | None = None,
 ) -> Config:
     return Config(
         source="<test>",
@@ -137,6 +139,7 @@ def build_config(
         analysis=dataclasses.replace(AnalysisConfig(), **(analysis or {})),
         mirror=dataclasses.replace(MirrorConfig(), **(mirror or {})),
         diff=dataclasses.replace(DiffConfig(), **(diff or {})),
+        noise=dataclasses.replace(NoiseConfig(), **(noise or {})),
         admin=AdminConfig(listen=Listen("127.0.0.1", 0), **(admin or {})),
         verdict=dataclasses.replace(VerdictConfig(), **(verdict or {})),
         logging=dataclasses.replace(LoggingConfig(), **(logging or {})),

@@ -151,12 +151,14 @@ def test_invalid_json_on_one_side_is_reported_as_such():
     assert kinds(answer(b'{"a": 1}'), answer(b'{"a": ')) == [("body", "invalid_json")]
 
 
-def test_non_json_bodies_compare_by_bytes_with_a_preview():
+def test_binary_bodies_compare_by_bytes_with_sizes_and_digests():
     (d,), _ = compare_answers(
-        answer(b"hello", b"text/plain"), answer(b"hullo", b"text/plain"), DiffConfig()
+        answer(b"hello", b"application/octet-stream"),
+        answer(b"hullo", b"application/octet-stream"),
+        DiffConfig(),
     )
     assert d.kind == DiffKind.BODY
-    assert d.reference["preview"] == "hello" and d.other["size"] == 5
+    assert d.reference["size"] == d.other["size"] == 5 and d.reference["sha"] != d.other["sha"]
 
 
 def test_content_type_mismatch_is_reported():
@@ -182,11 +184,16 @@ def test_differences_are_capped_and_counted():
     assert len(found) == 100 and overflow == 200
 
 
-def test_text_bodies_get_a_compact_line_diff():
+def test_text_bodies_differ_line_by_line():
     a = answer(b"line one\nline two\nline three\n", b"text/plain")
     b = answer(b"line one\nline 2\nline three\n", b"text/plain")
     (d,), _ = compare_answers(a, b, DiffConfig())
-    assert "-line two" in d.other["line_diff"] and "+line 2" in d.other["line_diff"]
+    assert (d.path, d.generic_path, d.kind) == (
+        "text:line[1]:line two",
+        "text:line:line two",
+        "changed",
+    )
+    assert (d.reference, d.other) == ("line two", "line 2")
 
 
 def test_server_timing_metrics_are_compared_by_name_and_desc():

@@ -51,6 +51,7 @@ def _endpoint_snapshot(stats: EndpointStats) -> dict[str, Any]:
         "exchanges": stats.exchanges,
         "divergent": stats.divergent,
         "noisy": stats.noisy,
+        "noise_exchanges": stats.noise_exchanges,
         "overflow": stats.overflow,
         "by_digest": stats.by_digest,
         "errors": stats.errors,
@@ -107,6 +108,7 @@ def merge_snapshot(
         stats.exchanges += snap["exchanges"]
         stats.divergent += snap["divergent"]
         stats.noisy += snap["noisy"]
+        stats.noise_exchanges += snap.get("noise_exchanges", 0)
         stats.overflow += snap["overflow"]
         stats.by_digest += snap["by_digest"]
         totals.exchanges += snap["exchanges"]

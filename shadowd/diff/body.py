@@ -11,6 +11,7 @@ from shadowd.diff.json_diff import DiffCollector, diff_json
 from shadowd.diff.model import DiffKind
 from shadowd.diff.prepared import INVALID, PreparedAnswer
 from shadowd.diff.rules import EMPTY, RuleSet
+from shadowd.diff.text import diff_text, is_text
 from shadowd.exchange import Answer
 
 _PREVIEW = 120
@@ -97,6 +98,11 @@ def diff_prepared_bodies(ref: PreparedAnswer, oth: PreparedAnswer, out: DiffColl
                 "invalid JSON" if oth_doc is INVALID else "valid JSON",
             )
             return
+    # Text, line by line under keys that noise can be learned for (shadowd.diff.text).
+    if is_text(ref_media or oth_media) and diff_text(
+        ref_body, oth_body, ref_media or oth_media, out
+    ):
+        return
     other_summary = _summary(oth_body, oth_media)
     if "preview" in other_summary and max(len(ref_body), len(oth_body)) <= _LINE_DIFF_LIMIT:
         other_summary["line_diff"] = _line_diff(ref_body, oth_body)

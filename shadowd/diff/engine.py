@@ -7,6 +7,7 @@ from shadowd.diff.body import diff_prepared_bodies
 from shadowd.diff.headers import diff_headers
 from shadowd.diff.json_diff import DiffCollector
 from shadowd.diff.model import Difference, DiffKind, ExchangeDiff
+from shadowd.diff.order import reordered_paths
 from shadowd.diff.prepared import PreparedAnswer
 from shadowd.diff.rules import EMPTY, RuleSet, rules_for
 from shadowd.diff.timing import diff_server_timing
@@ -91,15 +92,22 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
     skipped = _skipped(config)
     limit = config.max_body_bytes
     reference = PreparedAnswer(primary, rules, skipped, limit)
-    differences, overflow = _compare(
-        reference, PreparedAnswer(candidate, rules, skipped, limit), config, rules, absorbed
-    )
+    other = PreparedAnswer(candidate, rules, skipped, limit)
+    differences, overflow = _compare(reference, other, config, rules, absorbed)
     secondary = exchange.secondary
     noise = None
+    reordered: frozenset[str] = frozenset()
     if secondary is not None:
         noise, _ = _compare(
             reference, PreparedAnswer(secondary, rules, skipped, limit), config, rules, None
         )
+    elif differences and any(d.path.startswith("$") and "[" in d.path for d in differences):
+        # No noise measured for this exchange: say which differences only reorder a set.
+        reordered = reordered_paths(differences, reference.document(), other.document(reference))
     return ExchangeDiff(
-        candidate=differences, secondary=noise, overflow=overflow, absorbed=absorbed
+        candidate=differences,
+        secondary=noise,
+        overflow=overflow,
+        absorbed=absorbed,
+        reordered=reordered,
     )

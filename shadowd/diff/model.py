@@ -74,6 +74,9 @@ class ExchangeDiff:
     secondary: list[Difference] | None = None
     overflow: int = 0
     absorbed: dict[str, int] = field(default_factory=dict)  # rule name -> differences absorbed
+    # Exact paths of candidate differences that only reorder a set-like array: filled when
+    # there is no secondary answer to learn noise from (``shadowd.diff.order``).
+    reordered: frozenset[str] = frozenset()
 
     @property
     def divergent(self) -> bool:

@@ -74,7 +74,7 @@ class CompiledRule:
             a, b = d.reference, d.other
             if d.kind != DiffKind.CHANGED or type(a) not in _NUMERIC or type(b) not in _NUMERIC:
                 return False
-            gap = abs(a - b)
+            gap: float = abs(a - b)
             return gap <= self.rule.absolute or gap <= self.rule.relative * max(abs(a), abs(b))
         if action == "normalize":
             a, b = d.reference, d.other
@@ -123,7 +123,9 @@ def _sorter(rule: DiffRule) -> Callable[[list[Any]], list[Any]]:
     return sort
 
 
-def _walk_arrays(doc: Any, path: str, rule: CompiledRule, sort: Callable) -> None:
+def _walk_arrays(
+    doc: Any, path: str, rule: CompiledRule, sort: Callable[[list[Any]], list[Any]]
+) -> None:
     from shadowd.diff.json_diff import key_segment
 
     if isinstance(doc, dict):

@@ -82,7 +82,7 @@ class Verdict:
 
 def judge(report: dict[str, Any], evidence: VerdictEvidence, config: Config) -> Verdict:
     rules = config.verdict
-    has_secondary = config.secondary is not None
+    has_secondary = config.noise_baseline is not None
     excluded = set(rules.exclude_endpoints)
     weights = dict(rules.endpoint_weights)
     criteria: list[Criterion] = []
@@ -297,7 +297,7 @@ def _latency_rows(
             )
         warm = columns["at"] <= limits
     baseline_name = PRIMARY
-    if config.secondary is not None:
+    if config.noise_baseline is not None:
         baseline_name = SECONDARY
         with_secondary = np.isfinite(columns[SECONDARY]) & np.isfinite(candidate) & ~warm
         if np.count_nonzero(with_secondary) < MIN_PAIRS:
@@ -436,7 +436,7 @@ def _db_calls(scope: str, rows: np.ndarray, config: Config, left_out: int) -> Cr
     }
     noise = ""
     with_secondary = np.isfinite(c) & np.isfinite(s)
-    if config.secondary is not None and np.count_nonzero(with_secondary) >= MIN_PAIRS:
+    if config.noise_baseline is not None and np.count_nonzero(with_secondary) >= MIN_PAIRS:
         s_mean = float(s[with_secondary].mean())
         c_mean_s = float(c[with_secondary].mean())
         noise_p = sign_test_greater(c[with_secondary] - limit * s[with_secondary])
@@ -498,7 +498,7 @@ def _cache_hits(scope: str, rows: np.ndarray, config: Config, left_out: int) -> 
     }
     noise = ""
     with_secondary = np.isfinite(c_look) & np.isfinite(s_look) & ((c_look > 0) | (s_look > 0))
-    if config.secondary is not None and np.count_nonzero(with_secondary) >= MIN_PAIRS:
+    if config.noise_baseline is not None and np.count_nonzero(with_secondary) >= MIN_PAIRS:
         s_ratio, s_h, s_n = ratio(s_hits, s_look, with_secondary)
         c_ratio_s, c_h_s, c_n_s = ratio(c_hits, c_look, with_secondary)
         noise_test = proportion_increase(c_n_s - c_h_s, c_n_s, s_n - s_h, s_n)

@@ -236,7 +236,11 @@ def bh_adjusted(p_values: np.ndarray) -> np.ndarray:
 
 
 def fisher_margin_greater(
-    candidate: np.ndarray, noise: np.ndarray, exchanges: np.ndarray, odds: float = 1.0
+    candidate: np.ndarray,
+    noise: np.ndarray,
+    exchanges: np.ndarray,
+    odds: float = 1.0,
+    noise_exchanges: np.ndarray | None = None,
 ) -> np.ndarray:
     """One-sided conditional exact test per row that the candidate's odds of differing are
     more than ``odds`` times the secondary's: the p-value P(X >= c) of the 2x2 table
@@ -249,28 +253,37 @@ def fisher_margin_greater(
     log-concave: its weights are summed over a window of its mode +- 40 standard deviations
     (beyond it they are below 1e-16 of the mode's), each weight from its neighbour's ratio
     w(x+1)/w(x) = (n-x)(t-x) odds / ((x+1)(n-t+x+1)). A count c beyond the window gives
-    p = 0. The cost per row is O(sqrt(t)) however many exchanges there are."""
+    p = 0. The cost per row is O(sqrt(t)) however many exchanges there are.
+
+    ``noise_exchanges``: the noise side's own group sizes when it saw fewer exchanges (the
+    primary-twice probe answers a share of them): the table is then
+    [[c, n - c], [s, m - s]], the same law with groups of n and m."""
     c = np.asarray(candidate, dtype=np.int64)
     s = np.asarray(noise, dtype=np.int64)
     n = np.asarray(exchanges, dtype=np.int64)
+    m = n if noise_exchanges is None else np.asarray(noise_exchanges, dtype=np.int64)
     out = np.ones(len(c))
     for i in range(len(c)):
         if c[i] > 0:
-            out[i] = _nc_hypergeom_sf(int(c[i]), int(c[i] + s[i]), int(n[i]), odds)
+            out[i] = _nc_hypergeom_sf(int(c[i]), int(c[i] + s[i]), int(n[i]), odds, int(m[i]))
     return out
 
 
-def _nc_hypergeom_sf(hit: int, total: int, size: int, odds: float) -> float:
-    """P(X >= hit) for Fisher's noncentral hypergeometric X (two groups of ``size``,
-    ``total`` events, odds ratio ``odds``); see ``fisher_margin_greater``."""
-    low, high = max(0, total - size), min(total, size)
+def _nc_hypergeom_sf(
+    hit: int, total: int, size: int, odds: float, other: int | None = None
+) -> float:
+    """P(X >= hit) for Fisher's noncentral hypergeometric X (X of ``total`` events in the
+    group of ``size``, the other group of ``other``, ``size`` by default; odds ratio
+    ``odds``); see ``fisher_margin_greater``."""
+    other = size if other is None else other
+    low, high = max(0, total - other), min(total, size)
     if hit <= low:
         return 1.0
     if hit > high:
         return 0.0
 
     def ratio(x: int) -> float:  # w(x + 1) / w(x)
-        return (size - x) * (total - x) * odds / ((x + 1) * (size - total + x + 1))
+        return (size - x) * (total - x) * odds / ((x + 1) * (other - total + x + 1))
 
     # the mode: the first x whose ratio is below 1 (the ratio decreases with x)
     lo, hi = low, high
@@ -281,7 +294,12 @@ def _nc_hypergeom_sf(hit: int, total: int, size: int, odds: float) -> float:
         else:
             lo = mid + 1
     mode = lo
-    spread = math.sqrt(max(total * (2 * size - total) / (4.0 * max(2 * size - 1, 1)), 1.0))
+    if other == size:
+        variance = total * (2 * size - total) / (4.0 * max(2 * size - 1, 1))
+    else:  # the central law's: t n m (N - t) / (N^2 (N - 1)), N = n + m
+        both = size + other
+        variance = total * size * other * (both - total) / (both * both * max(both - 1, 1))
+    spread = math.sqrt(max(variance, 1.0))
     width = int(40 * spread) + 50
     start, stop = max(low, mode - width), min(high, mode + width)
     if hit > stop:
@@ -292,7 +310,7 @@ def _nc_hypergeom_sf(hit: int, total: int, size: int, odds: float) -> float:
         + np.log(total - x)
         + math.log(odds)
         - np.log(x + 1)
-        - np.log(size - total + x + 1)
+        - np.log(other - total + x + 1)
     )
     logw = np.concatenate(([0.0], np.cumsum(steps)))  # relative to w(start)
     w = np.exp(logw - logw.max())
