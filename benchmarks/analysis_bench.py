@@ -58,7 +58,7 @@ from shadowd.analysis.stage import DiffStage  # noqa: E402
 from shadowd.capture.format import exchange_of, record_of  # noqa: E402
 from shadowd.config import Config, target_from_url  # noqa: E402
 from shadowd.diff.engine import _compare, _skipped, diff_exchange  # noqa: E402
-from shadowd.diff.prepared import PreparedAnswer  # noqa: E402
+from shadowd.diff.prepared import PreparedAnswer, shared_tail  # noqa: E402
 from shadowd.diff.rules import EMPTY  # noqa: E402
 from shadowd.exchange import Answer, Exchange, Request  # noqa: E402
 from shadowd.metrics import Metrics  # noqa: E402
@@ -90,8 +90,11 @@ def bench_config() -> Config:
     )
 
 
-def make_records(count: int, seed: int = 1) -> list[bytes]:
-    """``count`` msgpack records as an ingress worker hands them off (fixed seed)."""
+def make_records(count: int, seed: int = 1, distinct: bool = False) -> list[bytes]:
+    """``count`` msgpack records as an ingress worker hands them off (fixed seed). With
+    ``distinct`` every exchange answers another document (its last member names the
+    exchange): the three answers of an exchange still share all but their id and clock,
+    two exchanges share nothing past the first members."""
     rng = random.Random(seed)
     records = []
     clock = 1_764_400_000.0
@@ -106,10 +109,11 @@ def make_records(count: int, seed: int = 1) -> list[bytes]:
             client="127.0.0.1",
         )
         exchange = Exchange(id=i + 1, request=request, endpoint=ENDPOINT)
+        template = DYNAMIC.replace('"notes": "', f'"notes": "{i} ') if distinct else DYNAMIC
         for target in TARGETS:
             msec = f"{clock + rng.uniform(0, 0.002):.3f}"
             body = (
-                DYNAMIC.replace("$request_id", f"{rng.getrandbits(128):032x}")
+                template.replace("$request_id", f"{rng.getrandbits(128):032x}")
                 .replace("$msec", msec)
                 .encode()
             )
@@ -144,13 +148,19 @@ class Workload:
         self.maps = [_unpack(r) for r in records]
         self.exchanges = [exchange_of(m) for m in self.maps]
         self.prepared = [self.prepare(e) for e in self.exchanges]
+        for primary, secondary, candidate in self.prepared:  # parsed as diff_exchange does
+            candidate.document(primary)
+            secondary.document(primary)
         self.exchange_diffs = [diff_exchange(e, config.diff) for e in self.exchanges]
         assert all(d.candidate and d.secondary for d in self.exchange_diffs), "all must differ"
 
     def prepare(self, exchange: Exchange) -> tuple[PreparedAnswer, ...]:
         skipped = _skipped(self.config.diff)
         limit = self.config.diff.max_body_bytes
-        return tuple(PreparedAnswer(exchange.answers[t], EMPTY, skipped, limit) for t in TARGETS)
+        tail = shared_tail(exchange.endpoint)  # as diff_exchange does
+        return tuple(
+            PreparedAnswer(exchange.answers[t], EMPTY, skipped, limit, tail) for t in TARGETS
+        )
 
 
 def stage_functions(work: Workload) -> dict[str, Callable[[], object]]:
@@ -239,11 +249,16 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", choices=STAGES, help="time one stage only")
+    parser.add_argument(
+        "--distinct",
+        action="store_true",
+        help="every exchange answers another document (no end shared across exchanges)",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the total stage")
     args = parser.parse_args()
 
     config = bench_config()
-    work = Workload(make_records(args.records), config)
+    work = Workload(make_records(args.records, distinct=args.distinct), config)
     functions = stage_functions(work)
     n = len(work.records)
     if args.profile:
@@ -258,7 +273,9 @@ def main() -> int:
         for name in chosen:  # stages alternate, so drift on the machine spreads over all
             times[name].append(cpu_seconds(functions[name]) / n * 1e6)
     size = len(work.records[0])
-    print(f"{n} records of {size} B (3 targets, 3.4 KB bodies that all differ), CPU time,")
+    shape = "another document per exchange" if args.distinct else "one document"
+    print(f"{n} records of {size} B (3 targets, 3.4 KB bodies that all differ, {shape}),")
+    print("CPU time,", end=" ")
     print(f"median of {args.rounds} rounds, µs per exchange:")
     parts = 0.0
     for name in chosen:
