@@ -116,7 +116,12 @@ class PreparedAnswer:
         """``Answer.header``: the first value of a header (``name`` in lower case)."""
         first = self._first
         if first is None:  # headers not compared (or equal): a lookup costs less than _scan
-            return self.answer.header(name)
+            # Answer.header, lower-casing only the names of the right length
+            size = len(name)
+            for key, value in self.answer.headers:
+                if len(key) == size and key.lower() == name:
+                    return value
+            return None
         return first.get(name)
 
     def named_headers(self) -> dict[bytes, bytes]:
