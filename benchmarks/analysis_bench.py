@@ -12,6 +12,8 @@ seeded latencies. Then it times, in CPU time (``time.process_time``, so other pr
 shared machine move it little), each stage over every record, each fed the previous stage's
 output:
 
+- frames: the hand-off's frame decoder (``FrameDecoder``: length and CRC-32 checked) over
+  the records as they arrive on the socket, in 256 KiB reads;
 - decode: ``msgpack.unpackb`` of the record;
 - exchange: ``exchange_of`` (the record map to an ``Exchange``);
 - parse: the three bodies parsed as the diff parses them (the primary whole, the others
@@ -23,7 +25,8 @@ output:
 - evidence: ``VerdictEvidence.record`` (latency pairs, error tallies, usage);
 - series: the Prometheus series (``ExchangeSeries.observe``, then one collect);
 - total: ``DiffStage._process`` over the raw records with a real ``Metrics``: what the
-  analysis worker does per record (the stages' sum plus the glue between them).
+  analysis worker does per record once it is framed (the stages' sum, frames aside, plus
+  the glue between them).
 
 Each stage is timed ``--rounds`` times (fresh statistics every round) and the median is
 printed as µs per exchange, with the total's exchanges per second on one core. The stages
@@ -55,18 +58,21 @@ from planes_bench import DYNAMIC  # noqa: E402  (the body shape of the headline 
 from shadowd.aggregate import Aggregator, EndpointStats  # noqa: E402
 from shadowd.analysis.series import ExchangeSeries  # noqa: E402
 from shadowd.analysis.stage import DiffStage  # noqa: E402
-from shadowd.capture.format import exchange_of, record_of  # noqa: E402
+from shadowd.capture.format import exchange_of, frame, record_of  # noqa: E402
 from shadowd.config import Config, target_from_url  # noqa: E402
 from shadowd.diff.engine import _compare, _skipped, diff_exchange  # noqa: E402
 from shadowd.diff.prepared import PreparedAnswer, shared_tail  # noqa: E402
 from shadowd.diff.rules import EMPTY  # noqa: E402
 from shadowd.exchange import Answer, Exchange, Request  # noqa: E402
 from shadowd.metrics import Metrics  # noqa: E402
+from shadowd.stream.frames import FrameDecoder  # noqa: E402
+from shadowd.stream.handoff import MAX_RECORD_BYTES  # noqa: E402
 from shadowd.verdict.evidence import VerdictEvidence  # noqa: E402
 
 TARGETS = ("primary", "secondary", "candidate")
 ENDPOINT = "GET /api/orders/{id}"
 STAGES = (
+    "frames",
     "decode",
     "exchange",
     "parse",
@@ -167,6 +173,14 @@ def stage_functions(work: Workload) -> dict[str, Callable[[], object]]:
     """Stage name -> a function that runs the stage over every record once."""
     config = work.config
     diff_config = config.diff
+
+    stream = b"".join(frame(record) for record in work.records)
+    reads = [stream[i : i + 256 * 1024] for i in range(0, len(stream), 256 * 1024)]
+
+    def frames() -> None:
+        decoder = FrameDecoder(MAX_RECORD_BYTES)
+        count = sum(len(decoder.feed(data)) for data in reads)
+        assert count == len(work.records)
 
     def decode() -> None:
         for record in work.records:
@@ -281,14 +295,17 @@ def main() -> int:
     for name in chosen:
         median = statistics.median(times[name])
         spread = f"{min(times[name]):.1f}-{max(times[name]):.1f}"
-        if name != "total":
+        if name not in ("total", "frames"):
             parts += median
         print(f"  {name:<11}{median:8.1f}   ({spread})")
     if "total" in times:
         total = statistics.median(times["total"])
         if len(chosen) > 1:
-            print(f"  {'(stages)':<11}{parts:8.1f}")
+            print(f"  {'(stages)':<11}{parts:8.1f}   (decode to series: what total does)")
         print(f"exchanges/s per core (total): {1e6 / total:,.0f}")
+        if "frames" in times:
+            framed = total + statistics.median(times["frames"])
+            print(f"with the frames read off the socket: {framed:.1f} µs, {1e6 / framed:,.0f}/s")
     return 0
 
 

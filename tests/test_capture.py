@@ -278,3 +278,15 @@ def test_a_record_decodes_to_the_exchange_it_was_made_of_field_by_field():
     with pytest.raises(TypeError):
         exchange_of(record)
 
+
+def test_frames_carry_zlibs_crc32_so_files_written_before_still_read():
+    import random
+    import zlib
+
+    from shadowd.capture.format import crc32
+
+    rng = random.Random(9)
+    for size in (0, 1, 15, 64, 1000, 11_000, 70_001):
+        data = rng.randbytes(size)
+        assert crc32(data) == zlib.crc32(data)
+        assert crc32(memoryview(data)[1:]) == zlib.crc32(data[1:])
