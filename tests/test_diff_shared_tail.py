@@ -26,9 +26,9 @@ from shadowd.exchange import Answer, Exchange, Request
 @pytest.fixture(autouse=True)
 def fresh_tails():
     """Tails are kept per endpoint name in the process: every test starts without any."""
-    prepared._TAILS.clear()
+    prepared.forget_tails()
     yield
-    prepared._TAILS.clear()
+    prepared.forget_tails()
 
 
 def answer(body: bytes, target: str = "x") -> Answer:
@@ -141,7 +141,7 @@ def test_the_diffs_of_an_endpoints_exchanges_do_not_change(style, monkeypatch):
     monkeypatch.setattr(SharedTail, "document", lambda self, body: None)
     monkeypatch.setattr(SharedTail, "learn", lambda self, text: False)
     monkeypatch.setattr(SharedTail, "keep", lambda self, text, members: None)
-    prepared._TAILS.clear()
+    prepared.forget_tails()
     assert with_tails == [diff_exchange(ex, config) for ex in exchanges]
     assert all(d.candidate and d.secondary for d in with_tails)
 
@@ -181,3 +181,15 @@ def test_invalid_json_stays_invalid():
     assert tail.learn(b', "b": [1, 2]}')
     body = b'{"a": 1 "x", "b": [1, 2]}'
     assert PreparedAnswer(answer(body), EMPTY, tail=tail).document() is INVALID
+
+
+def test_tails_past_the_byte_budget_are_dropped_and_learned_again(monkeypatch):
+    monkeypatch.setattr(prepared, "TAILS_BUDGET_BYTES", 3000)
+    rng = random.Random(4)
+    for number in range(4):  # four endpoints of ~1.5 KB tails: over the budget at the third
+        ex = exchange(number, 0, rng)
+        ex.endpoint = f"GET /e{number}"
+        diff_exchange(ex, DiffConfig())
+        assert prepared._kept_bytes <= 3000 + 2000
+    assert len(prepared._TAILS) < 4
+    assert shared_tail("GET /e3").text is not None  # the newest one was learned again

@@ -395,9 +395,13 @@ class SharedTail:
     def keep(self, text: bytes, members: dict[str, Any]) -> None:
         """``text`` and what it was checked to parse to."""
         if text != self.text:
+            global _kept_bytes
+            _kept_bytes += len(text) - len(self.text or b"")
             self.text, self.members = text, members
 
     def forget(self) -> None:
+        global _kept_bytes
+        _kept_bytes -= len(self.text or b"")
         self.text, self.members = None, {}
 
     def document(self, body: bytes) -> Any:
@@ -418,16 +422,30 @@ class SharedTail:
 _TAILS: dict[str, SharedTail] = {}
 _TAILS_LIMIT = 4096  # endpoints remembered (the classifier caps them far below this)
 TAIL_KEPT_BYTES = 64 * 1024  # longer tails serve their own exchange only
+# Bytes of tail text kept over every endpoint: past it every tail is dropped and learned
+# again. Parsed, JSON takes several times its text's size: this bounds the cache to a few
+# tens of MB however many large-bodied endpoints there are.
+TAILS_BUDGET_BYTES = 4 * 1024 * 1024
+_kept_bytes = 0
 
 
 def shared_tail(endpoint: str) -> SharedTail:
     """The shared tail of an endpoint's answers (one per endpoint name, in this process)."""
     tail = _TAILS.get(endpoint)
-    if tail is None:
-        if len(_TAILS) >= _TAILS_LIMIT:
-            _TAILS.clear()
+    if tail is None or _kept_bytes > TAILS_BUDGET_BYTES:
+        if len(_TAILS) >= _TAILS_LIMIT or _kept_bytes > TAILS_BUDGET_BYTES:
+            forget_tails()
         tail = _TAILS[endpoint] = SharedTail()
     return tail
+
+
+def forget_tails() -> None:
+    """Drop every endpoint's tail (the next exchanges learn theirs again)."""
+    global _kept_bytes
+    for tail in _TAILS.values():
+        tail.forget()
+    _TAILS.clear()
+    _kept_bytes = 0
 
 
 _KEY_BYTES: dict[str, bytes] = {}
