@@ -9,7 +9,8 @@ byte-identical on all three: the flattering case, kept beside the headline.
 
 Sections, each a markdown table of medians over --runs runs (peers interleaved in every run):
   1. max rate, `wrk -t2 -c64 --latency`, nothing pinned: direct, nginx+2 mirrors, shadowd,
-     shadowd 1 worker, shadowd 2 workers ([ingress] workers; n/a on builds without it).
+     shadowd 1 worker, shadowd 2 workers ([ingress] workers; n/a on builds without it), and
+     with --nice N shadowd at [analysis] nice = N.
      For shadowd: share of exchanges diffed, share of copies shed (per reason), RSS.
   2. fixed rate, 2,000 req/s with `hey -c 20 -q 100`: p50/p99 and p99 added over direct.
   3. admin under load: 200 endpoints x 3 targets; 2,000 req/s quiet, then while a poller
@@ -124,13 +125,21 @@ def mirror_block(port: int, backends: dict[str, int]) -> str:
     )
 
 
-def shadowd_toml(listen: int, admin: int, backends: dict[str, int], workers: int | None) -> str:
+def shadowd_toml(
+    listen: int,
+    admin: int,
+    backends: dict[str, int],
+    workers: int | None,
+    nice: int | None = None,
+) -> str:
     lines = ["[ingress]", 'mode = "proxy"', f'listen = "127.0.0.1:{listen}"']
     if workers is not None:
         lines.append(f"workers = {workers}")
     for name, port in backends.items():
         lines += ["", f"[targets.{name}]", f'url = "http://127.0.0.1:{port}"']
     lines += ["", "[admin]", f'listen = "127.0.0.1:{admin}"']
+    if nice is not None:
+        lines += ["", "[analysis]", f"nice = {nice}"]
     return "\n".join(lines) + "\n"
 
 
@@ -412,11 +421,13 @@ class Bench:
         )
         return done.returncode == 0, (done.stdout + done.stderr).strip()
 
-    def start_shadowd(self, name: str, workers: int | None) -> Shadowd | str:
+    def start_shadowd(
+        self, name: str, workers: int | None, nice: int | None = None
+    ) -> Shadowd | str:
         """A running, ready shadowd; or the n/a note when this build has no [ingress] workers."""
         port, admin = free_port(), free_port()
         config = self.tmp / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".toml")
-        text = shadowd_toml(port, admin, self.backends, workers)
+        text = shadowd_toml(port, admin, self.backends, workers, nice)
         config.write_text(text)
         ok, said = self.check_config(config)
         if not ok:
@@ -860,14 +871,22 @@ def section_admin(bench: Bench, record: dict[str, Any]) -> list[str]:
 
 def measure_all(bench: Bench, record: dict[str, Any]) -> list[str]:
     """Sections 1-3, every peer interleaved."""
+    args = bench.args
     tables: list[str] = []
     mirror_url, mirror_proc = bench.start_mirror_nginx()
     peers = [
         Peer("direct", f"http://127.0.0.1:{bench.backends['primary']}"),
         Peer("nginx+2 mirrors", mirror_url, rss_pid=mirror_proc.pid),
     ]
-    for name, workers in (("shadowd", None), ("shadowd 1 worker", 1), ("shadowd 2 workers", 2)):
-        sd = bench.start_shadowd(name, workers)
+    variants: list[tuple[str, int | None, int | None]] = [
+        ("shadowd", None, None),
+        ("shadowd 1 worker", 1, None),
+        ("shadowd 2 workers", 2, None),
+    ]
+    if args.nice is not None:
+        variants.append((f"shadowd, [analysis] nice = {args.nice}", None, args.nice))
+    for name, workers, nice in variants:
+        sd = bench.start_shadowd(name, workers, nice)
         if isinstance(sd, str):
             peers.append(Peer(name, na=sd))
         else:
@@ -897,6 +916,12 @@ def main() -> int:
         "--only-admin",
         action="store_true",
         help="only section 3 (admin under load), with the direct peer for scale",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        metavar="N",
+        help="one more max-rate peer: shadowd with [analysis] nice = N (the CPU split)",
     )
     args = parser.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)

@@ -13,6 +13,7 @@ BENCHMARKS = [
     "planes_bench.py",
     "faults_bench.py",
     "diff_bench.py",
+    "analysis_bench.py",
     "capture_bench.py",
     "replay_bench.py",
     "middleware_bench.py",

@@ -220,7 +220,7 @@ class AnalysisConfig:
     # records are shed and counted (reason "diff_backlog"), never queued on the data plane.
     queue_bytes: int = 16 * MIB
     snapshot_interval: float = 1.0  # seconds between two statistics snapshots of a worker
-    nice: int = 5  # CPU priority of analysis workers below the data plane's (0 = the same)
+    nice: int = 0  # CPU priority of analysis workers below the data plane's (0 = the same)
 
     def worker_count(self) -> int:
         return self.workers or max(1, (os.cpu_count() or 1) // 2)

@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if args.role == "analysis" and config.analysis.nice:
-        # The data plane must win a busy core: when both are runnable, the kernel gives an
-        # ingress worker (nice 0) about three times the CPU of an analysis worker at nice 5.
-        # The analysis then falls behind sooner and sheds, which is its job.
+        # Asked for: the data plane wins a busy core (at nice 5 the kernel gives an ingress
+        # worker about three times the CPU of an analysis worker when both are runnable), and
+        # the analysis falls behind sooner and sheds. The default (0) shares the cores
+        # evenly: the analysis takes only what it needs to keep up (docs/architecture.md).
         with contextlib.suppress(OSError):  # refused (a seccomp filter): default priority
             os.nice(config.analysis.nice)
     try:

@@ -13,10 +13,14 @@ on the next SYNC whose length and checksum hold.
 from __future__ import annotations
 
 import struct
-import zlib
 from typing import Any
 
 import msgpack
+
+# zlib's own CRC-32 (the same polynomial and values), with SIMD: 0.24 us for an 11 KB record
+# against 4.3 us (measured). Every record is checksummed twice, when an ingress worker hands
+# it off and when the analysis reads it, and again when a capture is written and read.
+from zlib_ng.zlib_ng import crc32
 
 from shadowd.errors import CaptureFormatError
 from shadowd.exchange import Answer, Exchange, Request
@@ -29,7 +33,7 @@ MAX_FRAME = 1 << 30  # a length beyond this is corruption, not a record
 
 
 def frame(payload: bytes) -> bytes:
-    return FRAME_HEAD.pack(SYNC, len(payload), zlib.crc32(payload)) + payload
+    return FRAME_HEAD.pack(SYNC, len(payload), crc32(payload)) + payload
 
 
 def encode_header(
@@ -88,33 +92,46 @@ def encode_record(record: dict[str, Any]) -> bytes:
     return frame(msgpack.packb(record, use_bin_type=True))
 
 
+_bytes = bytes
+
+
 def _pairs(raw: Any) -> list[tuple[bytes, bytes]]:
-    return [(bytes(n), bytes(v)) for n, v in raw or ()]
+    # bytes(x) of a bytes object is x itself, but the two calls per header were a third of
+    # exchange_of's time (msgpack hands bin values over as bytes already): skipped for them.
+    return [
+        (n, v) if type(n) is _bytes is type(v) else (_bytes(n), _bytes(v)) for n, v in raw or ()
+    ]
 
 
 def exchange_of(record: dict[str, Any]) -> Exchange:
     """Rebuild an exchange; unknown keys are ignored (newer writers may add some)."""
+    # Runs for every exchange the analysis plane reads: positional arguments (in the
+    # dataclasses' field order) and bound lookups cost measurably less than keywords here.
     rq = record["rq"]
+    get = rq.get
     request = Request(
-        method=rq["m"],
-        target=rq["t"],
-        headers=_pairs(rq.get("h")),
-        body=bytes(rq.get("b", b"")),
-        received_at=float(rq.get("at", 0.0)),
-        client=rq.get("c", ""),
-        http_version=rq.get("v", "1.1"),
+        rq["m"],  # method
+        rq["t"],  # target
+        _pairs(get("h")),  # headers
+        bytes(get("b", b"")),  # body
+        float(get("at", 0.0)),  # received_at
+        get("c", ""),  # client
+        get("v", "1.1"),  # http_version
     )
-    exchange = Exchange(id=int(record.get("id", 0)), request=request, endpoint=record.get("ep", ""))
+    exchange = Exchange(int(record.get("id", 0)), request, record.get("ep", ""))
+    answers = exchange.answers
     for an in record.get("an", ()):
-        exchange.answers[an["n"]] = Answer(
-            target=an["n"],
-            status=int(an.get("s", 0)),
-            headers=_pairs(an.get("h")),
-            body=bytes(an.get("b", b"")),
-            body_size=int(an.get("z", 0)),
-            body_digest=an.get("d"),
-            latency=float(an.get("l", 0.0)),
-            error=an.get("e"),
+        get = an.get
+        name = an["n"]
+        answers[name] = Answer(
+            name,  # target
+            int(get("s", 0)),  # status
+            _pairs(get("h")),  # headers
+            bytes(get("b", b"")),  # body
+            int(get("z", 0)),  # body_size
+            get("d"),  # body_digest
+            float(get("l", 0.0)),  # latency
+            get("e"),  # error
         )
     return exchange
 

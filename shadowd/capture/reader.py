@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import mmap
 import os
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from shadowd.capture.format import (
     MAX_FRAME,
     SYNC,
     VERSION,
+    crc32,
     exchange_of,
     migrate_record,
 )
@@ -118,7 +118,7 @@ class CaptureReader:
                     offset = following
                     continue
                 payload = view[offset + head : end]
-                if zlib.crc32(payload) != crc:
+                if crc32(payload) != crc:
                     offset = self._resync(data, view, offset + 1, size)
                     continue
                 try:
@@ -186,7 +186,7 @@ class CaptureReader:
                 # gets there, and it loses frames that claim more than it has paid for.
                 if length <= MAX_FRAME and end <= size and length <= self._budget:
                     self._budget -= length
-                    if zlib.crc32(view[position + head : end]) == crc:
+                    if crc32(view[position + head : end]) == crc:
                         break
             position += 1
         self._budget += RESYNC_BYTES_PER_BYTE * (position - credited)

@@ -83,7 +83,10 @@ def diff_prepared_bodies(ref: PreparedAnswer, oth: PreparedAnswer, out: DiffColl
             DiffKind.CONTENT_TYPE, "body.content-type", "body.content-type", ref_media, oth_media
         )
     if _is_json(ref_media, ref_body) and _is_json(oth_media, oth_body):
-        ref_doc, oth_doc = ref.document(), oth.document(ref)
+        # the other's first: parsing it may rebuild the reference's document on a shared
+        # tail (PreparedAnswer._learn_tail), an equal document whose members they share
+        oth_doc = oth.document(ref)
+        ref_doc = ref.document()
         if ref_doc is not INVALID and oth_doc is not INVALID:
             diff_json(ref_doc, oth_doc, out)
             return

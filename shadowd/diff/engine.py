@@ -8,7 +8,7 @@ from shadowd.diff.headers import diff_headers
 from shadowd.diff.json_diff import DiffCollector
 from shadowd.diff.model import Difference, DiffKind, ExchangeDiff
 from shadowd.diff.order import reordered_paths
-from shadowd.diff.prepared import PreparedAnswer
+from shadowd.diff.prepared import TAIL_KEPT_BYTES, PreparedAnswer, shared_tail
 from shadowd.diff.rules import EMPTY, RuleSet, rules_for
 from shadowd.diff.timing import diff_server_timing
 from shadowd.exchange import Answer, Exchange
@@ -91,19 +91,23 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
     # derived once, in this PreparedAnswer.
     skipped = _skipped(config)
     limit = config.max_body_bytes
-    reference = PreparedAnswer(primary, rules, skipped, limit)
-    other = PreparedAnswer(candidate, rules, skipped, limit)
+    # The end the endpoint's answers share, parsed once (see SharedTail).
+    tail = shared_tail(exchange.endpoint)
+    reference = PreparedAnswer(primary, rules, skipped, limit, tail)
+    other = PreparedAnswer(candidate, rules, skipped, limit, tail)
     differences, overflow = _compare(reference, other, config, rules, absorbed)
     secondary = exchange.secondary
     noise = None
     reordered: frozenset[str] = frozenset()
     if secondary is not None:
         noise, _ = _compare(
-            reference, PreparedAnswer(secondary, rules, skipped, limit), config, rules, None
+            reference, PreparedAnswer(secondary, rules, skipped, limit, tail), config, rules, None
         )
     elif differences and any(d.path.startswith("$") and "[" in d.path for d in differences):
         # No noise measured for this exchange: say which differences only reorder a set.
         reordered = reordered_paths(differences, reference.document(), other.document(reference))
+    if tail.text is not None and len(tail.text) > TAIL_KEPT_BYTES:
+        tail.forget()  # bounded memory: a long tail served this exchange only
     return ExchangeDiff(
         candidate=differences,
         secondary=noise,

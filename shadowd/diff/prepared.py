@@ -61,6 +61,7 @@ class PreparedAnswer:
         "checked",
         "limit",
         "rules",
+        "tail",
     )
 
     def __init__(
@@ -69,9 +70,12 @@ class PreparedAnswer:
         rules: RuleSet = EMPTY,
         skipped: frozenset[bytes] = HOP_BY_HOP,
         limit: int = _MAX_DECODED,
+        tail: SharedTail | None = None,
     ) -> None:
         self.answer = answer
         self.rules = rules
+        # The endpoint's shared tail (see SharedTail): read, and learned, by document().
+        self.tail = tail
         self.limit = limit  # decoded bytes at most ([diff] max_body_bytes)
         # Header names (lower case) left out of named_headers: the ignored ones, hop-by-hop ones.
         self._skipped = skipped
@@ -112,7 +116,12 @@ class PreparedAnswer:
         """``Answer.header``: the first value of a header (``name`` in lower case)."""
         first = self._first
         if first is None:  # headers not compared (or equal): a lookup costs less than _scan
-            return self.answer.header(name)
+            # Answer.header, lower-casing only the names of the right length
+            size = len(name)
+            for key, value in self.answer.headers:
+                if len(key) == size and key.lower() == name:
+                    return value
+            return None
         return first.get(name)
 
     def named_headers(self) -> dict[bytes, bytes]:
@@ -159,7 +168,14 @@ class PreparedAnswer:
         """
         doc = self._doc
         if doc is _UNSET:
-            doc = self._shared_parse(reference) if reference is not None else None
+            doc = None
+            tail = self.tail if not self.rules.array_rules else None
+            if tail is not None:
+                doc = tail.document(self.decoded())
+            if doc is None and reference is not None:
+                doc = self._shared_parse(reference)
+                if doc is None and tail is not None:
+                    doc = self._learn_tail(reference, tail)
             if doc is None:
                 try:
                     doc = orjson.loads(self.decoded())
@@ -250,9 +266,54 @@ class PreparedAnswer:
             return None
         doc = {key: ref_doc[key] for key in keys[:head]}
         doc.update(middle)
-        for key in keys[n - tail :]:
-            doc[key] = ref_doc[key]
+        members = {key: ref_doc[key] for key in keys[n - tail :]} if tail else None
+        if members:
+            doc.update(members)
+            if self.tail is not None:
+                # T holds exactly these members in orjson's bytes, which orjson reads back
+                # as they are: what SharedTail.learn would verify by parsing T again.
+                self.tail.keep(ref_body[tail_at:], members)
         return doc
+
+    def _learn_tail(self, reference: PreparedAnswer, tail: SharedTail) -> Any:
+        """This document through a shared tail learned from ``reference``'s body and this
+        one (in any JSON formatting), or None.
+
+        The tail is the longest end the two bodies share that starts at a member separator
+        of the reference's root object (its last members: a "," before one of its keys,
+        whitespace allowed, found by searching the key's bytes). Where it is looked for
+        decides nothing: ``SharedTail.learn`` parses what is found, and every document is
+        built from it only under the conditions ``SharedTail`` states.
+        """
+        ref_doc = reference.document()
+        if type(ref_doc) is not dict or len(ref_doc) < 2:
+            return None
+        body = self.decoded()
+        if len(body) < _MIN_SHARED:
+            return None
+        ref_body = reference.decoded()
+        ref_view = memoryview(ref_body)
+        keys = list(ref_doc)
+        start = len(ref_body)  # where the shared end found so far starts (its comma)
+        for key in reversed(keys[1:]):  # the first member has no comma before it
+            at = ref_body.rfind(_key_bytes(key), 0, start)
+            if at < 0:
+                break
+            comma = at - 1
+            while comma > 0 and ref_body[comma] in _WHITESPACE:
+                comma -= 1
+            if comma <= 0 or ref_body[comma] != _COMMA or not body.endswith(ref_view[comma:]):
+                break
+            start = comma
+        if len(ref_body) - start < _MIN_SHARED or not tail.learn(ref_body[start:]):
+            return None
+        # The reference's document again, on the tail (what it already holds, re-parsed
+        # short of the tail): its members are then the very objects this one and the next
+        # answers hold, which the diff skips by identity instead of comparing them.
+        rebuilt = tail.document(ref_body)
+        if rebuilt is not None:
+            reference._doc = rebuilt
+        return tail.document(body)
 
     def _checked(self, end: str, offset: int, members: int) -> bool:
         """This (reference's) body holds, before ``offset`` (``end`` "head": "{" + members +
@@ -277,6 +338,114 @@ class PreparedAnswer:
         if end == "head":
             return offset == len(parts) + 2 and body.startswith(b"{" + parts + b",")
         return len(body) - offset == len(parts) + 2 and body.endswith(b"," + parts + b"}")
+
+
+_WHITESPACE = frozenset(b" \t\r\n")
+_COMMA = ord(",")
+
+
+class SharedTail:
+    """The end an endpoint's answers share, parsed once: ``text``, a JSON root object's
+    last members from the comma before them to the end of the body (closing brace and
+    trailing whitespace included), and ``members``, what they parse to.
+
+    ``text`` is kept only once ``"{" + text[1:]`` parsed to a non-empty object (``learn``):
+    from the state "a key is expected in the object" these bytes are those members, then
+    the end of that object. A body that ends with ``text`` and whose rest, closed with a
+    brace, parses to a non-empty object, is therefore valid JSON: that rest puts the lexer
+    after a complete member of the root object, where the comma is a member separator and
+    a key is expected, the state ``text`` was checked in; the same bytes from the same state
+    are the same tokens. Its document is the rest's members, then ``members``: a key that
+    appears twice keeps its first place and takes its last value, as in orjson's own parse
+    (tests/test_diff_shared_suffix.py). So ``document`` parses only the rest. When the rest
+    does not parse that way (the comma is nested, or in a string), ``document`` answers None
+    and the body is parsed whole: a wrong guess costs one parse of the rest, never a wrong
+    document.
+
+    ``members`` are shared: the documents of every answer that ends with ``text`` hold the
+    same objects, which ``json_diff`` skips by identity. Nothing mutates a parsed document
+    (a rule that reorders arrays turns sharing off: ``PreparedAnswer.document``).
+
+    Answers of one service to one request mostly differ in a few fields near the start
+    (ids, clocks); answers to the same resource share the rest across requests too, so the
+    tail is kept per endpoint (``shared_tail``) and the primary's own answer is parsed from
+    it as well. One that ends otherwise is parsed whole, and a new tail is learned from it
+    and the answer it is compared with (one extra parse of the shared end).
+    """
+
+    __slots__ = ("members", "text")
+
+    def __init__(self) -> None:
+        self.text: bytes | None = None
+        self.members: dict[str, Any] = {}
+
+    def learn(self, text: bytes) -> bool:
+        """Keep ``text`` (it starts with a comma) if it parses as stated above."""
+        if text == self.text:
+            return True
+        try:
+            members = orjson.loads(b"{" + text[1:])
+        except orjson.JSONDecodeError:
+            return False
+        if type(members) is not dict or not members:
+            return False
+        self.keep(text, members)
+        return True
+
+    def keep(self, text: bytes, members: dict[str, Any]) -> None:
+        """``text`` and what it was checked to parse to."""
+        if text != self.text:
+            global _kept_bytes
+            _kept_bytes += len(text) - len(self.text or b"")
+            self.text, self.members = text, members
+
+    def forget(self) -> None:
+        global _kept_bytes
+        _kept_bytes -= len(self.text or b"")
+        self.text, self.members = None, {}
+
+    def document(self, body: bytes) -> Any:
+        """``body``'s document built on the tail, or None (then it is parsed whole)."""
+        text = self.text
+        if text is None or len(body) <= len(text) or not body.endswith(text):
+            return None
+        try:
+            doc = orjson.loads(body[: len(body) - len(text)] + b"}")
+        except orjson.JSONDecodeError:
+            return None
+        if type(doc) is not dict or not doc:
+            return None
+        doc.update(self.members)
+        return doc
+
+
+_TAILS: dict[str, SharedTail] = {}
+_TAILS_LIMIT = 4096  # endpoints remembered (the classifier caps them far below this)
+TAIL_KEPT_BYTES = 64 * 1024  # longer tails serve their own exchange only
+# Bytes of tail text kept over every endpoint: past it every tail is dropped and learned
+# again. Parsed, JSON takes several times its text's size: this bounds the cache to a few
+# tens of MB however many large-bodied endpoints there are.
+TAILS_BUDGET_BYTES = 4 * 1024 * 1024
+_kept_bytes = 0
+
+
+def shared_tail(endpoint: str) -> SharedTail:
+    """The shared tail of an endpoint's answers (one per endpoint name, in this process)."""
+    tail = _TAILS.get(endpoint)
+    if tail is None or _kept_bytes > TAILS_BUDGET_BYTES:
+        if len(_TAILS) >= _TAILS_LIMIT or _kept_bytes > TAILS_BUDGET_BYTES:
+            forget_tails()
+        tail = _TAILS[endpoint] = SharedTail()
+    return tail
+
+
+def forget_tails() -> None:
+    """Drop every endpoint's tail (the next exchanges learn theirs again)."""
+    global _kept_bytes
+    for tail in _TAILS.values():
+        tail.forget()
+    _TAILS.clear()
+    _kept_bytes = 0
 
 
 _KEY_BYTES: dict[str, bytes] = {}

@@ -17,11 +17,24 @@ from shadowd.exchange import Headers
 _PARAM = re.compile(r'\s*;\s*([A-Za-z0-9_\-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^;,]*))?')
 
 
+_SERVER_TIMING = b"server-timing"
+_SERVER_TIMING_LEN = len(_SERVER_TIMING)
+
+
+def has_server_timing(headers: Headers) -> bool:
+    """Whether any of the headers is a ``Server-Timing`` (checked for every answer the
+    analysis reads: only names of its length are lower-cased)."""
+    for name, _ in headers:
+        if len(name) == _SERVER_TIMING_LEN and name.lower() == _SERVER_TIMING:
+            return True
+    return False
+
+
 def parse_server_timing(headers: Headers) -> dict[str, dict[str, str | float]]:
     """Metric name -> {"dur": float, "desc": str} (either may be absent)."""
     metrics: dict[str, dict[str, str | float]] = {}
     for name, value in headers:
-        if name.lower() != b"server-timing":
+        if len(name) != _SERVER_TIMING_LEN or name.lower() != _SERVER_TIMING:
             continue
         for entry in value.decode("latin-1").split(","):
             entry = entry.strip()

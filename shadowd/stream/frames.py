@@ -7,9 +7,7 @@ the bytes in arbitrary pieces, so it keeps the unfinished tail until the rest ar
 
 from __future__ import annotations
 
-import zlib
-
-from shadowd.capture.format import FRAME_HEAD, SYNC
+from shadowd.capture.format import FRAME_HEAD, SYNC, crc32
 
 _HEAD = FRAME_HEAD.size
 
@@ -46,7 +44,7 @@ class FrameDecoder:
             if end > size:
                 break
             payload = bytes(buffer[offset + _HEAD : end])
-            if zlib.crc32(payload) != crc:
+            if crc32(payload) != crc:
                 raise FrameError("a frame's checksum does not match")
             payloads.append(payload)
             offset = end

@@ -19,7 +19,7 @@ import traceback
 from typing import Any, BinaryIO
 
 LENGTH = struct.Struct(">I")
-NICE = 10  # below the analysis workers (5): the statistics a user reads come after the diffing
+NICE = 10  # below the relay and the analysis workers: what a user reads comes last
 
 
 class View:
