@@ -159,20 +159,13 @@ def _changed(
     other_value = _shown(oth_line)
     if ref[0] == oth[0]:
         differing = [(a, b) for a, b in zip(ref[1], oth[1], strict=True) if a[1] != b[1]]
-        if differing and all(a[0] == _NUMBER for a, _ in differing):
-            # Only numbers differ: the first pair, as numbers (a duration's key says so).
-            (_, ref_token), (_, oth_token) = differing[0]
-            out.add(
-                DiffKind.CHANGED,
-                _exact(index, ref[0]),
-                _key(ref[0]),
-                float(ref_token),
-                float(oth_token),
-            )
-            return
-        if differing and all(a[0] != _NUMBER for a, _ in differing):
+        numbers = sum(1 for a, _ in differing if a[0] == _NUMBER)
+        if differing and numbers in (0, len(differing)):
             (kind, ref_token), (_, oth_token) = differing[0]
-            if kind == _EPOCH:  # a number, so that it is judged as a clock near now
+            # Only numbers differ: the first pair, as numbers (a duration's key says so); an
+            # epoch time too, so that it is judged as a clock near now. Otherwise the first
+            # differing token rather than the whole line.
+            if numbers or kind == _EPOCH:
                 out.add(
                     DiffKind.CHANGED,
                     _exact(index, ref[0]),
