@@ -58,6 +58,15 @@ STABLE_AFTER = 10.0  # a worker alive this long has its backoff reset
 REPORT_MAX_AGE = 2.0  # asked again within this, a caller is a poller: served without waiting
 
 
+def _without_samples(delta: dict[str, Any]) -> dict[str, Any]:
+    """A delta as the view process needs it: the report and the verdict never read samples,
+    which are most of a delta's bytes (three answers' bodies each)."""
+    return {
+        **delta,
+        "endpoints": [{**e, "samples": []} for e in delta["endpoints"]],
+    }
+
+
 class WorkerProcess:
     """The supervisor's handle on one worker process."""
 
@@ -367,7 +376,7 @@ class Supervisor:
             delta = message.get("delta")
             if delta is not None and message.get("gen") == self.generation:
                 merge_snapshot(self.aggregator, self.evidence, delta, self._rng)
-                self.view.merge(delta)
+                self.view.merge(_without_samples(delta))
                 self.merged_at = time.time()
                 self._merges += 1
             seq = message.get("seq")

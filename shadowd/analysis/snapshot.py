@@ -94,6 +94,17 @@ def _usage_snapshot(ev: EndpointEvidence) -> dict[str, Any] | None:
 
 
 # -- snapshot -> cumulative statistics ------------------------------------------------------
+def _frozen(value: Any) -> Any:
+    """``value`` with every list made a tuple. A sample is dozens of small lists (header
+    pairs, differences); as tuples of strings and numbers, and dicts of those, the garbage
+    collector stops tracking them, so the thousands of samples a supervisor holds do not
+    lengthen each of its full collections (a stall of the admin API)."""
+    if type(value) is list:
+        return tuple([_frozen(item) for item in value])
+    if type(value) is dict:
+        return {key: _frozen(item) for key, item in value.items()}
+    return value
+
 def merge_snapshot(
     aggregator: Aggregator,
     evidence: VerdictEvidence,
@@ -132,8 +143,8 @@ def merge_snapshot(
                 fld.kinds[kind] = fld.kinds.get(kind, 0) + count
             for kind, count in noise_kinds.items():
                 fld.noise_kinds[kind] = fld.noise_kinds.get(kind, 0) + count
-        for sample in snap["samples"]:
-            stats.samples.append(sample)
+        for sample in snap["samples"][-(stats.samples.maxlen or 0) :]:
+            stats.samples.append(_frozen(sample))
         stats.last_sample_at = max(stats.last_sample_at, snap["last_sample_at"])
         for rule, count in snap["absorbed"].items():
             stats.absorbed[rule] = stats.absorbed.get(rule, 0) + count
