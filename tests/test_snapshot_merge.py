@@ -234,3 +234,22 @@ def test_merged_usage_reservoir_is_a_uniform_sample_of_the_union():
         np.testing.assert_array_equal(kept[:, column], kept_at)  # rows keep their times
         hits += [np.sum(kept_at < 1000), np.sum(kept_at >= 1000)]
     assert abs(hits[0] / hits.sum() - 0.25) < 0.02  # 1,000 of 4,000 rows came from the left
+
+
+def test_a_delta_carries_a_bounded_number_of_samples_newest_of_every_endpoint_first():
+    config = build_config("http://p", "http://c")
+    aggregator = Aggregator(config)
+    for e, count in enumerate((20, 1, 7)):
+        stats = aggregator.stats_for(f"GET /e{e}")
+        for i in range(count):
+            stats.samples.append({"exchange": e * 100 + i})
+    evidence = VerdictEvidence(config.endpoints.max)
+    whole = snapshot_of(aggregator, evidence)
+    assert [len(e["samples"]) for e in whole["endpoints"]] == [20, 1, 7]
+    cut = snapshot_of(aggregator, evidence, max_samples=10)
+    kept = [[s["exchange"] for s in e["samples"]] for e in cut["endpoints"]]
+    assert kept == [[15, 16, 17, 18, 19], [100], [203, 204, 205, 206]]
+    # what the supervisor merges from it: the newest, in order
+    merged = Aggregator(config)
+    merge_snapshot(merged, VerdictEvidence(config.endpoints.max), cut, np.random.default_rng(0))
+    assert [s["exchange"] for s in merged.stats_for("GET /e0").samples] == [15, 16, 17, 18, 19]

@@ -34,10 +34,25 @@ SNAPSHOT_VERSION = 3  # 2: noise counted per kind, latency rows with secondary a
 
 
 # -- statistics -> snapshot ------------------------------------------------------------------
-def snapshot_of(aggregator: Aggregator, evidence: VerdictEvidence) -> dict[str, Any]:
+# Samples a worker's delta carries at most, newest first, taken in turn from every endpoint:
+# each holds three answers' bodies (up to ~8 KB), and a delta of 200 endpoints with 20 samples
+# each was 30 MB to unpack in one piece on the supervisor's loop (hundreds of milliseconds,
+# once a second, for every admin request that came meanwhile). A person reads a few samples
+# per endpoint; the supervisor keeps the newest ``samples_per_endpoint`` it was sent.
+DELTA_SAMPLES = 200
+
+
+def snapshot_of(
+    aggregator: Aggregator, evidence: VerdictEvidence, max_samples: int | None = None
+) -> dict[str, Any]:
+    """Everything ``aggregator`` and ``evidence`` hold, as plain data; with ``max_samples``,
+    only that many samples in all (see ``DELTA_SAMPLES``)."""
+    endpoints = [_endpoint_snapshot(s) for s in aggregator.endpoints.values()]
+    if max_samples is not None:
+        _keep_newest_samples(endpoints, max_samples)
     return {
         "v": SNAPSHOT_VERSION,
-        "endpoints": [_endpoint_snapshot(s) for s in aggregator.endpoints.values()],
+        "endpoints": endpoints,
         "evidence": {
             "overall": _evidence_snapshot(evidence.overall),
             "endpoints": {n: _evidence_snapshot(e) for n, e in evidence.endpoints.items()},
@@ -66,6 +81,27 @@ def _endpoint_snapshot(stats: EndpointStats) -> dict[str, Any]:
         "absorbed": stats.absorbed,
         "timing": stats.timing,
     }
+
+
+def _keep_newest_samples(endpoints: list[dict[str, Any]], budget: int) -> None:
+    """Cut the endpoints' sample lists (oldest first in each) to ``budget`` samples in all:
+    every endpoint's newest first, then every endpoint's second newest, and so on."""
+    if sum(len(e["samples"]) for e in endpoints) <= budget:
+        return
+    kept = [0] * len(endpoints)
+    depth = 0
+    while budget > 0:
+        took = False
+        for i, endpoint in enumerate(endpoints):
+            if budget > 0 and depth < len(endpoint["samples"]):
+                kept[i] += 1
+                budget -= 1
+                took = True
+        if not took:
+            break
+        depth += 1
+    for endpoint, n in zip(endpoints, kept, strict=True):
+        endpoint["samples"] = endpoint["samples"][len(endpoint["samples"]) - n :]
 
 
 def _evidence_snapshot(ev: EndpointEvidence) -> dict[str, Any]:
@@ -104,6 +140,7 @@ def _frozen(value: Any) -> Any:
     if type(value) is dict:
         return {key: _frozen(item) for key, item in value.items()}
     return value
+
 
 def merge_snapshot(
     aggregator: Aggregator,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shadowd.aggregate import Aggregator
-from shadowd.analysis.snapshot import snapshot_of
+from shadowd.analysis.snapshot import DELTA_SAMPLES, snapshot_of
 from shadowd.analysis.stage import DiffStage
 from shadowd.capture.writer import CaptureWriter
 from shadowd.config import Config
@@ -159,7 +159,7 @@ class AnalysisWorker:
             },
         }
         if aggregator.endpoints:
-            message["delta"] = snapshot_of(aggregator, evidence)
+            message["delta"] = snapshot_of(aggregator, evidence, DELTA_SAMPLES)
         with contextlib.suppress(ChannelClosed):
             channel.send(message)
 

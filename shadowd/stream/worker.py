@@ -31,7 +31,7 @@ from prometheus_client import Counter
 
 from shadowd import sdnotify
 from shadowd.aggregate import Aggregator
-from shadowd.analysis.snapshot import merge_snapshot, snapshot_of
+from shadowd.analysis.snapshot import DELTA_SAMPLES, merge_snapshot, snapshot_of
 from shadowd.analysis.stage import DiffStage
 from shadowd.capture.writer import CaptureWriter
 from shadowd.config import Config
@@ -209,7 +209,7 @@ class StreamAnalysisWorker:
         self._taken = taken
         if not aggregator.endpoints:
             return None
-        delta = snapshot_of(aggregator, evidence)
+        delta = snapshot_of(aggregator, evidence, DELTA_SAMPLES)
         merge_snapshot(self.total, self.total_evidence, delta, self._rng)
         return delta
 
