@@ -36,10 +36,10 @@ SNAPSHOT_VERSION = 3  # 2: noise counted per kind, latency rows with secondary a
 # -- statistics -> snapshot ------------------------------------------------------------------
 # Samples a worker's delta carries at most, newest first, taken in turn from every endpoint:
 # each holds three answers' bodies (up to ~8 KB), and a delta of 200 endpoints with 20 samples
-# each was 30 MB to unpack in one piece on the supervisor's loop (hundreds of milliseconds,
+# each was ~30 MB to unpack in one piece on the supervisor's loop (hundreds of milliseconds,
 # once a second, for every admin request that came meanwhile). A person reads a few samples
 # per endpoint; the supervisor keeps the newest ``samples_per_endpoint`` it was sent.
-DELTA_SAMPLES = 200
+DELTA_SAMPLES = 100
 
 
 def snapshot_of(
