@@ -414,9 +414,11 @@ def create_admin_app(control: AdminControl) -> web.Application:
         # The same judgement is served until the next one: polled every 100 ms, a
         # 200-endpoint verdict is serialised once, not on every poll.
         if judged is not judged_json[0]:
+            # ``shadowd run`` serialises each judgement in its view process, off this loop
+            made = getattr(fleet or control, "json_of_verdict", lambda _: None)(judged)
             judged_json[:] = [
                 judged,
-                orjson.dumps(judged.to_json(), option=orjson.OPT_NON_STR_KEYS),
+                made or orjson.dumps(judged.to_json(), option=orjson.OPT_NON_STR_KEYS),
             ]
         # Argo Rollouts reads any 2xx body and decides with its conditions; Flagger's webhook
         # wants a refusal as a non-2xx that it will not retry: 412, never 5xx.

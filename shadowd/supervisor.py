@@ -142,6 +142,7 @@ class Supervisor:
         self._report_asked_at = -REPORT_MAX_AGE  # monotonic time the report was last asked for
         self._report_building: asyncio.Task[tuple[bytes, tuple[int, int, int, int]]] | None = None
         self._fresh_from = 0  # a report must include the merges up to here (``settle``)
+        self._verdict_json: tuple[Verdict, bytes] | None = None  # the newest, serialised
         self._beyond_noise: dict[str, float] = {}  # endpoint -> ratio, of the newest report
         self.timeline = Timeline()  # rates over time for the dashboard
         self._timeline_task: asyncio.Task[None] | None = None
@@ -370,7 +371,8 @@ class Supervisor:
             worker.ready.set()
             self._count_alive()
         elif kind == "report":
-            self.merged.update(worker.key, message["metrics"])
+            if "metrics" in message:  # an analysis worker sends them every few seconds
+                self.merged.update(worker.key, message["metrics"])
             worker.status = message["status"]
             self._status_reports += 1
             delta = message.get("delta")
@@ -737,7 +739,14 @@ class Supervisor:
         """The verdict of every delta merged so far, judged in the view process; the report
         first, so the beyond-noise gauges move with the verdict's."""
         await self._report_including(self._merges)
-        return await self.view.judge()
+        verdict, body = await self.view.judge()
+        self._verdict_json = (verdict, body)
+        return verdict
+
+    def json_of_verdict(self, verdict: Verdict) -> bytes | None:
+        """The JSON the view process made of ``verdict`` (None for any other verdict)."""
+        judged = self._verdict_json
+        return judged[1] if judged is not None and judged[0] is verdict else None
 
     def _endpoint_label(self, endpoint: str) -> str:
         return endpoint if endpoint in self.aggregator.endpoints else OTHER

@@ -49,6 +49,13 @@ async def test_the_served_report_is_the_supervisors_statistics_built_elsewhere(
         "shadowd_divergence_beyond_noise_ratio", {"endpoint": "GET /items/{id}"}
     )
     assert beyond == 1.0
+    # the verdict comes serialised from the view process, as the admin API serves it
+    verdict = await supervisor.verdicts.judge_now()
+    made = supervisor.json_of_verdict(verdict)
+    assert made is not None
+    assert orjson.loads(made) == orjson.loads(
+        orjson.dumps(verdict.to_json(), option=orjson.OPT_NON_STR_KEYS)
+    )
 
 
 async def test_a_poller_is_answered_at_once_while_the_view_process_is_busy(

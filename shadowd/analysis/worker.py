@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ def capture_path(path: Path, index: int, workers: int) -> Path:
     return path.with_name(f"{path.stem}.{index}{path.suffix}")
 
 
+METRICS_EVERY = 5.0  # seconds between two exports of this worker's Prometheus series
+
+
 class AnalysisWorker:
     def __init__(self, config: Config, index: int, runtime_dir: str) -> None:
         self.config = config
@@ -49,6 +53,7 @@ class AnalysisWorker:
         self.runtime_dir = runtime_dir
         self.metrics = Metrics(config)
         self.generation = 0
+        self._metrics_sent_at = -METRICS_EVERY
         self.stage = DiffStage(
             config.diff,
             self._fresh_aggregator(),
@@ -150,7 +155,6 @@ class AnalysisWorker:
             "t": "report",
             "gen": self.generation,
             "seq": seq,
-            "metrics": export_families(self.metrics.registry),
             "status": {
                 "capture": self.capture.status() if self.capture is not None else None,
                 "backlog": self.stage.backlog,
@@ -160,6 +164,12 @@ class AnalysisWorker:
         }
         if aggregator.endpoints:
             message["delta"] = snapshot_of(aggregator, evidence, DELTA_SAMPLES)
+        now = time.monotonic()
+        if seq is not None or now - self._metrics_sent_at >= METRICS_EVERY:
+            # Every endpoint's series (tens of thousands with 200 endpoints): unpacked on the
+            # supervisor's loop, so sent every few seconds, and whenever it asks (settle).
+            message["metrics"] = export_families(self.metrics.registry)
+            self._metrics_sent_at = now
         with contextlib.suppress(ChannelClosed):
             channel.send(message)
 

@@ -85,9 +85,10 @@ class ViewProcess:
         )
         return answer
 
-    async def judge(self) -> Verdict:
-        verdict: Verdict = await self._request(("judge",))
-        return verdict
+    async def judge(self) -> tuple[Verdict, bytes]:
+        """The verdict of every delta sent before this call, and its JSON."""
+        judged: tuple[Verdict, bytes] = await self._request(("judge",))
+        return judged
 
     async def _request(self, message: tuple[Any, ...]) -> Any:
         """Asked of a child that turns out dead (its exit not yet noticed), the request goes
