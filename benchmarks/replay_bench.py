@@ -9,10 +9,15 @@ recorded answers differ from the live ones in one field (a request id), so the c
 parses and diffs every answer, as it would against a real service. Rows:
 
 - wrk: the peer's top rate;
-- replay, comparison on: the headline (every answer parsed and diffed);
+- replay, comparison on, defaults: the headline. The comparing process runs at
+  `--analysis-nice 10`, so at the top rate it compares what CPU the senders leave and counts
+  the rest as not compared; the table shows the share of answers compared;
+- replay, comparison on, `--analysis-nice 0`: the comparison on an equal footing with the
+  senders (more compared, fewer sent);
 - replay --no-diff: the senders alone;
 - replay --workers 1: one sender process;
-- rate accuracy: `--rate` 1k, 5k and 20k for the whole run, achieved vs asked.
+- rate accuracy: `--rate` 1k, 5k and 20k for the whole run, achieved vs asked, and the share
+  of answers compared at that rate.
 
 Medians of `--runs` runs, peers interleaved in each run.
 """
@@ -107,6 +112,16 @@ def wrk(url: str, seconds: float) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 
 
+HEADLINE = "replay, comparison on (defaults: --analysis-nice 10)"
+EAGER = "replay, comparison on, --analysis-nice 0"
+ONE = "replay --workers 1, comparison on"
+
+
+def compared(summary: dict) -> float:
+    """The share of answered requests whose answers the comparison saw."""
+    return summary["report"]["totals"]["exchanges"] / max(1, summary["completed"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -122,8 +137,8 @@ def main() -> int:
         workers="auto",
     )
     rows: dict[str, list[float]] = {}
-    diffed: list[float] = []
-    accuracy: dict[int, list[tuple[float, float, float]]] = {}
+    diffed: dict[str, list[float]] = {}
+    accuracy: dict[int, list[tuple[float, float, float, float]]] = {}
     try:
         wait_port(port)
         url = f"http://127.0.0.1:{port}"
@@ -134,9 +149,20 @@ def main() -> int:
                 print(f"run {run + 1}/{args.runs}", file=sys.stderr, flush=True)
                 rows.setdefault("wrk -t2 -c64", []).append(wrk(url, args.seconds))
                 full = replay(capture, url, "--concurrency", "64", "--duration", seconds)
-                rows.setdefault("replay, comparison on", []).append(full["achieved_rate"])
-                totals = full["report"]["totals"]
-                diffed.append(totals["exchanges"] / max(1, full["completed"]))
+                rows.setdefault(HEADLINE, []).append(full["achieved_rate"])
+                diffed.setdefault(HEADLINE, []).append(compared(full))
+                eager = replay(
+                    capture,
+                    url,
+                    "--concurrency",
+                    "64",
+                    "--duration",
+                    seconds,
+                    "--analysis-nice",
+                    "0",
+                )
+                rows.setdefault(EAGER, []).append(eager["achieved_rate"])
+                diffed.setdefault(EAGER, []).append(compared(eager))
                 bare = replay(
                     capture, url, "--concurrency", "64", "--duration", seconds, "--no-diff"
                 )
@@ -144,9 +170,8 @@ def main() -> int:
                 one = replay(
                     capture, url, "--concurrency", "64", "--duration", seconds, "--workers", "1"
                 )
-                rows.setdefault("replay --workers 1, comparison on", []).append(
-                    one["achieved_rate"]
-                )
+                rows.setdefault(ONE, []).append(one["achieved_rate"])
+                diffed.setdefault(ONE, []).append(compared(one))
                 for rate in (1000, 5000, 20000):
                     result = replay(capture, url, "--rate", str(rate), "--duration", seconds)
                     lat = result["latency"]["candidate"]
@@ -155,28 +180,33 @@ def main() -> int:
                             result["achieved_rate"],
                             lat["corrected"].get("p99", 0),
                             lat["uncorrected"].get("p99", 0),
+                            compared(result),
                         )
                     )
     finally:
         procs.stop()
     wrk_rate = statistics.median(rows["wrk -t2 -c64"])
     print(f"\n### Replay: top rate, 64 in flight, {seconds} s, medians of {args.runs}")
-    print("| load generator | req/s | vs wrk |")
-    print("| --- | ---: | ---: |")
+    print("| load generator | req/s | vs wrk | answers compared |")
+    print("| --- | ---: | ---: | ---: |")
     for name, rates in rows.items():
         rate = statistics.median(rates)
-        print(f"| {name} | {rate:,.0f} | {rate / wrk_rate:.2f}x |")
-    print(f"\nshare of answers diffed with comparison on: {statistics.median(diffed):.1%}")
+        share = f"{statistics.median(diffed[name]):.1%}" if name in diffed else "-"
+        print(f"| {name} | {rate:,.0f} | {rate / wrk_rate:.2f}x | {share} |")
     print(f"\n### Replay: rate accuracy over {seconds} s (open loop, medians)")
-    print("| asked req/s | achieved | error | p99 corrected ms | p99 uncorrected ms |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| asked req/s | achieved | error | p99 corrected ms | p99 uncorrected ms "
+        "| answers compared |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for asked, results in accuracy.items():
         achieved = statistics.median(r[0] for r in results)
         p99c = statistics.median(r[1] for r in results)
         p99u = statistics.median(r[2] for r in results)
+        share = statistics.median(r[3] for r in results)
         print(
             f"| {asked:,} | {achieved:,.1f} | {(achieved - asked) / asked:+.2%} | "
-            f"{p99c * 1000:.2f} | {p99u * 1000:.2f} |"
+            f"{p99c * 1000:.2f} | {p99u * 1000:.2f} | {share:.1%} |"
         )
     return 0
 

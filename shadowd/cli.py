@@ -137,6 +137,8 @@ def _replay(args: argparse.Namespace) -> int:
             diff=not args.no_diff,
             workers=args.workers,
         )
+        if args.analysis_nice is not None:
+            options.analysis_nice = args.analysis_nice
         options.validate()
     except ValueError as exc:
         print(f"shadowd replay: {exc}", file=sys.stderr)
@@ -412,6 +414,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="sender processes (default: one per core); this process diffs",
+    )
+    replay.add_argument(
+        "--analysis-nice",
+        type=int,
+        metavar="N",
+        help=(
+            "how far the comparing process steps back from the senders, 0-19 (default "
+            "10): on a saturated host the comparison takes only what CPU the "
+            "senders leave and counts the rest as not compared, so it never delays a send; "
+            "0 compares more at the senders' expense"
+        ),
     )
     replay.add_argument(
         "--no-diff",

@@ -48,6 +48,9 @@ _QUANTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 _MAX_US = 3_600_000_000
 
 
+ANALYSIS_NICE = 10
+
+
 @dataclass
 class ReplayOptions:
     targets: dict[str, str]  # primary / secondary / candidate -> URL
@@ -65,6 +68,11 @@ class ReplayOptions:
     body_limit: int = 1024 * 1024
     diff: bool = True  # False: time the targets only (the sender's own top rate)
     workers: int = 0  # sender processes; 0 = one per core (``shadowd.replay_parallel``)
+    # How far the comparing process steps back from the senders (``os.nice``), so that on a
+    # saturated host the comparison takes the CPU the senders leave instead of delaying
+    # their sends (which would make the measured latency the comparison's, not the
+    # target's). 0: no step back.
+    analysis_nice: int = ANALYSIS_NICE
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first option that cannot work."""
@@ -76,6 +84,8 @@ class ReplayOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value!r}")
+        if not 0 <= self.analysis_nice <= 19:
+            raise ValueError(f"--analysis-nice must be 0 to 19, got {self.analysis_nice!r}")
         for name in ("endpoint", "path"):
             value = getattr(self, name)
             try:
@@ -494,6 +504,11 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"answered in {summary['seconds']:.1f}s, {summary['achieved_rate']:,.1f} req/s{asked}, "
         f"{summary['mode']}" + (" (interrupted)" if summary["interrupted"] else ""),
     ]
+    if summary.get("not_compared"):
+        lines.append(
+            f"  {summary['not_compared']} answers not compared: the comparison fell behind "
+            "the senders, and it never delays a send (--analysis-nice 0 gives it more CPU)"
+        )
     if summary["skipped_without_recorded_answer"]:
         lines.append(
             f"  {summary['skipped_without_recorded_answer']} requests skipped: no "

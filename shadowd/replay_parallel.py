@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import pickle
 import signal
@@ -38,6 +39,8 @@ from shadowd.progress import Progress
 from shadowd.replay import _MAX_US, Latency, Replay, ReplayOptions
 from shadowd.stream.frames import FrameDecoder
 from shadowd.stream.handoff import MAX_RECORD_BYTES, record_payload
+
+log = logging.getLogger("shadowd.replay")
 
 QUEUE_BYTES = 32 * 1024 * 1024  # per sender: records waiting for the analysis
 START_DELAY = 0.5  # seconds between spawning the senders and their shared first send
@@ -64,12 +67,14 @@ class ParallelReplay:
             Metrics(self.base.config),
         )
         self.summaries: list[dict[str, Any]] = []
+        self.stepped_back = 0  # how far the comparison's priority was lowered (os.nice)
         self.undecodable = 0
         self._progress: dict[int, int] = {}
 
     async def run(self) -> dict[str, Any]:
         start_at = time.perf_counter() + START_DELAY + 0.1 * self.senders
         processes = [await self._spawn(k, start_at) for k in range(self.senders)]
+        self._step_back()
         total = self._total()
         progress = Progress(total, label="replay")
         loop = asyncio.get_running_loop()
@@ -95,6 +100,21 @@ class ParallelReplay:
                     await process.wait()
         progress.update(total)
         return self.summary()
+
+    def _step_back(self) -> None:
+        """Lower this process's priority below the senders' (spawned above, so they keep
+        the one we started with): on a saturated host the comparison then gets what the
+        senders leave, and sheds the rest as ``not_compared``, instead of delaying sends
+        and so inflating the latency the replay measures. Irreversible, which is why it
+        happens here (the CLI's process) and only when asked."""
+        nice = self.options.analysis_nice
+        if nice and self.options.diff:
+            try:
+                os.nice(nice)
+            except OSError as exc:  # a sandbox may forbid even lowering one's priority
+                log.warning("could not lower the comparison's priority: %s", exc)
+                return
+            self.stepped_back = nice
 
     def _total(self) -> int:
         base = self.base
@@ -163,6 +183,7 @@ class ParallelReplay:
             base.interrupted = base.interrupted or any(p["interrupted"] for p in self.summaries)
         summary = base.summary()
         summary["senders"] = self.senders
+        summary["analysis_nice"] = self.stepped_back
         summary["undecodable"] = self.stage.undecodable
         return summary
 

@@ -231,6 +231,40 @@ def test_a_full_sample_deque_takes_at_most_one_sample_per_interval():
     assert [s["exchange"] for s in samples] == [1, 99]
 
 
+def test_only_the_samples_read_are_built(monkeypatch):
+    """A delta carries a few samples of the many an analysis worker keeps: building one
+    (decoding, redacting) is the costly part, so it waits until a sample is read."""
+    import shadowd.aggregate as aggregate
+    from shadowd.analysis.snapshot import snapshot_of
+    from shadowd.verdict.evidence import VerdictEvidence
+
+    built: list[int] = []
+    real = aggregate._sample
+
+    def counting(exchange, diff, config=None):
+        built.append(exchange.id)
+        return real(exchange, diff, config)
+
+    monkeypatch.setattr(aggregate, "_sample", counting)
+    agg = Aggregator(make_config(samples_per_endpoint=20))
+    for e in range(10):  # 10 endpoints x 20 divergent exchanges: 200 sample slots filled
+        for i in range(20):
+            agg.add(
+                make_exchange(f"GET /e{e}", id=e * 100 + i, target=f"/e{e}"),
+                make_diff(d("$.a")),
+            )
+    assert built == []
+    snap = snapshot_of(agg, VerdictEvidence(200), max_samples=15)
+    assert len(built) == 15  # the newest of each endpoint, then the second newest, ...
+    assert sorted(built) == sorted(s["exchange"] for e in snap["endpoints"] for s in e["samples"])
+    (e3,) = [e for e in snap["endpoints"] if e["name"] == "GET /e3"]
+    sent = len(e3["samples"])
+    assert {s["exchange"] for s in agg.endpoints["GET /e3"].samples} == set(range(300, 320))
+    assert len(built) == 15 + 20 - sent  # read now: built, but those already sent not again
+    assert len(agg.endpoints["GET /e3"].samples) == 20
+    assert len(built) == 15 + 20 - sent
+
+
 def test_exchanges_without_candidate_differences_are_not_sampled():
     agg = Aggregator(make_config())
     agg.add(make_exchange(), make_diff(secondary=[d("$.ts")]))

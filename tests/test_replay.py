@@ -165,7 +165,13 @@ async def test_inspect_and_replay_commands(make_backend, tmp_path):
     assert code == 0, err
     assert "10 of 10 requests answered" in out
     assert "$.price" in out
-    assert json.loads(result.read_text())["completed"] == 10
+    summary = json.loads(result.read_text())
+    assert summary["completed"] == 10
+    assert summary["analysis_nice"] == 10  # the comparison stepped back from the senders
+    code, _, err = await run(
+        "replay", str(path), "--target", f"candidate={url}", "--analysis-nice", "20"
+    )
+    assert code == 2 and "--analysis-nice must be 0 to 19" in err
     code, _, err = await run("replay", str(path), "--target", "staging=http://x")
     assert code == 2 and "expected primary=URL" in err
 
@@ -345,7 +351,9 @@ async def test_parallel_senders_share_the_schedule_and_merge_their_figures(make_
     url = await backend.start()
     path = capture(tmp_path / "c.shadow", [recorded(i, 100.0) for i in range(300)])
     summary = await replay_parallel(
-        path, ReplayOptions(targets={"candidate": url}, rate=500, workers=2)
+        # analysis_nice=0: in this process, a lower priority would outlive the test
+        path,
+        ReplayOptions(targets={"candidate": url}, rate=500, workers=2, analysis_nice=0),
     )
     paths = sorted(int(s["path_qs"].rsplit("/", 1)[1]) for s in backend.seen)
     assert paths == list(range(300))  # every request once, whichever sender sent it

@@ -47,9 +47,13 @@ def snapshot_of(
 ) -> dict[str, Any]:
     """Everything ``aggregator`` and ``evidence`` hold, as plain data; with ``max_samples``,
     only that many samples in all (see ``DELTA_SAMPLES``)."""
-    endpoints = [_endpoint_snapshot(s) for s in aggregator.endpoints.values()]
+    stats_list = list(aggregator.endpoints.values())
+    endpoints = [_endpoint_snapshot(s) for s in stats_list]
     if max_samples is not None:
         _keep_newest_samples(endpoints, max_samples)
+    for stats, endpoint in zip(stats_list, endpoints, strict=True):
+        # only the samples sent are built (see PendingSample)
+        endpoint["samples"] = stats.newest_samples(len(endpoint["samples"]))
     return {
         "v": SNAPSHOT_VERSION,
         "endpoints": endpoints,
@@ -76,7 +80,7 @@ def _endpoint_snapshot(stats: EndpointStats) -> dict[str, Any]:
             path: [f.divergent, f.noise, f.volatile, f.kinds, f.noise_kinds]
             for path, f in stats.fields.items()
         },
-        "samples": list(stats.samples),
+        "samples": list(stats.sample_ring),
         "last_sample_at": stats.last_sample_at,
         "absorbed": stats.absorbed,
         "timing": stats.timing,

@@ -22,6 +22,12 @@ from typing import Any
 import numpy as np
 
 
+def load_scipy() -> None:
+    """Import SciPy now (the view process, at start and at its low priority) rather than
+    in the middle of the first judgement, which may come while the host is busy."""
+    _scipy_stats()
+
+
 def _scipy_stats() -> Any:  # scipy ships no types
     # Imported when first judging: SciPy costs ~60 MB and ~0.5 s to import, and only the
     # process that judges needs it (not the supervisor's admin loop, nor any worker).

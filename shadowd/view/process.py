@@ -104,6 +104,9 @@ def main() -> int:
     kind, config = pickle.loads(first)
     assert kind == "config", kind
     view = View(config)
+    from shadowd.verdict.stats import load_scipy
+
+    load_scipy()
     while (payload := read_message(stdin)) is not None:
         message = pickle.loads(payload)
         kind = message[0]

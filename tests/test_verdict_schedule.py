@@ -1,0 +1,87 @@
+"""The scheduled verdict: pollers get the newest judgement and never keep the judge busy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shadowd.verdict import schedule
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(schedule.time, "monotonic", fake)
+    return fake
+
+
+class Statistics:
+    """The judged side: a version that moves with every merge, and a counting judge."""
+
+    def __init__(self) -> None:
+        self.generation, self.merges = 0, 0
+        self.judged = 0
+        self.published: list[object] = []
+
+    def version(self) -> tuple[int, int]:
+        return self.generation, self.merges
+
+    async def judge(self) -> object:
+        self.judged += 1
+        return ("verdict", self.judged)
+
+
+def scheduled(stats: Statistics) -> schedule.ScheduledVerdict:
+    return schedule.ScheduledVerdict(stats.judge, stats.version, stats.published.append)
+
+
+async def settle() -> None:
+    for _ in range(5):  # the judging task runs on the next turns of the loop
+        await asyncio.sleep(0)
+
+
+async def test_polls_between_judgements_get_the_newest_without_judging_again(clock: Clock):
+    stats = Statistics()
+    verdicts = scheduled(stats)
+    assert await verdicts.current() == ("verdict", 1)  # the first call waits for one
+    for _ in range(40):  # polled every 100 ms for 4 s while deltas keep merging
+        stats.merges += 1
+        clock.now += 0.1
+        assert await verdicts.current() == ("verdict", 1)
+        await settle()
+    assert stats.judged == 1
+    clock.now += schedule.JUDGE_EVERY  # old enough: the next poll asks for a new one
+    stats.merges += 1
+    assert await verdicts.current() == ("verdict", 1)
+    await settle()
+    assert stats.judged == 2
+    assert await verdicts.current() == ("verdict", 2)
+    assert stats.published == [("verdict", 1), ("verdict", 2)]
+
+
+async def test_unchanged_statistics_are_never_judged_twice(clock: Clock):
+    stats = Statistics()
+    verdicts = scheduled(stats)
+    await verdicts.current()
+    clock.now += 10 * schedule.JUDGE_EVERY
+    assert await verdicts.current() == ("verdict", 1)
+    await settle()
+    assert stats.judged == 1
+
+
+async def test_after_a_reset_a_caller_waits_for_a_judgement_of_the_new_statistics(clock: Clock):
+    stats = Statistics()
+    verdicts = scheduled(stats)
+    await verdicts.current()
+    stats.generation, stats.merges = 1, 0  # reset: the old verdict judged what is gone
+    assert await verdicts.current() == ("verdict", 2)
+    assert await verdicts.judge_now() == ("verdict", 3)
