@@ -29,8 +29,8 @@ from shadowd.verdict.evidence import (
     merge_earliest,
 )
 
-SNAPSHOT_VERSION = 3  # 2: noise counted per kind, latency rows with secondary and warm-up;
-# 3: usage (DB calls, cache lookups) per request
+SNAPSHOT_VERSION = 4  # 2: noise counted per kind, latency rows with secondary and warm-up;
+# 3: usage (DB calls, cache lookups) per request; 4: latencies not yet in a histogram as values
 
 
 # -- statistics -> snapshot ------------------------------------------------------------------
@@ -65,6 +65,7 @@ def snapshot_of(
 
 
 def _endpoint_snapshot(stats: EndpointStats) -> dict[str, Any]:
+    histograms, values = stats.latency_parts()
     return {
         "name": stats.endpoint,
         "exchanges": stats.exchanges,
@@ -75,7 +76,8 @@ def _endpoint_snapshot(stats: EndpointStats) -> dict[str, Any]:
         "by_digest": stats.by_digest,
         "errors": stats.errors,
         "statuses": stats.statuses,
-        "latency": {t: h.encode() for t, h in stats.latency.items() if h.get_total_count()},
+        "latency": {t: h.encode() for t, h in histograms.items() if h.get_total_count()},
+        "latency_values": {t: list(micros) for t, micros in values.items() if micros},
         "fields": {
             path: [f.divergent, f.noise, f.volatile, f.kinds, f.noise_kinds]
             for path, f in stats.fields.items()
@@ -175,6 +177,8 @@ def merge_snapshot(
                 mine[status_class] = mine.get(status_class, 0) + count
         for target, encoded in snap["latency"].items():
             stats.add_latency_histogram(target, encoded)
+        for target, micros in snap["latency_values"].items():
+            stats.record_latencies_us(target, micros)
         for path, (divergent, noise, volatile, kinds, noise_kinds) in snap["fields"].items():
             _, fld = stats.field(path, limit)
             fld.divergent += divergent
@@ -184,8 +188,8 @@ def merge_snapshot(
                 fld.kinds[kind] = fld.kinds.get(kind, 0) + count
             for kind, count in noise_kinds.items():
                 fld.noise_kinds[kind] = fld.noise_kinds.get(kind, 0) + count
-        for sample in snap["samples"][-(stats.samples.maxlen or 0) :]:
-            stats.samples.append(_frozen(sample))
+        for sample in snap["samples"][-(stats.sample_ring.maxlen or 0) :]:
+            stats.sample_ring.append(_frozen(sample))
         stats.last_sample_at = max(stats.last_sample_at, snap["last_sample_at"])
         for rule, count in snap["absorbed"].items():
             stats.absorbed[rule] = stats.absorbed.get(rule, 0) + count

@@ -40,7 +40,7 @@ log = logging.getLogger("shadowd.stream")
 FIELD = b"r"  # the one field of an entry: the record's msgpack payload
 # The layout of a worker's entry in "<key>:fleet:snapshots" (msgpack map: v, consumer, at,
 # started_at, snapshot, metrics, status). An admin skips entries of another version.
-FLEET_SNAPSHOT_VERSION = 1
+FLEET_SNAPSHOT_VERSION = 2  # 2: the snapshot inside carries latency values (snapshot v4)
 BLOCK_MS = 1000  # an XREADGROUP waits at most this long for new entries
 RECONNECT = (0.05, 5.0)  # first and longest pause between two connection attempts
 # Errors that mean "Redis is not there (now)": the sender sheds, the reader retries.
