@@ -34,8 +34,8 @@ async def _main(args: argparse.Namespace, config: Config) -> None:
     channel = await Channel.connect(control_socket(args.runtime_dir))
     channel.send({"t": "hello", "role": args.role, "index": args.index, "pid": os.getpid()})
     if args.role == "ingress":
-        from shadowd.analysis.worker import analysis_socket
         from shadowd.ingress.worker import IngressWorker
+        from shadowd.stream.handoff import analysis_socket
 
         analysis_index = args.index % config.analysis.worker_count()
         worker = IngressWorker(

@@ -24,16 +24,12 @@ from shadowd.capture.writer import CaptureWriter
 from shadowd.config import Config
 from shadowd.control import Channel, ChannelClosed
 from shadowd.metrics import Metrics, export_families
-from shadowd.stream.handoff import RecordReceiver
+from shadowd.stream.handoff import RecordReceiver, analysis_socket
 from shadowd.verdict.evidence import VerdictEvidence
 
 log = logging.getLogger("shadowd.analysis")
 
 BACKLOG_RECORDS = 2_000  # records decoded-and-waiting; past it the hand-off stops reading
-
-
-def analysis_socket(runtime_dir: str, index: int) -> str:
-    return os.path.join(runtime_dir, f"analysis-{index}.sock")
 
 
 def capture_path(path: Path, index: int, workers: int) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from typing import cast
 
@@ -26,6 +27,11 @@ from shadowd.stream.frames import FrameDecoder, FrameError
 log = logging.getLogger("shadowd.stream")
 
 MAX_RECORD_BYTES = 1 << 28  # 256 MiB: well above 3 answers at any [diff] max_body_bytes
+
+
+def analysis_socket(runtime_dir: str, index: int) -> str:
+    """Where analysis worker ``index`` listens for the ingress workers' records."""
+    return os.path.join(runtime_dir, f"analysis-{index}.sock")
 
 
 def record_payload(exchange: Exchange) -> bytes:
