@@ -253,3 +253,36 @@ def test_a_delta_carries_a_bounded_number_of_samples_newest_of_every_endpoint_fi
     merged = Aggregator(config)
     merge_snapshot(merged, VerdictEvidence(config.endpoints.max), cut, np.random.default_rng(0))
     assert [s["exchange"] for s in merged.stats_for("GET /e0").samples] == [15, 16, 17, 18, 19]
+
+
+def test_latencies_merge_exactly_whether_a_delta_sent_a_histogram_or_values():
+    """A delta sends a histogram for the latencies already batched into one (256 at a time)
+    and the rest as values; merged, both give the histogram one process would have."""
+    exchanges = workload(seed=7, count=1200)
+    single = Aggregator(CONFIG)
+    for exchange in exchanges:
+        single.add(exchange, diff_exchange(exchange, CONFIG.diff))
+    merged = Aggregator(CONFIG)
+    evidence = VerdictEvidence(CONFIG.endpoints.max)
+    rng = np.random.default_rng(0)
+    start = 0
+    for size in (1000, 5, 195):  # over a batch (histogram + values), a few, the rest
+        delta = Aggregator(CONFIG)
+        for exchange in exchanges[start : start + size]:
+            delta.add(exchange, diff_exchange(exchange, CONFIG.diff))
+        start += size
+        snap = _roundtrip(snapshot_of(delta, VerdictEvidence(CONFIG.endpoints.max)))
+        if size == 1000:
+            sent = {t for e in snap["endpoints"] for t in e["latency"]}
+            assert sent, "a batch of 256 must have gone into a histogram"
+            assert any(e["latency_values"] for e in snap["endpoints"])
+        merge_snapshot(merged, evidence, snap, rng)
+    for name, stats in single.endpoints.items():
+        theirs = merged.endpoints[name].latency
+        for target, hist in stats.latency.items():
+            other = theirs[target]
+            assert other.get_total_count() == hist.get_total_count()
+            np.testing.assert_array_equal(
+                np.ctypeslib.as_array(other.counts)[: other.counts_len],
+                np.ctypeslib.as_array(hist.counts)[: hist.counts_len],
+            )
