@@ -44,6 +44,7 @@ log = logging.getLogger("shadowd.replay")
 
 QUEUE_BYTES = 32 * 1024 * 1024  # per sender: records waiting for the analysis
 START_DELAY = 0.5  # seconds between spawning the senders and their shared first send
+PROGRESS_EVERY = 0.1  # seconds between a sender's progress reports
 _SUMMARY = "summary"
 _PROGRESS = "progress"
 
@@ -208,17 +209,40 @@ async def _send(job: tuple[str, ReplayOptions, tuple[int, int], float, int]) -> 
     transport, output = await loop.connect_write_pipe(_Output, os.fdopen(1, "wb", buffering=0))
     transport.set_write_buffer_limits(high=queue_bytes)
     not_compared = 0
+    # Frames finished in one turn of the loop leave in one write: a write per exchange was
+    # a syscall, and a wake-up of the parent, for every answer.
+    batch: list[bytes] = []
+    batched = 0
+
+    def flush() -> None:
+        nonlocal batched
+        if batch:
+            transport.write(b"".join(batch))
+            batch.clear()
+            batched = 0
 
     def hand_off(exchange: Any) -> None:
-        nonlocal not_compared
-        if transport.get_write_buffer_size() > queue_bytes:
+        nonlocal not_compared, batched
+        if transport.get_write_buffer_size() + batched > queue_bytes:
             not_compared += 1  # the analysis is behind: never slow the pacing down
             return
-        transport.write(frame(record_payload(exchange)))
+        if not batch:
+            loop.call_soon(flush)
+        framed = frame(record_payload(exchange))
+        batch.append(framed)
+        batched += len(framed)
 
     class _Progress:
+        """Progress to the parent at most every PROGRESS_EVERY seconds (each is a write)."""
+
+        last = 0.0
+
         def update(self, sent: int) -> None:
-            transport.write(frame(msgpack.packb({_PROGRESS: sent})))
+            now = time.monotonic()
+            if now - self.last >= PROGRESS_EVERY:
+                self.last = now
+                flush()  # in order: the records sent so far, then the count
+                transport.write(frame(msgpack.packb({_PROGRESS: sent})))
 
     runner = Replay(Path(capture), options, shard=shard, on_complete=hand_off, start_at=start_at)
     runner.progress = _Progress()
@@ -234,6 +258,7 @@ async def _send(job: tuple[str, ReplayOptions, tuple[int, int], float, int]) -> 
             await sending
     stopping.cancel()
     loop.remove_reader(0)
+    flush()
     for latency in runner.latency.values():
         latency.flush()
     summary = {
