@@ -99,7 +99,8 @@ class ParallelReplay:
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
-        progress.update(total)
+        # what was sent, not the schedule's length: --duration may have ended it early
+        progress.update(min(total, sum(part["sent"] for part in self.summaries)))
         return self.summary()
 
     def _step_back(self) -> None:
