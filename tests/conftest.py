@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,16 @@ if TYPE_CHECKING:
     from shadowd.exchange import Exchange
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture(autouse=True)
+def _test_session_priority_is_left_alone():
+    """A CLI command run in this process (``shadowd replay`` lowers its own priority once
+    its senders run) must not leave the test session slower, and every process the later
+    tests start at a lowered priority too."""
+    before = os.nice(0)
+    yield
+    assert os.nice(0) == before, "this test lowered the test session's CPU priority"
 
 
 class Backend:

@@ -250,7 +250,9 @@ def test_records_with_wrong_types_are_skipped_and_counted(tmp_path, capsys):
     assert len(list(iter_records_json(path))) == 2
     assert main(["inspect", str(path)]) == 0
     # Replay reads them the same way: no live primary and nothing answers, so nothing is sent.
-    code = main(["replay", str(path), "--target", "candidate=http://127.0.0.1:9", "--rate", "1000"])
+    replay = ["replay", str(path), "--target", "candidate=http://127.0.0.1:9", "--rate", "1000"]
+    # --analysis-nice 0: in this process, a lowered priority would outlive the test
+    code = main([*replay, "--analysis-nice", "0"])
     out = capsys.readouterr()
     assert code == 0 and "Traceback" not in out.err
     assert f"{len(BAD_RECORDS) + 2} corrupt records skipped" in out.out
