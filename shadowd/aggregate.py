@@ -28,7 +28,8 @@ from shadowd.bounds import MAX_NAME_CHARS, bounded
 from shadowd.config import Config
 from shadowd.diff.engine import MAX_DIFFERENCES
 from shadowd.diff.model import Difference, ExchangeDiff
-from shadowd.diff.timing import parse_server_timing
+from shadowd.diff.timing import Metrics as TimingMetrics
+from shadowd.diff.timing import timing_of
 from shadowd.endpoints import OTHER
 from shadowd.exchange import Answer, Exchange, Headers
 from shadowd.metrics import Metrics
@@ -317,8 +318,9 @@ class Aggregator:
             status_class = _STATUS_CLASSES.get(answer.status // 100, "other")
             by_class[status_class] = by_class.get(status_class, 0) + 1
             stats.record_latency(target, answer.latency)
-            if answer.headers:
-                _server_timing(stats, target, answer.headers)
+            timing = timing_of(answer)
+            if timing:
+                _server_timing(stats, target, timing)
         if by_digest:
             stats.by_digest += 1
         limit = self.config.diff.max_fields_per_endpoint
@@ -396,8 +398,8 @@ def _count_candidate(
                 field.volatile += 1
 
 
-def _server_timing(stats: EndpointStats, target: str, headers: Headers) -> None:
-    for name, fields in parse_server_timing(headers).items():
+def _server_timing(stats: EndpointStats, target: str, timing: TimingMetrics) -> None:
+    for name, fields in timing.items():
         dur = fields.get("dur")
         if isinstance(dur, float) and (
             name in stats.timing or len(stats.timing) < SERVER_TIMING_METRICS

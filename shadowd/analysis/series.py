@@ -26,7 +26,6 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from shadowd.bounds import bounded
 from shadowd.diff.model import ExchangeDiff
-from shadowd.diff.timing import has_server_timing
 from shadowd.endpoints import OTHER
 from shadowd.exchange import Exchange
 from shadowd.usage import usage_of
@@ -93,9 +92,7 @@ class ExchangeSeries:
                 if latency is None:
                     latency = series.latency[target] = _Latency()
                 latency.pending.append(answer.latency)
-                # most answers carry no Server-Timing: a cheap look first (usage_of
-                # lower-cases every header name)
-                usage = usage_of(answer) if has_server_timing(answer.headers) else None
+                usage = usage_of(answer)
                 if usage is not None:
                     cell = series.usage.get(target)
                     if cell is None:

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from shadowd.diff.rules import EMPTY, RuleSet
-from shadowd.diff.timing import parse_server_timing
+from shadowd.diff.timing import timing_of
 from shadowd.exchange import Answer
 from shadowd.upstream.request import HOP_BY_HOP
 
@@ -35,7 +35,6 @@ _MAX_DECODED = 64 * 1024 * 1024
 INVALID = object()  # the document of a JSON body that does not parse
 _UNSET = object()
 
-_SERVER_TIMING = b"server-timing"
 _SHARED_MEMBERS = 64  # wider roots are parsed whole (a dumps per shared member to check)
 # Sharing fewer bytes than this costs more than it saves: finding and checking what is
 # shared, building the document, is ~2-3 µs, and orjson parses ~1 KB in ~3 µs. Measured on
@@ -51,12 +50,11 @@ class PreparedAnswer:
     __slots__ = (
         "_decoded",
         "_doc",
+        "_encoding",
         "_first",
         "_media",
         "_named",
         "_skipped",
-        "_timing",
-        "_timing_lines",
         "answer",
         "checked",
         "limit",
@@ -80,29 +78,26 @@ class PreparedAnswer:
         # Header names (lower case) left out of named_headers: the ignored ones, hop-by-hop ones.
         self._skipped = skipped
         self._first: dict[bytes, bytes] | None = None
-        self._named: dict[bytes, bytes] = {}
-        self._timing_lines: list[tuple[bytes, bytes]] = []
-        self._timing: dict[str, dict[str, str | float]] | None = None
         self._decoded: bytes | None = None
-        self._media: str | None = None
+        self._media: str | None = None  # None: Content-Type and Content-Encoding not read yet
+        self._encoding: bytes | None = None
         self._doc: Any = _UNSET
         # ("head" or "tail", offset, members) -> whether the body holds those members in
-        # orjson's bytes there (see _shared_parse)
-        self.checked: dict[tuple[str, int, int], bool] = {}
+        # orjson's bytes there (see _shared_parse); made on first use (a reference's only)
+        self.checked: dict[tuple[str, int, int], bool] | None = None
 
     # -- headers ---------------------------------------------------------------------------
     def _scan(self) -> dict[bytes, bytes]:
         """One pass over the headers for all that is read of them (lower-casing each name
-        once): first values, compared headers, Server-Timing lines."""
+        once): first values, compared headers."""
         first: dict[bytes, bytes] = {}
-        named = self._named
+        named: dict[bytes, bytes] = {}
+        self._named = named
         skipped = self._skipped
         for name, value in self.answer.headers:
             lname = name.lower()
             if lname not in first:
                 first[lname] = value
-            if lname == _SERVER_TIMING:
-                self._timing_lines.append((lname, value))
             if lname in skipped:
                 continue
             if lname in named:
@@ -132,30 +127,42 @@ class PreparedAnswer:
         return self._named
 
     def server_timing(self) -> dict[str, dict[str, str | float]]:
-        timing = self._timing
-        if timing is None:
-            if self._first is None:
-                self._scan()
-            lines = self._timing_lines
-            timing = self._timing = parse_server_timing(lines) if lines else {}
-        return timing
+        return timing_of(self.answer)
 
     # -- body ------------------------------------------------------------------------------
+    def _body_headers(self) -> str:
+        """Read Content-Encoding and Content-Type (first values) in one pass, lower-casing
+        only names of their lengths: every body compared needs both. Answers the media."""
+        first = self._first
+        if first is not None:
+            encoding, content_type = first.get(b"content-encoding"), first.get(b"content-type")
+        else:
+            encoding = content_type = None
+            for key, value in self.answer.headers:
+                size = len(key)
+                if size == 12:
+                    if content_type is None and key.lower() == b"content-type":
+                        content_type = value
+                elif size == 16 and encoding is None and key.lower() == b"content-encoding":
+                    encoding = value
+        self._encoding = encoding
+        media = self._media = media_type(content_type) if content_type else ""
+        return media
+
     def decoded(self) -> bytes:
         decoded = self._decoded
         if decoded is None:
-            decoded = self._decoded = decode(
-                self.answer.body, self.header(b"content-encoding"), self.limit
-            )
+            if self._media is None:
+                self._body_headers()
+            encoding = self._encoding
+            body = self.answer.body
+            decoded = self._decoded = decode(body, encoding, self.limit) if encoding else body
         return decoded
 
     def media(self) -> str:
         media = self._media
         if media is None:
-            value = self.header(b"content-type")
-            media = self._media = (
-                value.split(b";", 1)[0].strip().lower().decode("latin-1") if value else ""
-            )
+            media = self._body_headers()
         return media
 
     def document(self, reference: PreparedAnswer | None = None) -> Any:
@@ -319,9 +326,12 @@ class PreparedAnswer:
         """This (reference's) body holds, before ``offset`` (``end`` "head": "{" + members +
         ",") or from it on ("tail": "," + members + "}"), its document's first or last
         ``members`` members in orjson's compact form. Memoized: the secondary asks again."""
-        found = self.checked.get((end, offset, members))
+        checked = self.checked
+        if checked is None:
+            checked = self.checked = {}
+        found = checked.get((end, offset, members))
         if found is None:
-            found = self.checked[end, offset, members] = self._is_orjson(end, offset, members)
+            found = checked[end, offset, members] = self._is_orjson(end, offset, members)
         return found
 
     def _is_orjson(self, end: str, offset: int, members: int) -> bool:
@@ -460,6 +470,22 @@ def _key_bytes(key: str) -> bytes:
             _KEY_BYTES.clear()
         found = _KEY_BYTES[key] = orjson.dumps(key)
     return found
+
+
+_MEDIA: dict[bytes, str] = {}
+_MEDIA_LIMIT = 256  # distinct Content-Type values remembered (a service uses a handful)
+
+
+def media_type(content_type: bytes) -> str:
+    """The media type of a Content-Type value, lower case, parameters left out (cached by
+    the value: every answer compared reads one, and a service sends a few)."""
+    media = _MEDIA.get(content_type)
+    if media is None:
+        media = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
+        if len(_MEDIA) >= _MEDIA_LIMIT:
+            _MEDIA.clear()
+        _MEDIA[content_type] = media
+    return media
 
 
 def decode(body: bytes, encoding: bytes | None, limit: int = _MAX_DECODED) -> bytes:
