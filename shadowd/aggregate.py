@@ -299,12 +299,14 @@ class Aggregator:
 
     def add(self, exchange: Exchange, diff: ExchangeDiff) -> None:
         """Count one completed exchange and its diff."""
-        stats = self.endpoints.get(exchange.endpoint) or self._endpoint(exchange.endpoint)
+        endpoint = exchange.endpoint
+        stats = self.endpoints.get(endpoint) or self._endpoint(endpoint)
         totals = self.totals
         stats.exchanges += 1
         totals.exchanges += 1
         stats.overflow += diff.overflow
         by_digest = False
+        statuses = stats.statuses
         for target, answer in exchange.answers.items():
             if answer.body_digest is not None:
                 by_digest = True
@@ -312,10 +314,11 @@ class Aggregator:
                 stats.errors[target] = stats.errors.get(target, 0) + 1
                 totals.errors[target] = totals.errors.get(target, 0) + 1
                 continue
-            by_class = stats.statuses.get(target)
+            by_class = statuses.get(target)
             if by_class is None:
-                by_class = stats.statuses[target] = {}
-            status_class = _STATUS_CLASSES.get(answer.status // 100, "other")
+                by_class = statuses[target] = {}
+            status = answer.status
+            status_class = _STATUS_CLASS_OF.get(status) or _status_class(status)
             by_class[status_class] = by_class.get(status_class, 0) + 1
             stats.record_latency(target, answer.latency)
             timing = timing_of(answer)
@@ -344,9 +347,14 @@ class Aggregator:
             totals.noisy += 1
             counted: set[str] = set()
             kinds_counted: set[tuple[str, str]] = set()
+            fields = stats.fields
             for difference in diff.secondary:
-                path, field = stats.field(difference.generic_path, limit)
-                kind = difference.kind.value
+                path = difference.generic_path
+                # the field's stats at once when it is known (``EndpointStats.field``)
+                field = fields.get(path) if len(path) <= MAX_NAME_CHARS else None
+                if field is None:
+                    path, field = stats.field(path, limit)
+                kind = difference.kind._value_  # the enum's ``value`` property costs more
                 if (path, kind) not in kinds_counted:
                     kinds_counted.add((path, kind))
                     field.noise_kinds[kind] = field.noise_kinds.get(kind, 0) + 1
@@ -374,6 +382,12 @@ class Aggregator:
 
 
 _STATUS_CLASSES = {i: f"{i}xx" for i in range(1, 6)}
+# status -> its class, for the statuses HTTP defines (one lookup instead of a division too)
+_STATUS_CLASS_OF = {status: f"{status // 100}xx" for status in range(100, 600)}
+
+
+def _status_class(status: int) -> str:
+    return _STATUS_CLASSES.get(status // 100, "other")
 
 
 def _count_candidate(
@@ -385,9 +399,14 @@ def _count_candidate(
     """Field counts for one exchange: each path, and each (path, kind), at most once."""
     counted: set[str] = set()
     kinds_counted: set[tuple[str, str]] = set()
+    fields = stats.fields
     for difference in differences:
-        path, field = stats.field(difference.generic_path, limit)
-        kind = difference.kind.value
+        path = difference.generic_path
+        # the field's stats at once when it is known (``EndpointStats.field``)
+        field = fields.get(path) if len(path) <= MAX_NAME_CHARS else None
+        if field is None:
+            path, field = stats.field(path, limit)
+        kind = difference.kind._value_  # the enum's ``value`` property costs more
         if (path, kind) not in kinds_counted:
             kinds_counted.add((path, kind))
             field.kinds[kind] = field.kinds.get(kind, 0) + 1

@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from shadowd.bounds import bounded
 from shadowd.diff.model import ExchangeDiff
+from shadowd.diff.timing import timing_of
 from shadowd.endpoints import OTHER
 from shadowd.exchange import Exchange
 from shadowd.usage import usage_of
@@ -83,16 +84,19 @@ class ExchangeSeries:
         self._other: _Endpoint | None = None
 
     def observe(self, exchange: Exchange, diff: ExchangeDiff) -> None:
-        series = self._endpoints.get(exchange.endpoint) or self._series(exchange.endpoint)
+        endpoint = exchange.endpoint
+        series = self._endpoints.get(endpoint) or self._series(endpoint)
         exchanges = series.exchanges
+        latencies = series.latency
         for target, answer in exchange.answers.items():
             exchanges[target] = exchanges.get(target, 0) + 1
             if answer.error is None:
-                latency = series.latency.get(target)
+                latency = latencies.get(target)
                 if latency is None:
-                    latency = series.latency[target] = _Latency()
+                    latency = latencies[target] = _Latency()
                 latency.pending.append(answer.latency)
-                usage = usage_of(answer)
+                # usage comes from Server-Timing, which most answers do not carry
+                usage = usage_of(answer) if timing_of(answer) else None
                 if usage is not None:
                     cell = series.usage.get(target)
                     if cell is None:
@@ -108,7 +112,8 @@ class ExchangeSeries:
         if diff.candidate:
             series.divergent += 1
             kinds = series.divergences
-            for kind in {d.kind.value for d in diff.candidate}:
+            # the enum's ``value`` property costs more than its ``_value_``
+            for kind in {d.kind._value_ for d in diff.candidate}:
                 kinds[kind] = kinds.get(kind, 0) + 1
         if diff.secondary:
             series.noisy += 1

@@ -70,8 +70,10 @@ class PairReservoir:
         at: float = 0.0,
         code: int = 0,
     ) -> None:
-        slot = _slot(self.seen, self.capacity, self._rng)
-        self.seen += 1
+        seen = self.seen
+        self.seen = seen + 1
+        # while filling, the slot is the next one (``_slot`` draws only once full)
+        slot = seen if seen < self.capacity else _slot(seen, self.capacity, self._rng)
         if slot is None:
             return
         self.primary[slot] = primary
@@ -174,12 +176,14 @@ class EndpointEvidence:
         self.usage_totals: dict[str, list[float]] = {}
 
     def record_usage(self, answers: dict[str, Answer], at: float) -> None:
-        row = [_NAN] * USAGE_WIDTH
+        row: list[float] = []  # made when an answer reports usage (most report none)
         reported = 0
         for index, target in enumerate(USAGE_TARGETS):
             usage = usage_of(answers.get(target))
             if usage is None:
                 continue
+            if not row:
+                row = [_NAN] * USAGE_WIDTH
             reported |= 1 << index
             values = (usage.db_calls, usage.db_ms, usage.hits, usage.misses)
             base = index * len(USAGE_FIELDS)
@@ -239,19 +243,27 @@ class VerdictEvidence:
         return endpoint
 
     def record(self, exchange: Exchange, diff: ExchangeDiff | None = None) -> None:
-        endpoint = self.endpoint_for(exchange.endpoint)
+        name = exchange.endpoint
+        endpoint = self.endpoints.get(name) or self.endpoint_for(name)
         if endpoint is None:
             return
         at = exchange.request.received_at
         endpoint.note_arrival(at)
-        self.overall.exchanges += 1
+        overall = self.overall
+        overall.exchanges += 1
         answers = exchange.answers
-        for name, answer in answers.items():
-            endpoint.errors[name].add(answer)
-            self.overall.errors[name].add(answer)
+        errors, overall_errors = endpoint.errors, overall.errors
+        for target, answer in answers.items():
+            mine, every = errors[target], overall_errors[target]
+            if answer.error is None and answer.status < 500:  # ErrorTally.add, inlined
+                mine.answers += 1
+                every.answers += 1
+            else:
+                mine.add(answer)
+                every.add(answer)
         endpoint.record_usage(answers, at)
         candidate = answers.get(CANDIDATE)
-        if candidate is None or is_error(candidate):
+        if candidate is None or candidate.error is not None or candidate.status >= 500:
             return
         primary, secondary = answers.get(PRIMARY), answers.get(SECONDARY)
         p = primary.latency if primary is not None and not is_error(primary) else _NAN
@@ -259,7 +271,7 @@ class VerdictEvidence:
         if p != p and s != s:  # NaN: no side to pair the candidate with
             return
         endpoint.pairs.add(p, candidate.latency, s, at, endpoint.code)
-        self.overall.pairs.add(p, candidate.latency, s, at, endpoint.code)
+        overall.pairs.add(p, candidate.latency, s, at, endpoint.code)
 
     def reset(self) -> None:
         self.endpoints.clear()
