@@ -98,6 +98,7 @@ _bytes = bytes
 def _pairs(raw: Any) -> list[tuple[bytes, bytes]]:
     # bytes(x) of a bytes object is x itself, but the two calls per header were a third of
     # exchange_of's time (msgpack hands bin values over as bytes already): skipped for them.
+    # A pair comes as a list, or as a tuple from an unpacker with use_list=False.
     return [
         (n, v) if type(n) is _bytes is type(v) else (_bytes(n), _bytes(v)) for n, v in raw or ()
     ]
