@@ -11,7 +11,7 @@ from shadowd.diff.order import reordered_paths
 from shadowd.diff.prepared import TAIL_KEPT_BYTES, PreparedAnswer, shared_tail
 from shadowd.diff.rules import EMPTY, RuleSet, rules_for
 from shadowd.diff.timing import diff_server_timing
-from shadowd.exchange import Answer, Exchange
+from shadowd.exchange import CANDIDATE, PRIMARY, SECONDARY, Answer, Exchange
 from shadowd.upstream.request import HOP_BY_HOP
 
 MAX_DIFFERENCES = 100  # per pair; the rest are counted, not listed
@@ -81,8 +81,9 @@ def _compare(
 
 
 def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
-    primary = exchange.primary
-    candidate = exchange.candidate
+    answers = exchange.answers
+    primary = answers.get(PRIMARY)
+    candidate = answers.get(CANDIDATE)
     if primary is None or candidate is None:
         return ExchangeDiff(candidate=[])
     rules = rules_for(config.rules, exchange.endpoint) if config.rules else EMPTY
@@ -96,7 +97,7 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
     reference = PreparedAnswer(primary, rules, skipped, limit, tail)
     other = PreparedAnswer(candidate, rules, skipped, limit, tail)
     differences, overflow = _compare(reference, other, config, rules, absorbed)
-    secondary = exchange.secondary
+    secondary = answers.get(SECONDARY)
     noise = None
     reordered: frozenset[str] = frozenset()
     if secondary is not None:
@@ -108,10 +109,5 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
         reordered = reordered_paths(differences, reference.document(), other.document(reference))
     if tail.text is not None and len(tail.text) > TAIL_KEPT_BYTES:
         tail.forget()  # bounded memory: a long tail served this exchange only
-    return ExchangeDiff(
-        candidate=differences,
-        secondary=noise,
-        overflow=overflow,
-        absorbed=absorbed,
-        reordered=reordered,
-    )
+    # positional (candidate, secondary, overflow, absorbed, reordered): cheaper than keywords
+    return ExchangeDiff(differences, noise, overflow, absorbed, reordered)

@@ -98,8 +98,21 @@ def _slot(seen: int, capacity: int, rng: random.Random) -> int | None:
     items, or None when it is not kept."""
     if seen < capacity:
         return seen
-    slot = rng.randrange(seen + 1)
+    slot = _below(rng, seen + 1)
     return slot if slot < capacity else None
+
+
+def _below(rng: random.Random, n: int) -> int:
+    """``rng.randrange(n)`` for n > 0, the same number from the same state (CPython's
+    ``Random._randbelow_with_getrandbits``; tests/test_analysis_fast_paths.py holds them
+    equal), without randrange's argument handling: once a reservoir is full, every
+    exchange draws twice (its endpoint's and the overall one)."""
+    k = n.bit_length()
+    getrandbits = rng.getrandbits
+    r = getrandbits(k)
+    while r >= n:
+        r = getrandbits(k)
+    return r
 
 
 def usage_column(target: str, name: str) -> int:
