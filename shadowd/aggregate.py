@@ -321,7 +321,9 @@ class Aggregator:
             status_class = _STATUS_CLASS_OF.get(status) or _status_class(status)
             by_class[status_class] = by_class.get(status_class, 0) + 1
             stats.record_latency(target, answer.latency)
-            timing = timing_of(answer)
+            timing = answer.parsed_timing  # timing_of, without a call when already parsed
+            if timing is None:
+                timing = timing_of(answer)
             if timing:
                 _server_timing(stats, target, timing)
         if by_digest:

@@ -85,6 +85,11 @@ def looks_volatile(value: Any) -> bool:
 
 
 def _volatile_text(value: str) -> bool:
+    # Every pattern below needs 12 characters at least (a hex or base62 id; a timestamp 16,
+    # a token 20, a UUID 32): shorter values (statuses, names, small numbers) are not
+    # volatile, without running them.
+    if len(value) < 12:
+        return False
     return bool(
         _UUID.match(value)
         or _TIMESTAMP.match(value)

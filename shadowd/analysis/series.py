@@ -96,7 +96,11 @@ class ExchangeSeries:
                     latency = latencies[target] = _Latency()
                 latency.pending.append(answer.latency)
                 # usage comes from Server-Timing, which most answers do not carry
-                usage = usage_of(answer) if timing_of(answer) else None
+                # (timing_of, without a call when already parsed)
+                timing = answer.parsed_timing
+                if timing is None:
+                    timing = timing_of(answer)
+                usage = usage_of(answer) if timing else None
                 if usage is not None:
                     cell = series.usage.get(target)
                     if cell is None:

@@ -127,7 +127,8 @@ class DiffCollector:
 def diff_json(reference: Any, other: Any, out: DiffCollector, root: str = "$") -> None:
     """Add the differences between two parsed JSON values to ``out``."""
     _diff(reference, other, root, root, out, 0)
-    _confirm(out)
+    if out.unconfirmed:
+        _confirm(out)
 
 
 def _confirm(out: DiffCollector) -> None:

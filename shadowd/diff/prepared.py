@@ -80,8 +80,8 @@ class PreparedAnswer:
         self._skipped = skipped
         self._first: dict[bytes, bytes] | None = None
         self._decoded: bytes | None = None
-        self._media: str | None = None  # None: Content-Type and Content-Encoding not read yet
-        self._encoding: bytes | None = None
+        # None: Content-Type and Content-Encoding not read yet (_body_headers sets both)
+        self._media: str | None = None
         self._doc: Any = _UNSET
         # ("head" or "tail", offset, members) -> whether the body holds those members in
         # orjson's bytes there (see _shared_parse); made on first use (a reference's only)

@@ -266,6 +266,8 @@ class VerdictEvidence:
         overall.exchanges += 1
         answers = exchange.answers
         errors, overall_errors = endpoint.errors, overall.errors
+        # Usage comes from Server-Timing: without any (parsed as empty), none to record.
+        timed = False
         for target, answer in answers.items():
             mine, every = errors[target], overall_errors[target]
             if answer.error is None and answer.status < 500:  # ErrorTally.add, inlined
@@ -274,7 +276,11 @@ class VerdictEvidence:
             else:
                 mine.add(answer)
                 every.add(answer)
-        endpoint.record_usage(answers, at)
+            timing = answer.parsed_timing  # {}: no Server-Timing; None: not read yet
+            if timing is None or timing:
+                timed = True
+        if timed:
+            endpoint.record_usage(answers, at)
         candidate = answers.get(CANDIDATE)
         if candidate is None or candidate.error is not None or candidate.status >= 500:
             return
