@@ -120,15 +120,20 @@ class DiffStage:
         return True
 
     def _process(self, record: bytes) -> None:
+        # process_record, in one frame with the unpacking (it runs for every record)
         try:
             # Arrays as tuples: cheaper to make than lists, and exchange_of reads a header
             # pair from a tuple faster; the record is read once, never changed.
-            document = msgpack.unpackb(record, raw=False, strict_map_key=False, use_list=False)
+            exchange = exchange_of(
+                msgpack.unpackb(record, raw=False, strict_map_key=False, use_list=False)
+            )
         except Exception:  # a record we cannot read: counted, never fatal
             self.undecodable += 1
             self._metrics.diff_failed()
             return
-        self.process_record(document)
+        for listener in self.listeners:
+            listener(exchange)
+        self.process_exchange(exchange)
 
     def process_record(self, record: Any) -> None:
         """One record already unpacked from msgpack (a capture map)."""

@@ -72,10 +72,13 @@ class PairReservoir:
     ) -> None:
         seen = self.seen
         self.seen = seen + 1
-        # while filling, the slot is the next one (``_slot`` draws only once full)
-        slot = seen if seen < self.capacity else _slot(seen, self.capacity, self._rng)
-        if slot is None:
-            return
+        capacity = self.capacity
+        if seen < capacity:
+            slot = seen  # filling: the next slot
+        else:  # _slot, inlined: once full, every exchange draws twice (endpoint, overall)
+            slot = _below(self._rng, seen + 1)
+            if slot >= capacity:
+                return
         self.primary[slot] = primary
         self.secondary[slot] = secondary
         self.candidate[slot] = candidate
