@@ -147,6 +147,18 @@ def test_body_headers_as_before(headers: list[tuple[bytes, bytes]], scanned: boo
     assert timing_of(answer) == parse_server_timing(headers)
 
 
+@settings(max_examples=200, deadline=None)
+@given(headers_st)
+def test_read_as_an_answer_with_equal_headers(headers: list[tuple[bytes, bytes]]):
+    reference = PreparedAnswer(Answer("primary", 200, headers, b'{"a": 1}', 8))
+    answer = Answer("candidate", 200, list(headers), b'{"a": 2}', 8)
+    other = PreparedAnswer(answer)
+    other.read_as(reference)
+    assert other.media() == reference_media(headers)
+    assert other.decoded() == answer.body
+    assert timing_of(answer) == parse_server_timing(headers)
+
+
 def test_gzip_body_still_decoded():
     import gzip
 

@@ -73,9 +73,12 @@ def _compare(
     if reference.status != other.status:
         out.add(DiffKind.STATUS, "status", "status", reference.status, other.status)
     # Both header comparisons derive from the header list alone: equal lists, nothing to do.
-    if config.compare_headers and reference.headers != other.headers:
-        diff_headers(ref.named_headers(), oth.named_headers(), out)
-        diff_server_timing(ref.server_timing(), oth.server_timing(), out)
+    if config.compare_headers:
+        if reference.headers != other.headers:
+            diff_headers(ref.named_headers(), oth.named_headers(), out)
+            diff_server_timing(ref.server_timing(), oth.server_timing(), out)
+        else:
+            oth.read_as(ref)
     diff_prepared_bodies(ref, oth, out)
     return out.differences, out.overflow
 

@@ -161,6 +161,17 @@ class PreparedAnswer:
         media = self._media = media_type(content_type) if content_type else ""
         return media
 
+    def read_as(self, reference: PreparedAnswer) -> None:
+        """This answer's headers equal ``reference``'s: what is read of them (media type,
+        Content-Encoding, Server-Timing) is the reference's, read once for both. Answers to
+        one request mostly carry the same headers."""
+        if self._media is None and self._first is None:
+            self._media = reference.media()
+            self._encoding = reference._encoding
+            timing = reference.answer.parsed_timing
+            if timing is not None and self.answer.parsed_timing is None:
+                self.answer.parsed_timing = timing  # equal headers parse to equal metrics
+
     def decoded(self) -> bytes:
         decoded = self._decoded
         if decoded is None:
