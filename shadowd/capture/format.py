@@ -140,7 +140,11 @@ def _complete_exchange_of(record: dict[str, Any]) -> Exchange:
         answers[name] = Answer(
             name,  # target
             status if type(status) is int else int(status),
-            _pairs(an["h"]),  # headers
+            # _pairs(an["h"]), without its call
+            [
+                (n, v) if type(n) is _bytes is type(v) else (_bytes(n), _bytes(v))
+                for n, v in an["h"] or ()
+            ],
             body if type(body) is _bytes else _bytes(body),
             size if type(size) is int else int(size),  # body_size
             an["d"],  # body_digest

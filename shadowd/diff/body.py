@@ -78,7 +78,8 @@ def diff_prepared_bodies(ref: PreparedAnswer, oth: PreparedAnswer, out: DiffColl
     ref_body, oth_body = ref.decoded(), oth.decoded()
     if ref_body == oth_body:
         return
-    ref_media, oth_media = ref.media(), oth.media()
+    # decoded() has read the media types: media() would only return them
+    ref_media, oth_media = ref._media or ref.media(), oth._media or oth.media()
     if ref_media != oth_media and ref_media and oth_media:
         out.add(
             DiffKind.CONTENT_TYPE, "body.content-type", "body.content-type", ref_media, oth_media

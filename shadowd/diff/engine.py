@@ -110,7 +110,7 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
     elif differences and any(d.path.startswith("$") and "[" in d.path for d in differences):
         # No noise measured for this exchange: say which differences only reorder a set.
         reordered = reordered_paths(differences, reference.document(), other.document(reference))
-    if tail.text is not None and len(tail.text) > TAIL_KEPT_BYTES:
+    if tail.size > TAIL_KEPT_BYTES:
         tail.forget()  # bounded memory: a long tail served this exchange only
     # positional (candidate, secondary, overflow, absorbed, reordered): cheaper than keywords
     return ExchangeDiff(differences, noise, overflow, absorbed, reordered)

@@ -406,10 +406,11 @@ class SharedTail:
     and the answer it is compared with (one extra parse of the shared end).
     """
 
-    __slots__ = ("members", "text")
+    __slots__ = ("members", "size", "text")
 
     def __init__(self) -> None:
         self.text: bytes | None = None
+        self.size = 0  # len(text), 0 without one: read for every answer parsed
         self.members: dict[str, Any] = {}
 
     def learn(self, text: bytes) -> bool:
@@ -430,20 +431,21 @@ class SharedTail:
         if text != self.text:
             global _kept_bytes
             _kept_bytes += len(text) - len(self.text or b"")
-            self.text, self.members = text, members
+            self.text, self.members, self.size = text, members, len(text)
 
     def forget(self) -> None:
         global _kept_bytes
         _kept_bytes -= len(self.text or b"")
-        self.text, self.members = None, {}
+        self.text, self.members, self.size = None, {}, 0
 
     def document(self, body: bytes) -> Any:
         """``body``'s document built on the tail, or None (then it is parsed whole)."""
         text = self.text
-        if text is None or len(body) <= len(text) or not body.endswith(text):
+        cut = len(body) - self.size
+        if text is None or cut <= 0 or not body.endswith(text):
             return None
         try:
-            doc = orjson.loads(body[: len(body) - len(text)] + b"}")
+            doc = orjson.loads(body[:cut] + b"}")
         except orjson.JSONDecodeError:
             return None
         if type(doc) is not dict or not doc:

@@ -288,8 +288,17 @@ class VerdictEvidence:
         if candidate is None or candidate.error is not None or candidate.status >= 500:
             return
         primary, secondary = answers.get(PRIMARY), answers.get(SECONDARY)
-        p = primary.latency if primary is not None and not is_error(primary) else _NAN
-        s = secondary.latency if secondary is not None and not is_error(secondary) else _NAN
+        # is_error, inlined
+        p = (
+            primary.latency
+            if primary is not None and primary.error is None and primary.status < 500
+            else _NAN
+        )
+        s = (
+            secondary.latency
+            if secondary is not None and secondary.error is None and secondary.status < 500
+            else _NAN
+        )
         if p != p and s != s:  # NaN: no side to pair the candidate with
             return
         endpoint.pairs.add(p, candidate.latency, s, at, endpoint.code)
