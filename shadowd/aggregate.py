@@ -357,10 +357,12 @@ class Aggregator:
                 if field is None:
                     path, field = stats.field(path, limit)
                 kind = difference.kind._value_  # the enum's ``value`` property costs more
-                if (path, kind) not in kinds_counted:
+                # a path not counted yet has no (path, kind) counted either
+                new_path = path not in counted
+                if new_path or (path, kind) not in kinds_counted:
                     kinds_counted.add((path, kind))
                     field.noise_kinds[kind] = field.noise_kinds.get(kind, 0) + 1
-                if path not in counted:
+                if new_path:
                     counted.add(path)
                     field.noise += 1
         if diff.absorbed:
@@ -409,10 +411,12 @@ def _count_candidate(
         if field is None:
             path, field = stats.field(path, limit)
         kind = difference.kind._value_  # the enum's ``value`` property costs more
-        if (path, kind) not in kinds_counted:
+        # a path not counted yet has no (path, kind) counted either
+        new_path = path not in counted
+        if new_path or (path, kind) not in kinds_counted:
             kinds_counted.add((path, kind))
             field.kinds[kind] = field.kinds.get(kind, 0) + 1
-        if path not in counted:
+        if new_path:
             counted.add(path)
             field.divergent += 1
             if likely_noise(difference, reordered):

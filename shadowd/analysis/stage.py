@@ -133,7 +133,14 @@ class DiffStage:
             return
         for listener in self.listeners:
             listener(exchange)
-        self.process_exchange(exchange)
+        # process_exchange, in the same frame
+        try:
+            diff = diff_exchange(exchange, self.config)
+            self.aggregator.add(exchange, diff)
+            self.evidence.record(exchange, diff)
+            self.diffed += 1
+        except Exception:  # a bug in diffing must never stop the stream
+            self._failed(exchange)
 
     def process_record(self, record: Any) -> None:
         """One record already unpacked from msgpack (a capture map)."""
@@ -156,8 +163,12 @@ class DiffStage:
             self.evidence.record(exchange, diff)
             self.diffed += 1
         except Exception:  # a bug in diffing must never stop the stream
-            self._metrics.diff_failed()
-            now = time.monotonic()
-            if now - self._last_failure_log > 10.0:
-                self._last_failure_log = now
-                log.exception("diff failed for exchange %d (%s)", exchange.id, exchange.endpoint)
+            self._failed(exchange)
+
+    def _failed(self, exchange: Exchange) -> None:
+        """Count a diff that raised, and log it (at most every 10 s); in its except block."""
+        self._metrics.diff_failed()
+        now = time.monotonic()
+        if now - self._last_failure_log > 10.0:
+            self._last_failure_log = now
+            log.exception("diff failed for exchange %d (%s)", exchange.id, exchange.endpoint)

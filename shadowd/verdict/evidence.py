@@ -264,7 +264,11 @@ class VerdictEvidence:
         if endpoint is None:
             return
         at = exchange.request.received_at
-        endpoint.note_arrival(at)
+        earliest = endpoint.earliest
+        if len(earliest) >= WARMUP_KEEP and at >= earliest[-1]:
+            endpoint.exchanges += 1  # note_arrival, for an arrival not among the earliest
+        else:
+            endpoint.note_arrival(at)
         overall = self.overall
         overall.exchanges += 1
         answers = exchange.answers
