@@ -113,12 +113,18 @@ class ExchangeSeries:
                     if usage.hits == usage.hits:
                         cell[3] += usage.hits
                         cell[4] += usage.misses
-        if diff.candidate:
+        candidate = diff.candidate
+        if candidate:
             series.divergent += 1
             kinds = series.divergences
-            # the enum's ``value`` property costs more than its ``_value_``
-            for kind in {d.kind._value_ for d in diff.candidate}:
+            # each kind once per exchange (one difference: no set needed); the enum's
+            # ``value`` property costs more than its ``_value_``
+            if len(candidate) == 1:
+                kind = candidate[0].kind._value_
                 kinds[kind] = kinds.get(kind, 0) + 1
+            else:
+                for kind in {d.kind._value_ for d in candidate}:
+                    kinds[kind] = kinds.get(kind, 0) + 1
         if diff.secondary:
             series.noisy += 1
 

@@ -93,7 +93,7 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
     absorbed: dict[str, int] = {}
     # The primary is compared twice: what it derives (decoded body, parsed document...) is
     # derived once, in this PreparedAnswer.
-    skipped = _skipped(config)
+    skipped = _SKIPPED_CACHE.get(config.ignore_headers) or _skipped(config)
     limit = config.max_body_bytes
     # The end the endpoint's answers share, parsed once (see SharedTail).
     tail = shared_tail(exchange.endpoint)
