@@ -123,7 +123,11 @@ def _complete_exchange_of(record: dict[str, Any]) -> Exchange:
     request = Request(
         rq["m"],  # method
         rq["t"],  # target
-        _pairs(rq["h"]),  # headers
+        # _pairs(rq["h"]), without its call
+        [
+            (n, v) if type(n) is _bytes is type(v) else (_bytes(n), _bytes(v))
+            for n, v in rq["h"] or ()
+        ],
         body if type(body) is _bytes else _bytes(body),
         at if type(at) is float else float(at),  # received_at
         rq["c"],  # client
