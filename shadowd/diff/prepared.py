@@ -148,7 +148,10 @@ class PreparedAnswer:
             for key, value in answer.headers:
                 size = len(key)
                 if size == 12:
-                    if content_type is None and key.lower() == b"content-type":
+                    # the usual spelling first: lower() makes a new object
+                    if content_type is None and (
+                        key == b"Content-Type" or key.lower() == b"content-type"
+                    ):
                         content_type = value
                 elif size == 16:
                     if encoding is None and key.lower() == b"content-encoding":
