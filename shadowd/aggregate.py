@@ -28,7 +28,8 @@ from shadowd.bounds import MAX_NAME_CHARS, bounded
 from shadowd.config import Config
 from shadowd.diff.engine import MAX_DIFFERENCES
 from shadowd.diff.model import Difference, ExchangeDiff
-from shadowd.diff.timing import parse_server_timing
+from shadowd.diff.timing import Metrics as TimingMetrics
+from shadowd.diff.timing import timing_of
 from shadowd.endpoints import OTHER
 from shadowd.exchange import Answer, Exchange, Headers
 from shadowd.metrics import Metrics
@@ -331,12 +332,14 @@ class Aggregator:
 
     def add(self, exchange: Exchange, diff: ExchangeDiff) -> None:
         """Count one completed exchange and its diff."""
-        stats = self.endpoints.get(exchange.endpoint) or self._endpoint(exchange.endpoint)
+        endpoint = exchange.endpoint
+        stats = self.endpoints.get(endpoint) or self._endpoint(endpoint)
         totals = self.totals
         stats.exchanges += 1
         totals.exchanges += 1
         stats.overflow += diff.overflow
         by_digest = False
+        statuses = stats.statuses
         for target, answer in exchange.answers.items():
             if answer.body_digest is not None:
                 by_digest = True
@@ -344,14 +347,18 @@ class Aggregator:
                 stats.errors[target] = stats.errors.get(target, 0) + 1
                 totals.errors[target] = totals.errors.get(target, 0) + 1
                 continue
-            by_class = stats.statuses.get(target)
+            by_class = statuses.get(target)
             if by_class is None:
-                by_class = stats.statuses[target] = {}
-            status_class = _STATUS_CLASSES.get(answer.status // 100, "other")
+                by_class = statuses[target] = {}
+            status = answer.status
+            status_class = _STATUS_CLASS_OF.get(status) or _status_class(status)
             by_class[status_class] = by_class.get(status_class, 0) + 1
             stats.record_latency(target, answer.latency)
-            if answer.headers:
-                _server_timing(stats, target, answer.headers)
+            timing = answer.parsed_timing  # timing_of, without a call when already parsed
+            if timing is None:
+                timing = timing_of(answer)
+            if timing:
+                _server_timing(stats, target, timing)
         if by_digest:
             stats.by_digest += 1
         limit = self.config.diff.max_fields_per_endpoint
@@ -375,13 +382,20 @@ class Aggregator:
             totals.noisy += 1
             counted: set[str] = set()
             kinds_counted: set[tuple[str, str]] = set()
+            fields = stats.fields
             for difference in diff.secondary:
-                path, field = stats.field(difference.generic_path, limit)
-                kind = difference.kind.value
-                if (path, kind) not in kinds_counted:
+                path = difference.generic_path
+                # the field's stats at once when it is known (``EndpointStats.field``)
+                field = fields.get(path) if len(path) <= MAX_NAME_CHARS else None
+                if field is None:
+                    path, field = stats.field(path, limit)
+                kind = difference.kind._value_  # the enum's ``value`` property costs more
+                # a path not counted yet has no (path, kind) counted either
+                new_path = path not in counted
+                if new_path or (path, kind) not in kinds_counted:
                     kinds_counted.add((path, kind))
                     field.noise_kinds[kind] = field.noise_kinds.get(kind, 0) + 1
-                if path not in counted:
+                if new_path:
                     counted.add(path)
                     field.noise += 1
         if diff.absorbed:
@@ -405,6 +419,12 @@ class Aggregator:
 
 
 _STATUS_CLASSES = {i: f"{i}xx" for i in range(1, 6)}
+# status -> its class, for the statuses HTTP defines (one lookup instead of a division too)
+_STATUS_CLASS_OF = {status: f"{status // 100}xx" for status in range(100, 600)}
+
+
+def _status_class(status: int) -> str:
+    return _STATUS_CLASSES.get(status // 100, "other")
 
 
 def _count_candidate(
@@ -416,21 +436,28 @@ def _count_candidate(
     """Field counts for one exchange: each path, and each (path, kind), at most once."""
     counted: set[str] = set()
     kinds_counted: set[tuple[str, str]] = set()
+    fields = stats.fields
     for difference in differences:
-        path, field = stats.field(difference.generic_path, limit)
-        kind = difference.kind.value
-        if (path, kind) not in kinds_counted:
+        path = difference.generic_path
+        # the field's stats at once when it is known (``EndpointStats.field``)
+        field = fields.get(path) if len(path) <= MAX_NAME_CHARS else None
+        if field is None:
+            path, field = stats.field(path, limit)
+        kind = difference.kind._value_  # the enum's ``value`` property costs more
+        # a path not counted yet has no (path, kind) counted either
+        new_path = path not in counted
+        if new_path or (path, kind) not in kinds_counted:
             kinds_counted.add((path, kind))
             field.kinds[kind] = field.kinds.get(kind, 0) + 1
-        if path not in counted:
+        if new_path:
             counted.add(path)
             field.divergent += 1
             if likely_noise(difference, reordered):
                 field.volatile += 1
 
 
-def _server_timing(stats: EndpointStats, target: str, headers: Headers) -> None:
-    for name, fields in parse_server_timing(headers).items():
+def _server_timing(stats: EndpointStats, target: str, timing: TimingMetrics) -> None:
+    for name, fields in timing.items():
         dur = fields.get("dur")
         if isinstance(dur, float) and (
             name in stats.timing or len(stats.timing) < SERVER_TIMING_METRICS

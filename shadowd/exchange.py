@@ -57,6 +57,12 @@ class Answer:
     body_digest: str | None = None  # set only when the body was too large to keep
     latency: float = 0.0  # seconds from the first byte sent to the last byte received
     error: str | None = None
+    # Its Server-Timing metrics once parsed (``shadowd.diff.timing.timing_of``): the diff,
+    # the statistics, the series and the usage evidence each read them, and the headers of
+    # an answer do not change once it is analysed.
+    parsed_timing: dict[str, dict[str, str | float]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def body_truncated(self) -> bool:

@@ -66,21 +66,38 @@ _FLOAT_JITTER = 1e-9  # relative: last-digit noise of a float summed in another 
 
 def looks_volatile(value: Any) -> bool:
     """Values that differ on every answer of any release: ids, tokens, clocks near now."""
+    # The exact types a parsed document holds are told apart first: the isinstance checks
+    # below (bool before int, a union) cost more, and this runs for every divergent field.
+    kind = type(value)
+    if kind is str:
+        return _volatile_text(value)
+    if kind is float or kind is int:
+        now = time.time()
+        return abs(value - now) < _FIVE_YEARS or abs(value / 1000 - now) < _FIVE_YEARS
     if isinstance(value, bool):
         return False
     if isinstance(value, int | float):
         now = time.time()
         return abs(value - now) < _FIVE_YEARS or abs(value / 1000 - now) < _FIVE_YEARS
     if isinstance(value, str):
-        return bool(
-            _UUID.match(value)
-            or _TIMESTAMP.match(value)
-            or _HTTP_DATE.match(value)
-            or (_TOKEN.match(value) and any(c.isdigit() for c in value))
-            or _HEX_ID.match(value)
-            or _looks_random(value)
-        )
+        return _volatile_text(value)
     return False
+
+
+def _volatile_text(value: str) -> bool:
+    # Every pattern below needs 12 characters at least (a hex or base62 id; a timestamp 16,
+    # a token 20, a UUID 32): shorter values (statuses, names, small numbers) are not
+    # volatile, without running them.
+    if len(value) < 12:
+        return False
+    return bool(
+        _UUID.match(value)
+        or _TIMESTAMP.match(value)
+        or _HTTP_DATE.match(value)
+        or (_TOKEN.match(value) and any(c.isdigit() for c in value))
+        or _HEX_ID.match(value)
+        or _looks_random(value)
+    )
 
 
 def _looks_random(value: str) -> bool:

@@ -3,14 +3,14 @@ cache lookups, in the form the companion middleware writes (``shadowd.middleware
 
     Server-Timing: db;dur=12.5, db-calls;dur=7, cache-hits;dur=1, cache-misses;dur=0, app;dur=31.2
 
-Read with the diff's own ``parse_server_timing``, so the daemon and the diff see the same
-metrics. An answer without ``db-calls`` and without cache metrics carries no usage (None):
-a service without the middleware is simply not judged on it.
+Read with the diff's own ``parse_server_timing`` (through ``timing_of``), so the daemon and
+the diff see the same metrics. An answer without ``db-calls`` and without cache metrics
+carries no usage (None): a service without the middleware is simply not judged on it.
 """
 
 from __future__ import annotations
 
-from shadowd.diff.timing import parse_server_timing
+from shadowd.diff.timing import timing_of
 from shadowd.exchange import Answer
 
 DB_MS, DB_CALLS, CACHE_HITS, CACHE_MISSES, APP_MS = (
@@ -48,12 +48,9 @@ def usage_of(answer: Answer | None) -> Usage | None:
     """The usage an answer reports, or None (no answer, a failed one, or no such metrics)."""
     if answer is None or answer.error is not None or answer.status >= 500:
         return None
-    for name, _ in answer.headers:
-        if name.lower() == b"server-timing":
-            break
-    else:
+    metrics = timing_of(answer)
+    if not metrics:  # no Server-Timing (or none that parses): nothing reported
         return None
-    metrics = parse_server_timing(answer.headers)
     calls = _dur(metrics, DB_CALLS)
     hits, misses = _dur(metrics, CACHE_HITS), _dur(metrics, CACHE_MISSES)
     if calls != calls and hits != hits and misses != misses:

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from shadowd.bounds import bounded
 from shadowd.diff.model import ExchangeDiff
-from shadowd.diff.timing import has_server_timing
+from shadowd.diff.timing import timing_of
 from shadowd.endpoints import OTHER
 from shadowd.exchange import Exchange
 from shadowd.usage import usage_of
@@ -84,18 +84,23 @@ class ExchangeSeries:
         self._other: _Endpoint | None = None
 
     def observe(self, exchange: Exchange, diff: ExchangeDiff) -> None:
-        series = self._endpoints.get(exchange.endpoint) or self._series(exchange.endpoint)
+        endpoint = exchange.endpoint
+        series = self._endpoints.get(endpoint) or self._series(endpoint)
         exchanges = series.exchanges
+        latencies = series.latency
         for target, answer in exchange.answers.items():
             exchanges[target] = exchanges.get(target, 0) + 1
             if answer.error is None:
-                latency = series.latency.get(target)
+                latency = latencies.get(target)
                 if latency is None:
-                    latency = series.latency[target] = _Latency()
+                    latency = latencies[target] = _Latency()
                 latency.pending.append(answer.latency)
-                # most answers carry no Server-Timing: a cheap look first (usage_of
-                # lower-cases every header name)
-                usage = usage_of(answer) if has_server_timing(answer.headers) else None
+                # usage comes from Server-Timing, which most answers do not carry
+                # (timing_of, without a call when already parsed)
+                timing = answer.parsed_timing
+                if timing is None:
+                    timing = timing_of(answer)
+                usage = usage_of(answer) if timing else None
                 if usage is not None:
                     cell = series.usage.get(target)
                     if cell is None:
@@ -108,11 +113,18 @@ class ExchangeSeries:
                     if usage.hits == usage.hits:
                         cell[3] += usage.hits
                         cell[4] += usage.misses
-        if diff.candidate:
+        candidate = diff.candidate
+        if candidate:
             series.divergent += 1
             kinds = series.divergences
-            for kind in {d.kind.value for d in diff.candidate}:
+            # each kind once per exchange (one difference: no set needed); the enum's
+            # ``value`` property costs more than its ``_value_``
+            if len(candidate) == 1:
+                kind = candidate[0].kind._value_
                 kinds[kind] = kinds.get(kind, 0) + 1
+            else:
+                for kind in {d.kind._value_ for d in candidate}:
+                    kinds[kind] = kinds.get(kind, 0) + 1
         if diff.secondary:
             series.noisy += 1
 

@@ -15,6 +15,7 @@ from shadowd.diff.text import diff_text, is_text
 from shadowd.exchange import Answer
 
 _PREVIEW = 120
+_JSON = "application/json"
 _LINE_DIFF_LIMIT = 64 * 1024  # larger text bodies get sizes and digests only
 
 
@@ -77,12 +78,16 @@ def diff_prepared_bodies(ref: PreparedAnswer, oth: PreparedAnswer, out: DiffColl
     ref_body, oth_body = ref.decoded(), oth.decoded()
     if ref_body == oth_body:
         return
-    ref_media, oth_media = ref.media(), oth.media()
+    # decoded() has read the media types: media() would only return them
+    ref_media, oth_media = ref._media or ref.media(), oth._media or oth.media()
     if ref_media != oth_media and ref_media and oth_media:
         out.add(
             DiffKind.CONTENT_TYPE, "body.content-type", "body.content-type", ref_media, oth_media
         )
-    if _is_json(ref_media, ref_body) and _is_json(oth_media, oth_body):
+    # (the usual media type first, without a call)
+    if (ref_media == _JSON or _is_json(ref_media, ref_body)) and (
+        oth_media == _JSON or _is_json(oth_media, oth_body)
+    ):
         # the other's first: parsing it may rebuild the reference's document on a shared
         # tail (PreparedAnswer._learn_tail), an equal document whose members they share
         oth_doc = oth.document(ref)

@@ -11,7 +11,7 @@ from shadowd.diff.order import reordered_paths
 from shadowd.diff.prepared import TAIL_KEPT_BYTES, PreparedAnswer, shared_tail
 from shadowd.diff.rules import EMPTY, RuleSet, rules_for
 from shadowd.diff.timing import diff_server_timing
-from shadowd.exchange import Answer, Exchange
+from shadowd.exchange import CANDIDATE, PRIMARY, SECONDARY, Answer, Exchange
 from shadowd.upstream.request import HOP_BY_HOP
 
 MAX_DIFFERENCES = 100  # per pair; the rest are counted, not listed
@@ -73,30 +73,34 @@ def _compare(
     if reference.status != other.status:
         out.add(DiffKind.STATUS, "status", "status", reference.status, other.status)
     # Both header comparisons derive from the header list alone: equal lists, nothing to do.
-    if config.compare_headers and reference.headers != other.headers:
-        diff_headers(ref.named_headers(), oth.named_headers(), out)
-        diff_server_timing(ref.server_timing(), oth.server_timing(), out)
+    if config.compare_headers:
+        if reference.headers != other.headers:
+            diff_headers(ref.named_headers(), oth.named_headers(), out)
+            diff_server_timing(ref.server_timing(), oth.server_timing(), out)
+        else:
+            oth.read_as(ref)
     diff_prepared_bodies(ref, oth, out)
     return out.differences, out.overflow
 
 
 def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
-    primary = exchange.primary
-    candidate = exchange.candidate
+    answers = exchange.answers
+    primary = answers.get(PRIMARY)
+    candidate = answers.get(CANDIDATE)
     if primary is None or candidate is None:
         return ExchangeDiff(candidate=[])
     rules = rules_for(config.rules, exchange.endpoint) if config.rules else EMPTY
     absorbed: dict[str, int] = {}
     # The primary is compared twice: what it derives (decoded body, parsed document...) is
     # derived once, in this PreparedAnswer.
-    skipped = _skipped(config)
+    skipped = _SKIPPED_CACHE.get(config.ignore_headers) or _skipped(config)
     limit = config.max_body_bytes
     # The end the endpoint's answers share, parsed once (see SharedTail).
     tail = shared_tail(exchange.endpoint)
     reference = PreparedAnswer(primary, rules, skipped, limit, tail)
     other = PreparedAnswer(candidate, rules, skipped, limit, tail)
     differences, overflow = _compare(reference, other, config, rules, absorbed)
-    secondary = exchange.secondary
+    secondary = answers.get(SECONDARY)
     noise = None
     reordered: frozenset[str] = frozenset()
     if secondary is not None:
@@ -106,12 +110,7 @@ def diff_exchange(exchange: Exchange, config: DiffConfig) -> ExchangeDiff:
     elif differences and any(d.path.startswith("$") and "[" in d.path for d in differences):
         # No noise measured for this exchange: say which differences only reorder a set.
         reordered = reordered_paths(differences, reference.document(), other.document(reference))
-    if tail.text is not None and len(tail.text) > TAIL_KEPT_BYTES:
+    if tail.size > TAIL_KEPT_BYTES:
         tail.forget()  # bounded memory: a long tail served this exchange only
-    return ExchangeDiff(
-        candidate=differences,
-        secondary=noise,
-        overflow=overflow,
-        absorbed=absorbed,
-        reordered=reordered,
-    )
+    # positional (candidate, secondary, overflow, absorbed, reordered): cheaper than keywords
+    return ExchangeDiff(differences, noise, overflow, absorbed, reordered)

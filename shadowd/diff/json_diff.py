@@ -127,7 +127,8 @@ class DiffCollector:
 def diff_json(reference: Any, other: Any, out: DiffCollector, root: str = "$") -> None:
     """Add the differences between two parsed JSON values to ``out``."""
     _diff(reference, other, root, root, out, 0)
-    _confirm(out)
+    if out.unconfirmed:
+        _confirm(out)
 
 
 def _confirm(out: DiffCollector) -> None:
@@ -162,8 +163,14 @@ def _scalar(a: Any, b: Any, path: str, generic: str, out: DiffCollector) -> None
     tb = type(b)
     if ta is tb:
         if a != b:  # scalars: only strings are shown otherwise than they are
-            if ta is str:
-                out.add(_CHANGED, path, generic, shown(a), shown(b))
+            if ta is str:  # shown(), without the calls for strings short enough
+                out.add(
+                    _CHANGED,
+                    path,
+                    generic,
+                    a if len(a) <= MAX_STRING else shown(a),
+                    b if len(b) <= MAX_STRING else shown(b),
+                )
             else:
                 out.add(_CHANGED, path, generic, a, b)
     elif ta in _NUMBERS and tb in _NUMBERS:  # int and float (bool is neither: a TYPE)
@@ -195,7 +202,7 @@ def _diff(a: Any, b: Any, path: str, generic: str, out: DiffCollector, depth: in
                     if tva in _CONTAINERS:
                         out.unconfirmed.append((va, vb, path, generic, key, depth + 1))
                     continue
-                segment = key_segment(key)
+                segment = _KEY_CACHE.get(key) or key_segment(key)
                 if tva in _CONTAINERS and type(vb) is tva:
                     _diff(va, vb, path + segment, generic + segment, out, depth + 1)
                 else:  # the common case: a changed scalar, handled without recursing

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from shadowd.diff.rules import EMPTY, RuleSet
-from shadowd.diff.timing import parse_server_timing
+from shadowd.diff.timing import timing_of
 from shadowd.exchange import Answer
 from shadowd.upstream.request import HOP_BY_HOP
 
@@ -35,13 +35,13 @@ _MAX_DECODED = 64 * 1024 * 1024
 INVALID = object()  # the document of a JSON body that does not parse
 _UNSET = object()
 
-_SERVER_TIMING = b"server-timing"
 _SHARED_MEMBERS = 64  # wider roots are parsed whole (a dumps per shared member to check)
 # Sharing fewer bytes than this costs more than it saves: finding and checking what is
 # shared, building the document, is ~2-3 µs, and orjson parses ~1 KB in ~3 µs. Measured on
 # diff_bench's single pairs: 200 B one changed 7.3 -> 11.2 µs and 4 KB one changed (only
 # its first ~100 B shared) 33 -> 40 µs when sharing whatever could be.
 _MIN_SHARED = 1024
+_SERVER_TIMING = b"server-timing"
 
 
 class PreparedAnswer:
@@ -51,12 +51,11 @@ class PreparedAnswer:
     __slots__ = (
         "_decoded",
         "_doc",
+        "_encoding",
         "_first",
         "_media",
         "_named",
         "_skipped",
-        "_timing",
-        "_timing_lines",
         "answer",
         "checked",
         "limit",
@@ -80,29 +79,26 @@ class PreparedAnswer:
         # Header names (lower case) left out of named_headers: the ignored ones, hop-by-hop ones.
         self._skipped = skipped
         self._first: dict[bytes, bytes] | None = None
-        self._named: dict[bytes, bytes] = {}
-        self._timing_lines: list[tuple[bytes, bytes]] = []
-        self._timing: dict[str, dict[str, str | float]] | None = None
         self._decoded: bytes | None = None
+        # None: Content-Type and Content-Encoding not read yet (_body_headers sets both)
         self._media: str | None = None
         self._doc: Any = _UNSET
         # ("head" or "tail", offset, members) -> whether the body holds those members in
-        # orjson's bytes there (see _shared_parse)
-        self.checked: dict[tuple[str, int, int], bool] = {}
+        # orjson's bytes there (see _shared_parse); made on first use (a reference's only)
+        self.checked: dict[tuple[str, int, int], bool] | None = None
 
     # -- headers ---------------------------------------------------------------------------
     def _scan(self) -> dict[bytes, bytes]:
         """One pass over the headers for all that is read of them (lower-casing each name
-        once): first values, compared headers, Server-Timing lines."""
+        once): first values, compared headers."""
         first: dict[bytes, bytes] = {}
-        named = self._named
+        named: dict[bytes, bytes] = {}
+        self._named = named
         skipped = self._skipped
         for name, value in self.answer.headers:
             lname = name.lower()
             if lname not in first:
                 first[lname] = value
-            if lname == _SERVER_TIMING:
-                self._timing_lines.append((lname, value))
             if lname in skipped:
                 continue
             if lname in named:
@@ -132,30 +128,67 @@ class PreparedAnswer:
         return self._named
 
     def server_timing(self) -> dict[str, dict[str, str | float]]:
-        timing = self._timing
-        if timing is None:
-            if self._first is None:
-                self._scan()
-            lines = self._timing_lines
-            timing = self._timing = parse_server_timing(lines) if lines else {}
-        return timing
+        return timing_of(self.answer)
 
     # -- body ------------------------------------------------------------------------------
+    def _body_headers(self) -> str:
+        """Read Content-Encoding and Content-Type (first values) in one pass, lower-casing
+        only names of their lengths: every body compared needs both. Answers the media.
+
+        The same pass tells whether the answer has a Server-Timing: when it has none, its
+        (empty) metrics are set here, and the statistics read them without a pass of their
+        own (``timing_of``)."""
+        first = self._first
+        if first is not None:
+            encoding, content_type = first.get(b"content-encoding"), first.get(b"content-type")
+        else:
+            encoding = content_type = None
+            timed = False
+            answer = self.answer
+            for key, value in answer.headers:
+                size = len(key)
+                if size == 12:
+                    # the usual spelling first: lower() makes a new object
+                    if content_type is None and (
+                        key == b"Content-Type" or key.lower() == b"content-type"
+                    ):
+                        content_type = value
+                elif size == 16:
+                    if encoding is None and key.lower() == b"content-encoding":
+                        encoding = value
+                elif size == 13 and key.lower() == _SERVER_TIMING:
+                    timed = True
+            if not timed and answer.parsed_timing is None:
+                answer.parsed_timing = {}  # what timing_of finds for no Server-Timing
+        self._encoding = encoding
+        media = self._media = media_type(content_type) if content_type else ""
+        return media
+
+    def read_as(self, reference: PreparedAnswer) -> None:
+        """This answer's headers equal ``reference``'s: what is read of them (media type,
+        Content-Encoding, Server-Timing) is the reference's, read once for both. Answers to
+        one request mostly carry the same headers."""
+        if self._media is None and self._first is None:
+            self._media = reference.media()
+            self._encoding = reference._encoding
+            timing = reference.answer.parsed_timing
+            if timing is not None and self.answer.parsed_timing is None:
+                self.answer.parsed_timing = timing  # equal headers parse to equal metrics
+
     def decoded(self) -> bytes:
         decoded = self._decoded
         if decoded is None:
-            decoded = self._decoded = decode(
-                self.answer.body, self.header(b"content-encoding"), self.limit
-            )
+            if self._media is None:
+                self._body_headers()
+            encoding = self._encoding
+            body = self.answer.body
+            decoded = self._decoded = decode(body, encoding, self.limit) if encoding else body
         return decoded
 
     def media(self) -> str:
         media = self._media
         if media is None:
-            value = self.header(b"content-type")
-            media = self._media = (
-                value.split(b";", 1)[0].strip().lower().decode("latin-1") if value else ""
-            )
+            media = self._body_headers()
         return media
 
     def document(self, reference: PreparedAnswer | None = None) -> Any:
@@ -319,9 +352,12 @@ class PreparedAnswer:
         """This (reference's) body holds, before ``offset`` (``end`` "head": "{" + members +
         ",") or from it on ("tail": "," + members + "}"), its document's first or last
         ``members`` members in orjson's compact form. Memoized: the secondary asks again."""
-        found = self.checked.get((end, offset, members))
+        checked = self.checked
+        if checked is None:
+            checked = self.checked = {}
+        found = checked.get((end, offset, members))
         if found is None:
-            found = self.checked[end, offset, members] = self._is_orjson(end, offset, members)
+            found = checked[end, offset, members] = self._is_orjson(end, offset, members)
         return found
 
     def _is_orjson(self, end: str, offset: int, members: int) -> bool:
@@ -373,10 +409,11 @@ class SharedTail:
     and the answer it is compared with (one extra parse of the shared end).
     """
 
-    __slots__ = ("members", "text")
+    __slots__ = ("members", "size", "text")
 
     def __init__(self) -> None:
         self.text: bytes | None = None
+        self.size = 0  # len(text), 0 without one: read for every answer parsed
         self.members: dict[str, Any] = {}
 
     def learn(self, text: bytes) -> bool:
@@ -397,20 +434,21 @@ class SharedTail:
         if text != self.text:
             global _kept_bytes
             _kept_bytes += len(text) - len(self.text or b"")
-            self.text, self.members = text, members
+            self.text, self.members, self.size = text, members, len(text)
 
     def forget(self) -> None:
         global _kept_bytes
         _kept_bytes -= len(self.text or b"")
-        self.text, self.members = None, {}
+        self.text, self.members, self.size = None, {}, 0
 
     def document(self, body: bytes) -> Any:
         """``body``'s document built on the tail, or None (then it is parsed whole)."""
         text = self.text
-        if text is None or len(body) <= len(text) or not body.endswith(text):
+        cut = len(body) - self.size
+        if text is None or cut <= 0 or not body.endswith(text):
             return None
         try:
-            doc = orjson.loads(body[: len(body) - len(text)] + b"}")
+            doc = orjson.loads(body[:cut] + b"}")
         except orjson.JSONDecodeError:
             return None
         if type(doc) is not dict or not doc:
@@ -460,6 +498,22 @@ def _key_bytes(key: str) -> bytes:
             _KEY_BYTES.clear()
         found = _KEY_BYTES[key] = orjson.dumps(key)
     return found
+
+
+_MEDIA: dict[bytes, str] = {}
+_MEDIA_LIMIT = 256  # distinct Content-Type values remembered (a service uses a handful)
+
+
+def media_type(content_type: bytes) -> str:
+    """The media type of a Content-Type value, lower case, parameters left out (cached by
+    the value: every answer compared reads one, and a service sends a few)."""
+    media = _MEDIA.get(content_type)
+    if media is None:
+        media = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
+        if len(_MEDIA) >= _MEDIA_LIMIT:
+            _MEDIA.clear()
+        _MEDIA[content_type] = media
+    return media
 
 
 def decode(body: bytes, encoding: bytes | None, limit: int = _MAX_DECODED) -> bytes:

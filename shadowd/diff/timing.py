@@ -12,7 +12,7 @@ import re
 
 from shadowd.diff.json_diff import DiffCollector
 from shadowd.diff.model import DiffKind
-from shadowd.exchange import Headers
+from shadowd.exchange import Answer, Headers
 
 _PARAM = re.compile(r'\s*;\s*([A-Za-z0-9_\-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^;,]*))?')
 
@@ -58,6 +58,17 @@ def parse_server_timing(headers: Headers) -> dict[str, dict[str, str | float]]:
 
 
 Metrics = dict[str, dict[str, str | float]]
+
+
+def timing_of(answer: Answer) -> Metrics:
+    """``parse_server_timing(answer.headers)``, parsed at most once per answer (kept in
+    ``Answer.parsed_timing``). Every reader of it only reads it: it is shared."""
+    timing = answer.parsed_timing
+    if timing is None:
+        headers = answer.headers
+        timing = parse_server_timing(headers) if has_server_timing(headers) else {}
+        answer.parsed_timing = timing
+    return timing
 
 
 def diff_server_timing(ref: Metrics, oth: Metrics, out: DiffCollector) -> None:

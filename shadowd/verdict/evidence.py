@@ -70,10 +70,15 @@ class PairReservoir:
         at: float = 0.0,
         code: int = 0,
     ) -> None:
-        slot = _slot(self.seen, self.capacity, self._rng)
-        self.seen += 1
-        if slot is None:
-            return
+        seen = self.seen
+        self.seen = seen + 1
+        capacity = self.capacity
+        if seen < capacity:
+            slot = seen  # filling: the next slot
+        else:  # _slot, inlined: once full, every exchange draws twice (endpoint, overall)
+            slot = _below(self._rng, seen + 1)
+            if slot >= capacity:
+                return
         self.primary[slot] = primary
         self.secondary[slot] = secondary
         self.candidate[slot] = candidate
@@ -96,8 +101,21 @@ def _slot(seen: int, capacity: int, rng: random.Random) -> int | None:
     items, or None when it is not kept."""
     if seen < capacity:
         return seen
-    slot = rng.randrange(seen + 1)
+    slot = _below(rng, seen + 1)
     return slot if slot < capacity else None
+
+
+def _below(rng: random.Random, n: int) -> int:
+    """``rng.randrange(n)`` for n > 0, the same number from the same state (CPython's
+    ``Random._randbelow_with_getrandbits``; tests/test_analysis_fast_paths.py holds them
+    equal), without randrange's argument handling: once a reservoir is full, every
+    exchange draws twice (its endpoint's and the overall one)."""
+    k = n.bit_length()
+    getrandbits = rng.getrandbits
+    r = getrandbits(k)
+    while r >= n:
+        r = getrandbits(k)
+    return r
 
 
 def usage_column(target: str, name: str) -> int:
@@ -174,12 +192,14 @@ class EndpointEvidence:
         self.usage_totals: dict[str, list[float]] = {}
 
     def record_usage(self, answers: dict[str, Answer], at: float) -> None:
-        row = [_NAN] * USAGE_WIDTH
+        row: list[float] = []  # made when an answer reports usage (most report none)
         reported = 0
         for index, target in enumerate(USAGE_TARGETS):
             usage = usage_of(answers.get(target))
             if usage is None:
                 continue
+            if not row:
+                row = [_NAN] * USAGE_WIDTH
             reported |= 1 << index
             values = (usage.db_calls, usage.db_ms, usage.hits, usage.misses)
             base = index * len(USAGE_FIELDS)
@@ -239,27 +259,54 @@ class VerdictEvidence:
         return endpoint
 
     def record(self, exchange: Exchange, diff: ExchangeDiff | None = None) -> None:
-        endpoint = self.endpoint_for(exchange.endpoint)
+        name = exchange.endpoint
+        endpoint = self.endpoints.get(name) or self.endpoint_for(name)
         if endpoint is None:
             return
         at = exchange.request.received_at
-        endpoint.note_arrival(at)
-        self.overall.exchanges += 1
+        earliest = endpoint.earliest
+        if len(earliest) >= WARMUP_KEEP and at >= earliest[-1]:
+            endpoint.exchanges += 1  # note_arrival, for an arrival not among the earliest
+        else:
+            endpoint.note_arrival(at)
+        overall = self.overall
+        overall.exchanges += 1
         answers = exchange.answers
-        for name, answer in answers.items():
-            endpoint.errors[name].add(answer)
-            self.overall.errors[name].add(answer)
-        endpoint.record_usage(answers, at)
+        errors, overall_errors = endpoint.errors, overall.errors
+        # Usage comes from Server-Timing: without any (parsed as empty), none to record.
+        timed = False
+        for target, answer in answers.items():
+            mine, every = errors[target], overall_errors[target]
+            if answer.error is None and answer.status < 500:  # ErrorTally.add, inlined
+                mine.answers += 1
+                every.answers += 1
+            else:
+                mine.add(answer)
+                every.add(answer)
+            timing = answer.parsed_timing  # {}: no Server-Timing; None: not read yet
+            if timing is None or timing:
+                timed = True
+        if timed:
+            endpoint.record_usage(answers, at)
         candidate = answers.get(CANDIDATE)
-        if candidate is None or is_error(candidate):
+        if candidate is None or candidate.error is not None or candidate.status >= 500:
             return
         primary, secondary = answers.get(PRIMARY), answers.get(SECONDARY)
-        p = primary.latency if primary is not None and not is_error(primary) else _NAN
-        s = secondary.latency if secondary is not None and not is_error(secondary) else _NAN
+        # is_error, inlined
+        p = (
+            primary.latency
+            if primary is not None and primary.error is None and primary.status < 500
+            else _NAN
+        )
+        s = (
+            secondary.latency
+            if secondary is not None and secondary.error is None and secondary.status < 500
+            else _NAN
+        )
         if p != p and s != s:  # NaN: no side to pair the candidate with
             return
         endpoint.pairs.add(p, candidate.latency, s, at, endpoint.code)
-        self.overall.pairs.add(p, candidate.latency, s, at, endpoint.code)
+        overall.pairs.add(p, candidate.latency, s, at, endpoint.code)
 
     def reset(self) -> None:
         self.endpoints.clear()
