@@ -150,10 +150,10 @@ class FleetProcess:
                 request_id, ok, value = pickle.loads(await process.stdout.readexactly(length))
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
-            self._waiting_since = time.monotonic() if self._pending else None
             future = self._pending.pop(request_id, None)
             if future is not None and not future.done():  # else: it timed out
                 future.set_result((ok, value))
+            self._waiting_since = time.monotonic() if self._pending else None
 
     def _fail_pending(self, why: str) -> None:
         pending, self._pending = self._pending, {}
@@ -163,7 +163,12 @@ class FleetProcess:
 
     async def _request(self, kind: str, *args: Any, timeout: float = REQUEST_TIMEOUT) -> Any:
         process = self._process
-        if process is None or process.returncode is not None or process.stdin is None:
+        if (
+            process is None
+            or process.returncode is not None
+            or process.stdin is None
+            or process.stdin.is_closing()
+        ):
             raise FleetUnavailable("the fleet view process is not running; it is being started")
         self._next_id += 1
         request_id = self._next_id
