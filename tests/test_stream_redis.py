@@ -694,3 +694,23 @@ async def test_a_killed_fleet_process_is_replaced_and_the_new_one_reads_the_flee
     finally:
         await daemon.kill()
     assert "fleet view process exited" in await daemon.output()
+
+
+def test_the_fleet_process_splices_the_status_into_the_report_it_serialised_once(tmp_path):
+    import json
+
+    import orjson
+
+    from shadowd.stream.fleet_process import FleetServer
+
+    config = load_config(write_config(tmp_path / "fleet.toml", "redis://127.0.0.1:1/0", "k"))
+    server = FleetServer(config)
+    status = {"enabled": False, "queue_depth": 3}
+    body = server._report(status, 0.0)
+    objects: list[list[tuple[str, Any]]] = []
+    json.loads(body, object_pairs_hook=lambda pairs: objects.append(pairs) or dict(pairs))
+    assert all(len(dict(pairs)) == len(pairs) for pairs in objects)  # no key twice
+    # the same bytes as serialising the whole report, the status current
+    assert body == orjson.dumps(server.fleet.report(status), option=orjson.OPT_NON_STR_KEYS)
+    mirroring = orjson.loads(body)["mirroring"]
+    assert mirroring["enabled"] is False and mirroring["scope"] == "fleet"

@@ -189,7 +189,9 @@ class FleetView:
     def statistics_report(self) -> dict[str, Any]:
         """The report without its ``mirroring`` status: built once per merge."""
         if self._report is None:
-            self._report = build_report(self.aggregator)
+            built = build_report(self.aggregator)
+            del built["mirroring"]  # the caller's, current at each call: see ``report``
+            self._report = built
         return self._report
 
     async def current_verdict(self) -> Verdict:
