@@ -689,8 +689,34 @@ async def test_a_killed_fleet_process_is_replaced_and_the_new_one_reads_the_flee
                 return status == 200 and report["totals"]["exchanges"] == 20
 
             await until(counted_again, timeout=30.0)
+            # the new one serves every route of the fleet's scope
             _, verdict = await admin_json(session, api + "/api/v1/verdict?scope=fleet")
             assert verdict["exchanges"] == 20
+            _, report, _ = await fleet_report(session, api)
+            endpoint = report["endpoints"][0]["id"]
+            status, found = await admin_json(
+                session, f"{api}/api/v1/endpoints/{endpoint}/samples?scope=fleet"
+            )
+            assert status == 200 and found["exchanges"] == 20
+            status, _ = await admin_json(
+                session, api + "/api/v1/endpoints/nope/samples?scope=fleet"
+            )
+            assert status == 404
+            async with session.get(api + "/metrics?scope=fleet") as answer:
+                assert answer.status == 200
+                text = await answer.text()
+            assert 'shadowd_stream_records_total{how="acknowledged"} 20.0' in text
+            assert f'shadowd_verdict{{verdict="{verdict["verdict"]}"}} 1.0' in text  # its gauges
+            async with session.post(
+                api + "/api/v1/reset?scope=fleet", json={}, headers={"Origin": api}
+            ) as answer:
+                assert answer.status == 200
+                assert await answer.json() == {
+                    "cleared": {"exchanges": 20, "endpoints": 1},
+                    "scope": "fleet",
+                }
+            status, report, _ = await fleet_report(session, api)
+            assert status == 200 and report["totals"]["exchanges"] == 0
     finally:
         await daemon.kill()
     assert "fleet view process exited" in await daemon.output()

@@ -64,8 +64,9 @@ class FleetServer:
         if kind == "status":
             return fleet.status()
         if kind == "reset":
-            self._body = None
-            return await fleet.reset()
+            cleared = await fleet.reset()
+            self._body = None  # one built while Redis was asked counts what was cleared
+            return cleared
         raise ValueError(f"fleet view process: unknown request {kind!r}")
 
     def _report(self, instance_status: dict[str, Any], max_age: float) -> bytes:
