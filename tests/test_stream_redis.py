@@ -642,7 +642,10 @@ async def test_a_stalled_fleet_process_answers_503_in_time_and_the_rest_of_the_a
         async with aiohttp.ClientSession() as session:
             child = await fleet_process_started(daemon)
             await mirror_and_count(session, base, api)
-            assert int(process_stat(child)[16]) == NICE  # the view process's priority
+            # the view process's priority: NICE below the supervisor's (which other tests of
+            # this session may have lowered already)
+            supervisor = int(process_stat(daemon.process.pid)[16])  # type: ignore[union-attr]
+            assert int(process_stat(child)[16]) == min(19, supervisor + NICE)
             os.kill(child, signal.SIGSTOP)
 
             async def stopped() -> bool:
