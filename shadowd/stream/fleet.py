@@ -79,7 +79,7 @@ class FleetView:
         self._raw: tuple[dict[bytes, bytes], dict[bytes, bytes]] | None = None
         self._report: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
-        # Judged on demand, in a thread: the supervisor's own verdict keeps its process.
+        # Judged on demand, in a thread: requests keep being answered while it judges.
         self.verdicts = ScheduledVerdict(
             self._judge, lambda: (self.generation, self.version), self._observe
         )

@@ -61,15 +61,9 @@ class FleetProcess:
         self._next_id = 0
         self._waiting_since: float | None = None  # asked, and nothing answered since
         self.restarts = 0
-        self.started = asyncio.Event()  # set while a child runs (tests wait on it)
         self._report_asked_at = -REPORT_MAX_AGE
         self._verdict: tuple[Verdict, bytes] | None = None
         self._verdict_sequence = 0  # the child's number for ``_verdict``
-
-    @property
-    def pid(self) -> int | None:
-        process = self._process
-        return process.pid if process is not None and process.returncode is None else None
 
     def start(self) -> None:
         self._keeper = asyncio.get_running_loop().create_task(
@@ -132,13 +126,11 @@ class FleetProcess:
         self._verdict, self._verdict_sequence = None, 0
         self._waiting_since = None
         self._process = process
-        self.started.set()
         return process
 
     def _forget(self, process: asyncio.subprocess.Process) -> None:
         if self._process is process:
             self._process = None
-            self.started.clear()
         self._fail_pending("the fleet view process exited; it is being started again")
 
     async def _read_answers(self, process: asyncio.subprocess.Process) -> None:
