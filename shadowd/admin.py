@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shadowd.aggregate import Aggregator
 from shadowd.config import Config, ConfigError
 from shadowd.report import endpoint_samples
+from shadowd.stream.fleet_client import FleetUnavailable
 from shadowd.timeline import Timeline, latency_cdf
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import PASS, Verdict, judge
@@ -315,6 +316,8 @@ def _guard(token: bytes | None, hosts: Callable[[], HostCheck]) -> Any:
             if exc.status >= 400:
                 return error_response(exc.status, exc.reason)
             raise
+        except FleetUnavailable as exc:  # stalled or restarting: say so, and soon ask again
+            return error_response(503, str(exc), headers={"Retry-After": "1"})
         except Exception:  # a bug in a handler: a JSON 500 and a log line, never a crash
             log.exception("admin API: %s %s failed", request.method, request.path)
             return error_response(500, "internal error (logged by shadowd)")
@@ -323,9 +326,11 @@ def _guard(token: bytes | None, hosts: Callable[[], HostCheck]) -> Any:
 
 
 def _fleet_of(control: AdminControl, request: web.Request) -> tuple[Any, web.Response | None]:
-    """The fleet's view (``shadowd.stream.fleet.FleetView``) when the request asks for it
-    with ``?scope=fleet`` (or ``[stream] view = "fleet"`` makes it the default); None for
-    this instance's own view. The second member is the error to answer instead."""
+    """The fleet's view (``shadowd.stream.fleet_client.FleetProcess``) when the request
+    asks for it with ``?scope=fleet`` (or ``[stream] view = "fleet"`` makes it the default);
+    None for this instance's own view. The second member is the error to answer instead.
+    The fleet is merged in a process of its own: its calls are awaited, and raise
+    ``FleetUnavailable`` (503) while that process is stalled or restarting."""
     scope = request.query.get("scope") or control.config.stream.view
     if scope == "instance":
         return None, None
@@ -357,26 +362,28 @@ def create_admin_app(control: AdminControl) -> web.Application:
         fleet, problem = _fleet_of(control, request)
         if problem is not None:
             return problem
-        body = generate_latest((fleet or control).metrics.registry)
+        if fleet is not None:
+            body = await fleet.metrics_text()
+        else:
+            body = generate_latest(control.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def report(request: web.Request) -> web.Response:
         fleet, problem = _fleet_of(control, request)
         if problem is not None:
             return problem
-        if fleet is not None:
-            return web.Response(
-                body=orjson.dumps(fleet.report(), option=orjson.OPT_NON_STR_KEYS),
-                content_type="application/json",
-            )
-        return web.Response(body=await control.report_json(), content_type="application/json")
+        body = await (fleet or control).report_json()
+        return web.Response(body=body, content_type="application/json")
 
     async def samples(request: web.Request) -> web.Response:
         endpoint_id = request.match_info["id"]
         fleet, problem = _fleet_of(control, request)
         if problem is not None:
             return problem
-        found = endpoint_samples((fleet or control).aggregator, endpoint_id)
+        if fleet is not None:
+            found = await fleet.samples(endpoint_id)
+        else:
+            found = endpoint_samples(control.aggregator, endpoint_id)
         if found is None:
             return error_response(404, f"no endpoint with id {endpoint_id!r}")
         return json_response(found)

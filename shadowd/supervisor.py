@@ -9,7 +9,9 @@ they publish into one view, and serves that view.
 
 Nothing here runs on a loop that relays production: the metrics are built from merged
 snapshots in this process, the report and the verdict in its view process
-(``shadowd.view``), which merges the same snapshots at a lower CPU priority. A worker that
+(``shadowd.view``), which merges the same snapshots at a lower CPU priority. With the
+stream on Redis, the fleet's view is read, merged, reported and judged in a process of its
+own too (``shadowd.stream.fleet_process``), at the same priority. A worker that
 dies is logged, counted (``shadowd_worker_restarts_total``) and started again; readiness
 says so meanwhile.
 """
@@ -42,6 +44,7 @@ from shadowd.ingress.plane import restart_only_changes
 from shadowd.metrics import MergedSeries, Metrics, SupervisorMetrics, export_families
 from shadowd.processes import start_module
 from shadowd.report import build_report
+from shadowd.stream.fleet_client import FleetProcess
 from shadowd.timeline import Timeline, counts_of, sample_every
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import Verdict
@@ -156,11 +159,10 @@ class Supervisor:
             self.metrics.observe_verdict,
         )
         # [stream] on Redis: the fleet's merged view, beside this instance's (?scope=fleet).
-        self.fleet: Any = None
+        # Merged in a process of its own (shadowd.stream.fleet_process), like the view.
+        self.fleet: FleetProcess | None = None
         if config.stream.redis:
-            from shadowd.stream.fleet import FleetView
-
-            self.fleet = FleetView(config, self.mirror_status)
+            self.fleet = FleetProcess(config, self.mirror_status)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, *, ingress_sock: socket.socket | None = None) -> None:

@@ -548,3 +548,198 @@ def test_a_reload_does_not_change_the_stream_it_needs_a_restart(tmp_path):
     applied, restart_only = restart_only_changes(old, new)
     assert restart_only == ["stream"]
     assert applied.stream == old.stream
+
+
+# -- the fleet view process ---------------------------------------------------------------
+
+
+async def fleet_daemon(
+    tmp_path: Path, redis_url: str, key: str, primary: Any, candidate: Any
+) -> tuple[ShadowdProcess, str, str]:
+    """``shadowd run`` on the stream ``key``: the daemon, its ingress URL and admin URL."""
+    ingress, admin = free_port(), free_port()
+    path = write_config(
+        tmp_path / "shadowd.toml",
+        redis_url,
+        key,
+        targets__primary={"url": primary.url},
+        targets__candidate={"url": candidate.url},
+        ingress={"listen": f"127.0.0.1:{ingress}", "workers": 1},
+        analysis={"workers": 1},
+        admin={"listen": f"127.0.0.1:{admin}"},
+    )
+    path.write_text(
+        path.read_text().replace('[targets.secondary]\nurl = "http://127.0.0.1:10"\n', "")
+    )
+    daemon = ShadowdProcess(path)
+    await daemon.start()
+    return daemon, f"http://127.0.0.1:{ingress}", f"http://127.0.0.1:{admin}"
+
+
+def process_stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name: [0] state, [1] ppid, [16] nice."""
+    return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def fleet_process_of(daemon: ShadowdProcess) -> int | None:
+    """The pid of the daemon's fleet view process (a zombie has no command line: None)."""
+    assert daemon.process is not None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int(process_stat(int(entry.name))[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == daemon.process.pid and b"shadowd.stream.fleet_process" in command:
+            return int(entry.name)
+    return None
+
+
+async def fleet_process_started(daemon: ShadowdProcess, other_than: int | None = None) -> int:
+    found: list[int] = []
+
+    async def running() -> bool:
+        pid = fleet_process_of(daemon)
+        if pid is not None and pid != other_than:
+            found.append(pid)
+        return bool(found)
+
+    await until(running)
+    return found[0]
+
+
+async def fleet_report(session: aiohttp.ClientSession, api: str) -> tuple[int, Any, float]:
+    """The status, body and seconds of one ``GET /api/v1/report?scope=fleet``."""
+    began = asyncio.get_running_loop().time()
+    status, body = await admin_json(session, api + "/api/v1/report?scope=fleet")
+    return status, body, asyncio.get_running_loop().time() - began
+
+
+async def mirror_and_count(session: aiohttp.ClientSession, base: str, api: str) -> None:
+    """Twenty requests through the proxy, until the fleet's report counts them."""
+    for i in range(20):
+        async with session.get(f"{base}/users/{i}") as answer:
+            assert answer.status == 200
+
+    async def counted() -> bool:
+        status, report, _ = await fleet_report(session, api)
+        return status == 200 and report["totals"]["exchanges"] == 20
+
+    await until(counted, timeout=30.0)
+
+
+async def test_a_stalled_fleet_process_answers_503_in_time_and_the_rest_of_the_api_at_once(
+    redis_server, services, tmp_path
+):
+    from shadowd.stream.fleet_client import REQUEST_TIMEOUT
+    from shadowd.view.process import NICE
+
+    daemon, base, api = await fleet_daemon(tmp_path, redis_server.url, "t:stall", *services)
+    child = None
+    try:
+        async with aiohttp.ClientSession() as session:
+            child = await fleet_process_started(daemon)
+            await mirror_and_count(session, base, api)
+            # the view process's priority: NICE below the supervisor's (which other tests of
+            # this session may have lowered already)
+            supervisor = int(process_stat(daemon.process.pid)[16])  # type: ignore[union-attr]
+            assert int(process_stat(child)[16]) == min(19, supervisor + NICE)
+            os.kill(child, signal.SIGSTOP)
+
+            async def stopped() -> bool:
+                return process_stat(child)[0] == "T"
+
+            await until(stopped)
+            asking = asyncio.create_task(fleet_report(session, api))
+            # Nothing of the fleet's runs on the supervisor's loop: it answers at once.
+            for path in ("/healthz", "/api/v1/report", "/metrics", "/api/v1/verdict"):
+                async with asyncio.timeout(2.0), session.get(api + path) as answer:
+                    assert answer.status == 200, path
+            assert not asking.done()
+            status, problem, took = await asking
+            assert status == 503
+            assert problem["error"] == (
+                f"the fleet view process did not answer within {REQUEST_TIMEOUT:g} s"
+            )
+            assert REQUEST_TIMEOUT - 0.5 <= took < REQUEST_TIMEOUT + 3.0
+            os.kill(child, signal.SIGCONT)  # going on where it stopped, it answers again
+            status, report, _ = await fleet_report(session, api)
+            assert status == 200 and report["totals"]["exchanges"] == 20
+            assert fleet_process_of(daemon) == child
+    finally:
+        if child is not None and fleet_process_of(daemon) == child:
+            os.kill(child, signal.SIGKILL)  # a stopped child would outlive the daemon
+        await daemon.kill()
+
+
+async def test_a_killed_fleet_process_is_replaced_and_the_new_one_reads_the_fleet_again(
+    redis_server, services, tmp_path
+):
+    daemon, base, api = await fleet_daemon(tmp_path, redis_server.url, "t:respawn", *services)
+    try:
+        async with aiohttp.ClientSession() as session:
+            child = await fleet_process_started(daemon)
+            await mirror_and_count(session, base, api)
+            os.kill(child, signal.SIGKILL)
+            replacement = await fleet_process_started(daemon, other_than=child)
+            assert replacement != child
+
+            async def counted_again() -> bool:
+                status, report, _ = await fleet_report(session, api)
+                assert status in (200, 503), report  # 503 only until the new one answers
+                return status == 200 and report["totals"]["exchanges"] == 20
+
+            await until(counted_again, timeout=30.0)
+            # the new one serves every route of the fleet's scope
+            _, verdict = await admin_json(session, api + "/api/v1/verdict?scope=fleet")
+            assert verdict["exchanges"] == 20
+            _, report, _ = await fleet_report(session, api)
+            endpoint = report["endpoints"][0]["id"]
+            status, found = await admin_json(
+                session, f"{api}/api/v1/endpoints/{endpoint}/samples?scope=fleet"
+            )
+            assert status == 200 and found["exchanges"] == 20
+            status, _ = await admin_json(
+                session, api + "/api/v1/endpoints/nope/samples?scope=fleet"
+            )
+            assert status == 404
+            async with session.get(api + "/metrics?scope=fleet") as answer:
+                assert answer.status == 200
+                text = await answer.text()
+            assert 'shadowd_stream_records_total{how="acknowledged"} 20.0' in text
+            assert f'shadowd_verdict{{verdict="{verdict["verdict"]}"}} 1.0' in text  # its gauges
+            async with session.post(
+                api + "/api/v1/reset?scope=fleet", json={}, headers={"Origin": api}
+            ) as answer:
+                assert answer.status == 200
+                assert await answer.json() == {
+                    "cleared": {"exchanges": 20, "endpoints": 1},
+                    "scope": "fleet",
+                }
+            status, report, _ = await fleet_report(session, api)
+            assert status == 200 and report["totals"]["exchanges"] == 0
+    finally:
+        await daemon.kill()
+    assert "fleet view process exited" in await daemon.output()
+
+
+def test_the_fleet_process_splices_the_status_into_the_report_it_serialised_once(tmp_path):
+    import json
+
+    import orjson
+
+    from shadowd.stream.fleet_process import FleetServer
+
+    config = load_config(write_config(tmp_path / "fleet.toml", "redis://127.0.0.1:1/0", "k"))
+    server = FleetServer(config)
+    status = {"enabled": False, "queue_depth": 3}
+    body = server._report(status, 0.0)
+    objects: list[list[tuple[str, Any]]] = []
+    json.loads(body, object_pairs_hook=lambda pairs: objects.append(pairs) or dict(pairs))
+    assert all(len(dict(pairs)) == len(pairs) for pairs in objects)  # no key twice
+    # the same bytes as serialising the whole report, the status current
+    assert body == orjson.dumps(server.fleet.report(status), option=orjson.OPT_NON_STR_KEYS)
+    mirroring = orjson.loads(body)["mirroring"]
+    assert mirroring["enabled"] is False and mirroring["scope"] == "fleet"

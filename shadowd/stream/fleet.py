@@ -8,6 +8,9 @@ ingress instance stores its Prometheus series. Any ``shadowd run`` with ``[strea
 supervisor merges its own workers' deltas: the fleet's report equals one process's report of
 the same exchanges.
 
+``FleetView`` runs in the fleet view process (``shadowd.stream.fleet_process``), never on the
+supervisor's loop: the supervisor asks it through ``shadowd.stream.fleet_client``.
+
 A dead worker's snapshot stays: what it acknowledged is counted once, there.
 """
 
@@ -18,7 +21,6 @@ import contextlib
 import logging
 import pickle
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -57,13 +59,8 @@ class FleetSeries(MergedSeries):
 
 
 class FleetView:
-    def __init__(
-        self, config: Config, instance_status: Callable[[], dict[str, Any]] | None = None
-    ) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        # This instance's mirroring status (its kill switch, queue): the fleet's report
-        # carries it beside the fleet's members, so the dashboard's switch stays truthful.
-        self._instance_status = instance_status
         self.keys = fleet_keys(config.stream)
         self.client = redis_client(config.stream)
         self.aggregator = Aggregator(config)
@@ -82,7 +79,7 @@ class FleetView:
         self._raw: tuple[dict[bytes, bytes], dict[bytes, bytes]] | None = None
         self._report: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
-        # Judged on demand, in a thread: the supervisor's own verdict keeps its process.
+        # Judged on demand, in a thread: requests keep being answered while it judges.
         self.verdicts = ScheduledVerdict(
             self._judge, lambda: (self.generation, self.version), self._observe
         )
@@ -181,13 +178,21 @@ class FleetView:
             "skipped": self.series.by_label("shadowd_mirror_skipped_total", "reason"),
         }
 
-    def report(self) -> dict[str, Any]:
-        """Built once per merge; the status part is current at every call."""
-        if self._report is None:
-            self._report = build_report(self.aggregator)
-        status = dict(self._instance_status()) if self._instance_status is not None else {}
+    def report(self, instance_status: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Built once per merge; the status part is current at every call. The asking
+        instance's mirroring status (its kill switch, queue) goes beside the fleet's
+        members, so the dashboard's switch stays truthful."""
+        status = dict(instance_status or {})
         status.update(self.status())
-        return {**self._report, "mirroring": status}
+        return {**self.statistics_report(), "mirroring": status}
+
+    def statistics_report(self) -> dict[str, Any]:
+        """The report without its ``mirroring`` status: built once per merge."""
+        if self._report is None:
+            built = build_report(self.aggregator)
+            del built["mirroring"]  # the caller's, current at each call: see ``report``
+            self._report = built
+        return self._report
 
     async def current_verdict(self) -> Verdict:
         return await self.verdicts.current()
