@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -380,23 +381,10 @@ class Aggregator:
         if diff.secondary:
             stats.noisy += 1
             totals.noisy += 1
-            counted: set[str] = set()
-            kinds_counted: set[tuple[str, str]] = set()
-            fields = stats.fields
-            for difference in diff.secondary:
-                path = difference.generic_path
-                # the field's stats at once when it is known (``EndpointStats.field``)
-                field = fields.get(path) if len(path) <= MAX_NAME_CHARS else None
-                if field is None:
-                    path, field = stats.field(path, limit)
-                kind = difference.kind._value_  # the enum's ``value`` property costs more
-                # a path not counted yet has no (path, kind) counted either
-                new_path = path not in counted
-                if new_path or (path, kind) not in kinds_counted:
-                    kinds_counted.add((path, kind))
+            for field, kind, new_path, new_kind, _ in _field_counts(stats, diff.secondary, limit):
+                if new_kind:
                     field.noise_kinds[kind] = field.noise_kinds.get(kind, 0) + 1
                 if new_path:
-                    counted.add(path)
                     field.noise += 1
         if diff.absorbed:
             for rule, count in diff.absorbed.items():
@@ -427,13 +415,11 @@ def _status_class(status: int) -> str:
     return _STATUS_CLASSES.get(status // 100, "other")
 
 
-def _count_candidate(
-    stats: EndpointStats,
-    differences: list[Difference],
-    limit: int,
-    reordered: frozenset[str] = frozenset(),
-) -> None:
-    """Field counts for one exchange: each path, and each (path, kind), at most once."""
+def _field_counts(
+    stats: EndpointStats, differences: list[Difference], limit: int
+) -> Iterator[tuple[FieldStats, str, bool, bool, Difference]]:
+    """Per difference of one exchange: its field's stats, its kind, and whether its path, and
+    its (path, kind), come up for the first time in this exchange (each counts once)."""
     counted: set[str] = set()
     kinds_counted: set[tuple[str, str]] = set()
     fields = stats.fields
@@ -446,11 +432,25 @@ def _count_candidate(
         kind = difference.kind._value_  # the enum's ``value`` property costs more
         # a path not counted yet has no (path, kind) counted either
         new_path = path not in counted
-        if new_path or (path, kind) not in kinds_counted:
+        new_kind = new_path or (path, kind) not in kinds_counted
+        if new_kind:
             kinds_counted.add((path, kind))
-            field.kinds[kind] = field.kinds.get(kind, 0) + 1
         if new_path:
             counted.add(path)
+        yield field, kind, new_path, new_kind, difference
+
+
+def _count_candidate(
+    stats: EndpointStats,
+    differences: list[Difference],
+    limit: int,
+    reordered: frozenset[str] = frozenset(),
+) -> None:
+    """Field counts for one exchange: each path, and each (path, kind), at most once."""
+    for field, kind, new_path, new_kind, difference in _field_counts(stats, differences, limit):
+        if new_kind:
+            field.kinds[kind] = field.kinds.get(kind, 0) + 1
+        if new_path:
             field.divergent += 1
             if likely_noise(difference, reordered):
                 field.volatile += 1

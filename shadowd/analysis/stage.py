@@ -133,14 +133,7 @@ class DiffStage:
             return
         for listener in self.listeners:
             listener(exchange)
-        # process_exchange, in the same frame
-        try:
-            diff = diff_exchange(exchange, self.config)
-            self.aggregator.add(exchange, diff)
-            self.evidence.record(exchange, diff)
-            self.diffed += 1
-        except Exception:  # a bug in diffing must never stop the stream
-            self._failed(exchange)
+        self.process_exchange(exchange)
 
     def process_record(self, record: Any) -> None:
         """One record already unpacked from msgpack (a capture map)."""
