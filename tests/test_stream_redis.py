@@ -32,7 +32,7 @@ from shadowd.report import build_report
 from shadowd.stream.fleet import FleetView
 from shadowd.stream.redis_stream import StreamReader, StreamSender, append_records
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]  # real processes, busy hosts
 
 REDIS_SERVER = shutil.which("redis-server") or (
     "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None

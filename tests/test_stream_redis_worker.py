@@ -27,7 +27,7 @@ from test_stream_redis import (
 from shadowd.capture.reader import read_capture
 from shadowd.config import load_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]  # real processes, busy hosts
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "shadowd-worker.service"
 
@@ -112,7 +112,7 @@ async def test_sigterm_publishes_acknowledges_and_records_everything_taken_befor
         try:
             # It has read them all (nothing left to deliver) and, with a 60 s interval, has
             # published none of them yet.
-            async with asyncio.timeout(20.0):
+            async with asyncio.timeout(45.0):
                 while True:
                     groups = await client.xinfo_groups("t:term")
                     if groups and groups[0]["entries-read"] == 300:
@@ -120,7 +120,7 @@ async def test_sigterm_publishes_acknowledges_and_records_everything_taken_befor
                     await asyncio.sleep(0.05)
             assert (await client.xpending("t:term", config.stream.group))["pending"] > 0
             worker.send_signal(signal.SIGTERM)
-            await finished(worker, timeout=20.0)
+            await finished(worker, timeout=45.0)
             assert (await client.xpending("t:term", config.stream.group))["pending"] == 0
             snapshots = await client.hgetall("t:term:fleet:snapshots")
             assert list(snapshots) == [b"w"]
