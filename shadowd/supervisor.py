@@ -518,6 +518,11 @@ class Supervisor:
                 for worker in self._workers.values():
                     if worker.alive and worker.process is not None:
                         worker.process.kill()
+                # the view and fleet processes too: at a low priority on a busy host they
+                # would take a while to notice their supervisor gone
+                self.view.kill()
+                if self.fleet is not None:
+                    self.fleet.kill()
                 raise SystemExit(1)
             log.info("stopping", extra={"signal": signal.Signals(signum).name})
             stop_requested.set()

@@ -70,6 +70,15 @@ class FleetProcess:
             self._keep_running(), name="fleet-process"
         )
 
+    def kill(self) -> None:
+        """Stop the fleet process now (a second SIGTERM: nothing left behind)."""
+        if self._keeper is not None:
+            self._keeper.cancel()  # no restart
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
     async def close(self) -> None:
         if self._keeper is not None:
             self._keeper.cancel()

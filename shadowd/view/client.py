@@ -47,6 +47,13 @@ class ViewProcess:
         self._lock = asyncio.Lock()  # one request (and its answer) at a time
         self.restarts = 0
 
+    def kill(self) -> None:
+        """Stop the view process now (a second SIGTERM: no goodbye, nothing left behind)."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
     def _alive(self) -> asyncio.subprocess.Process | None:
         process = self._process
         if process is None or process.returncode is not None or process.stdin is None:
