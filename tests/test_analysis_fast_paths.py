@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shadowd.aggregate import _STATUS_CLASS_OF, _STATUS_CLASSES, _status_class
-from shadowd.capture.format import _complete_exchange_of, _exchange_of, exchange_of, record_of
+from shadowd.capture.format import _complete_exchange_of, exchange_of, record_of
 from shadowd.diff.prepared import PreparedAnswer
 from shadowd.diff.timing import parse_server_timing, timing_of
 from shadowd.exchange import Answer, Exchange, Request
@@ -176,6 +176,39 @@ def _record() -> dict[str, Any]:
             name, 200, [(b"Content-Type", b"application/json")], b"{}", 2, None, 0.25, None
         )
     return record_of(exchange)
+
+
+def _exchange_of(record: dict[str, Any]) -> Exchange:
+    """exchange_of as it was before its fast path (the reference)."""
+
+    def pairs(raw: Any) -> list[tuple[bytes, bytes]]:
+        return [(bytes(n), bytes(v)) for n, v in raw or ()]
+
+    rq = record["rq"]
+    get = rq.get
+    request = Request(
+        rq["m"],
+        rq["t"],
+        pairs(get("h")),
+        bytes(get("b", b"")),
+        float(get("at", 0.0)),
+        get("c", ""),
+        get("v", "1.1"),
+    )
+    exchange = Exchange(int(record.get("id", 0)), request, record.get("ep", ""))
+    for an in record.get("an", ()):
+        get = an.get
+        exchange.answers[an["n"]] = Answer(
+            an["n"],
+            int(get("s", 0)),
+            pairs(get("h")),
+            bytes(get("b", b"")),
+            int(get("z", 0)),
+            get("d"),
+            float(get("l", 0.0)),
+            get("e"),
+        )
+    return exchange
 
 
 def _outcome(fn: Any, record: dict[str, Any]) -> Any:

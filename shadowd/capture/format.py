@@ -95,21 +95,12 @@ def encode_record(record: dict[str, Any]) -> bytes:
 _bytes = bytes
 
 
-def _pairs(raw: Any) -> list[tuple[bytes, bytes]]:
-    # bytes(x) of a bytes object is x itself, but the two calls per header were a third of
-    # exchange_of's time (msgpack hands bin values over as bytes already): skipped for them.
-    # A pair comes as a list, or as a tuple from an unpacker with use_list=False.
-    return [
-        (n, v) if type(n) is _bytes is type(v) else (_bytes(n), _bytes(v)) for n, v in raw or ()
-    ]
-
-
 def exchange_of(record: dict[str, Any]) -> Exchange:
     """Rebuild an exchange; unknown keys are ignored (newer writers may add some)."""
     try:
         return _complete_exchange_of(record)
     except KeyError:  # a record without some optional key: the defaults fill it in
-        return _exchange_of(record)
+        return _complete_exchange_of(_with_defaults(record))
 
 
 def _complete_exchange_of(record: dict[str, Any]) -> Exchange:
@@ -123,7 +114,8 @@ def _complete_exchange_of(record: dict[str, Any]) -> Exchange:
     request = Request(
         rq["m"],  # method
         rq["t"],  # target
-        # _pairs(rq["h"]), without its call
+        # bytes(x) of bytes is x itself, but two calls per header were a third of the
+        # time: skipped for them (a pair is a list, or a tuple with use_list=False)
         [
             (n, v) if type(n) is _bytes is type(v) else (_bytes(n), _bytes(v))
             for n, v in rq["h"] or ()
@@ -144,7 +136,6 @@ def _complete_exchange_of(record: dict[str, Any]) -> Exchange:
         answers[name] = Answer(
             name,  # target
             status if type(status) is int else int(status),
-            # _pairs(an["h"]), without its call
             [
                 (n, v) if type(n) is _bytes is type(v) else (_bytes(n), _bytes(v))
                 for n, v in an["h"] or ()
@@ -158,36 +149,20 @@ def _complete_exchange_of(record: dict[str, Any]) -> Exchange:
     return Exchange(ident if type(ident) is int else int(ident), request, record["ep"], answers)
 
 
-def _exchange_of(record: dict[str, Any]) -> Exchange:
-    # Positional arguments (in the dataclasses' field order) and bound lookups cost
-    # measurably less than keywords here.
-    rq = record["rq"]
-    get = rq.get
-    request = Request(
-        rq["m"],  # method
-        rq["t"],  # target
-        _pairs(get("h")),  # headers
-        bytes(get("b", b"")),  # body
-        float(get("at", 0.0)),  # received_at
-        get("c", ""),  # client
-        get("v", "1.1"),  # http_version
-    )
-    exchange = Exchange(int(record.get("id", 0)), request, record.get("ep", ""))
-    answers = exchange.answers
-    for an in record.get("an", ()):
-        get = an.get
-        name = an["n"]
-        answers[name] = Answer(
-            name,  # target
-            int(get("s", 0)),  # status
-            _pairs(get("h")),  # headers
-            bytes(get("b", b"")),  # body
-            int(get("z", 0)),  # body_size
-            get("d"),  # body_digest
-            float(get("l", 0.0)),  # latency
-            get("e"),  # error
-        )
-    return exchange
+# What record_of may leave out (an older or hand-made record), as _exchange_of took it.
+_REQUEST_DEFAULTS = {"h": None, "b": b"", "at": 0.0, "c": "", "v": "1.1"}
+_ANSWER_DEFAULTS = {"s": 0, "h": None, "b": b"", "z": 0, "d": None, "l": 0.0, "e": None}
+
+
+def _with_defaults(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with every optional key filled in (method, target and an answer's name
+    stay required: a KeyError)."""
+    return {
+        "id": record.get("id", 0),
+        "ep": record.get("ep", ""),
+        "rq": {**_REQUEST_DEFAULTS, **record["rq"]},
+        "an": [{**_ANSWER_DEFAULTS, **an} for an in record.get("an", ())],
+    }
 
 
 def migrate_record(version: int, record: dict[str, Any]) -> dict[str, Any]:
