@@ -38,7 +38,7 @@ from shadowd.processes import start_module
 from shadowd.progress import Progress
 from shadowd.replay import _MAX_US, Latency, Replay, ReplayOptions
 from shadowd.stream.frames import FrameDecoder
-from shadowd.stream.handoff import MAX_RECORD_BYTES, record_payload
+from shadowd.stream.handoff import MAX_RECORD_BYTES, FrameBatch, record_payload
 
 log = logging.getLogger("shadowd.replay")
 
@@ -210,28 +210,14 @@ async def _send(job: tuple[str, ReplayOptions, tuple[int, int], float, int]) -> 
     transport, output = await loop.connect_write_pipe(_Output, os.fdopen(1, "wb", buffering=0))
     transport.set_write_buffer_limits(high=queue_bytes)
     not_compared = 0
-    # Frames finished in one turn of the loop leave in one write: a write per exchange was
-    # a syscall, and a wake-up of the parent, for every answer.
-    batch: list[bytes] = []
-    batched = 0
-
-    def flush() -> None:
-        nonlocal batched
-        if batch:
-            transport.write(b"".join(batch))
-            batch.clear()
-            batched = 0
+    batch = FrameBatch(transport.write)  # a write per exchange woke the parent each time
 
     def hand_off(exchange: Any) -> None:
-        nonlocal not_compared, batched
-        if transport.get_write_buffer_size() + batched > queue_bytes:
+        nonlocal not_compared
+        if transport.get_write_buffer_size() + batch.bytes > queue_bytes:
             not_compared += 1  # the analysis is behind: never slow the pacing down
             return
-        if not batch:
-            loop.call_soon(flush)
-        framed = frame(record_payload(exchange))
-        batch.append(framed)
-        batched += len(framed)
+        batch.add(frame(record_payload(exchange)))
 
     class _Progress:
         """Progress to the parent at most every PROGRESS_EVERY seconds (each is a write)."""
@@ -242,7 +228,7 @@ async def _send(job: tuple[str, ReplayOptions, tuple[int, int], float, int]) -> 
             now = time.monotonic()
             if now - self.last >= PROGRESS_EVERY:
                 self.last = now
-                flush()  # in order: the records sent so far, then the count
+                batch.flush()  # in order: the records sent so far, then the count
                 transport.write(frame(msgpack.packb({_PROGRESS: sent})))
 
     runner = Replay(Path(capture), options, shard=shard, on_complete=hand_off, start_at=start_at)
@@ -259,7 +245,7 @@ async def _send(job: tuple[str, ReplayOptions, tuple[int, int], float, int]) -> 
             await sending
     stopping.cancel()
     loop.remove_reader(0)
-    flush()
+    batch.flush()
     for latency in runner.latency.values():
         latency.flush()
     summary = {

@@ -46,6 +46,36 @@ def encode_exchange(exchange: Exchange) -> bytes:
     return frame(record_payload(exchange))
 
 
+class FrameBatch:
+    """Frames finished in one turn of the loop, written together at its end: a write per
+    frame costs a syscall, and a wake-up of the reader, each."""
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._frames: list[bytes] = []
+        self.bytes = 0  # waiting here, not yet written
+        self._loop = asyncio.get_running_loop()
+
+    def add(self, framed: bytes) -> None:
+        if not self._frames:
+            self._loop.call_soon(self.flush)
+        self._frames.append(framed)
+        self.bytes += len(framed)
+
+    def flush(self) -> None:
+        frames = self._frames
+        if frames:
+            self._write(b"".join(frames) if len(frames) > 1 else frames[0])
+            self.drop()
+
+    def drop(self) -> int:
+        """Forget the frames not written (their reader is gone); how many there were."""
+        dropped = len(self._frames)
+        self._frames = []
+        self.bytes = 0
+        return dropped
+
+
 class _SenderProtocol(asyncio.Protocol):
     def __init__(self, sender: RecordSender) -> None:
         self._sender = sender
@@ -74,10 +104,9 @@ class RecordSender:
         self._closing = False
         self._connecting: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._batch: list[bytes] = []
-        self._batched_bytes = 0
-        self._flush_scheduled = False
+        # one write per loop turn: a send syscall per exchange was one of the ~9 a
+        # mirrored request cost the data plane
+        self._batch = FrameBatch(self._write)
         # Records written on the current connection (for settling and tests). A new
         # connection means a new analysis worker, whose own count starts at 0 too.
         self.handed_off = 0
@@ -104,27 +133,16 @@ class RecordSender:
         if transport is None:
             self._on_shed("analysis_down")
             return False
-        if transport.get_write_buffer_size() + self._batched_bytes > self._limit:
+        if transport.get_write_buffer_size() + self._batch.bytes > self._limit:
             self._on_shed("diff_backlog")
             return False
-        frame_bytes = encode_exchange(exchange)
-        # Frames finished in one turn of the loop leave in one write: a send syscall per
-        # exchange was one of the ~9 a mirrored request costs the data plane.
-        self._batch.append(frame_bytes)
-        self._batched_bytes += len(frame_bytes)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._batch.add(encode_exchange(exchange))
         self.handed_off += 1
         return True
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch, self._batch = self._batch, []
-        self._batched_bytes = 0
-        transport = self._transport
-        if transport is not None and batch:
-            transport.write(b"".join(batch) if len(batch) > 1 else batch[0])
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
 
     async def close(self, timeout: float = 5.0) -> bool:
         """Stop sending: what is buffered is still written (asyncio flushes a closing
@@ -134,7 +152,7 @@ class RecordSender:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connecting
-        self._flush()
+        self._batch.flush()
         transport = self._transport
         if transport is None:
             return True
@@ -151,10 +169,8 @@ class RecordSender:
     def _lost(self) -> None:
         self._transport = None
         self._closed.set()
-        for _ in self._batch:  # never written: the analysis worker is gone
+        for _ in range(self._batch.drop()):  # never written: the analysis worker is gone
             self._on_shed("analysis_down")
-        self._batch = []
-        self._batched_bytes = 0
         if not self._closing:
             log.warning("analysis worker disconnected; records are shed until it is back")
             self._connecting = asyncio.get_running_loop().create_task(
