@@ -274,6 +274,18 @@ class Config:
     verdict: VerdictConfig = VerdictConfig()
     logging: LoggingConfig = LoggingConfig()
     digest: str = field(default="")  # sha256 of the file's bytes, for reports and captures
+    # How the primary's latency was taken, for the verdict's wording: "" = by the mode
+    # (inline in proxy mode, on the copy path in tap mode); replay sets "recorded" or
+    # "replayed". Not read from the file.
+    primary_timing: str = field(default="")
+
+    @property
+    def primary_timed(self) -> str:
+        """``inline``, ``copy_path``, ``recorded`` (the capture's, another time and load) or
+        ``replayed`` (sent by a replay beside the candidate)."""
+        if self.primary_timing:
+            return self.primary_timing
+        return "copy_path" if self.ingress.mode == "tap" else "inline"
 
     @property
     def probe(self) -> TargetConfig | None:

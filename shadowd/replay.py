@@ -256,6 +256,7 @@ class Replay:
             if "secondary" in options.targets
             else None,
             diff=dataclasses.replace(DiffConfig(), max_body_bytes=options.body_limit),
+            primary_timing="replayed" if PRIMARY in names else "recorded",
         )
         self.live_primary = PRIMARY in names
         self.aggregator = Aggregator(self.config)

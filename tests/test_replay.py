@@ -323,6 +323,10 @@ async def test_replay_gives_the_verdict_the_live_daemon_gives_for_the_same_excha
     assert decided(live_verdict.to_json()) == decided(replayed)
     assert any("$.price type changed" in r for r in replayed["reasons"])
     assert any("candidate errors" in r for r in replayed["reasons"])
+    # latency against the capture's primary is said to be that, not "timed inline"
+    latency = [c for c in replayed["criteria"] if c["name"] == "latency_p50"]
+    assert latency
+    assert all("primary as recorded in the capture" in c["reason"] for c in latency)
 
 
 async def test_no_diff_times_the_targets_without_comparing(make_backend, tmp_path):

@@ -5,7 +5,10 @@ network. Each test names the reproduced problem it guards (docs/verdict.md)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 import orjson
 from conftest import build_config
 
@@ -56,11 +59,15 @@ def latency_exchange(
 
 
 def judged(
-    rows: dict[str, list[tuple[float, float, float | None]]], secondary: bool = True, **verdict
+    rows: dict[str, list[tuple[float, float, float | None]]],
+    secondary: bool = True,
+    adjust=lambda cfg: cfg,
+    **verdict,
 ):
     """Judge latency rows (primary, candidate, secondary seconds) per endpoint; no field
-    differences. Returns the verdict and its criteria by (name, scope)."""
-    cfg = config(secondary, **verdict)
+    differences. Returns the verdict and its criteria by (name, scope). ``adjust`` may
+    change the built config (e.g. the mode)."""
+    cfg = adjust(config(secondary, **verdict))
     evidence = VerdictEvidence(cfg.endpoints.max)
     i = 0
     for endpoint, values in rows.items():
@@ -143,7 +150,40 @@ def test_without_a_secondary_the_primary_is_the_baseline_and_the_reason_says_so(
     assert verdict.verdict == "pass"
     p50 = criteria[("latency_p50", "GET /a")]
     assert p50.details["baseline"] == "primary"
-    assert "no secondary" in p50.reason
+    assert "no secondary: primary timed inline, candidate on the copy path" in p50.reason
+
+
+@pytest.mark.parametrize(
+    ("adjust", "said"),
+    [
+        (
+            lambda cfg: dataclasses.replace(
+                cfg, ingress=dataclasses.replace(cfg.ingress, mode="tap")
+            ),
+            "both timed on the copy path (tap mode)",
+        ),
+        (
+            lambda cfg: dataclasses.replace(cfg, primary_timing="recorded"),
+            "primary as recorded in the capture (another time and load)",
+        ),
+        (
+            lambda cfg: dataclasses.replace(cfg, primary_timing="replayed"),
+            "both sent and timed by this replay",
+        ),
+    ],
+    ids=["tap", "replay-recorded", "replay-live"],
+)
+def test_the_reason_says_how_the_primary_was_timed(adjust, said):
+    # Tap mode sends the primary its copy too, and a replay may judge against the capture's
+    # recorded times: "timed inline" would be false in both.
+    n = 300
+    primary = base_latencies(n, 5, seed=5)
+    candidate = primary * jitter(n, 6)
+    rows = {"GET /a": list(zip(primary, candidate, [None] * n, strict=True))}
+    _, criteria = judged(rows, secondary=False, adjust=adjust)
+    reason = criteria[("latency_p50", "GET /a")].reason
+    assert said in reason
+    assert "inline" not in reason
 
 
 # -- 1b. the p99 criterion needs a tail to rest on ---------------------------------------------

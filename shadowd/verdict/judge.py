@@ -314,6 +314,16 @@ def _latency_rows(
     return baseline[keep], candidate[keep], baseline_name, details
 
 
+# How each setting took the primary's latency, said in every latency reason against it.
+_PRIMARY_TIMED = {
+    "inline": "primary timed inline, candidate on the copy path",
+    "copy_path": "both timed on the copy path (tap mode)",
+    "recorded": "primary as recorded in the capture (another time and load), "
+    "candidate timed by this replay",
+    "replayed": "both sent and timed by this replay",
+}
+
+
 def _latency(
     scope: str, ev: EndpointEvidence, evidence: VerdictEvidence, config: Config
 ) -> list[Criterion]:
@@ -332,13 +342,9 @@ def _latency(
     }
     if against == SECONDARY:
         whose = "the secondary's on the same copy path"
-    elif against != PRIMARY:
-        whose = (
-            "the primary's, the secondary answered too few: primary timed inline, "
-            "candidate on the copy path,"
-        )
     else:
-        whose = "the primary's, no secondary: primary timed inline, candidate on the copy path,"
+        why = "the secondary answered too few" if against != PRIMARY else "no secondary"
+        whose = f"the primary's, {why}: {_PRIMARY_TIMED[config.primary_timed]},"
     left_out = (
         f"; {warmup['excluded_pairs']} warm-up pairs left out" if warmup["excluded_pairs"] else ""
     )
