@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pytest
 import orjson
+import pytest
 from conftest import build_config
 
 from shadowd.aggregate import Aggregator
