@@ -409,7 +409,8 @@ class SupervisorMetrics:
         self._verdict, self._criteria = _verdict_series(registry)
         self._restarts = Counter(
             "shadowd_worker_restarts",
-            "Worker processes that died and were started again, per role",
+            "Processes that died and were started again, per role (ingress and analysis "
+            "workers; the view and, on Redis, the fleet view behind the admin API)",
             ["role"],
             registry=registry,
         )
@@ -419,6 +420,9 @@ class SupervisorMetrics:
         for role in ("ingress", "analysis"):
             self._restarts.labels(role)
             self._alive.labels(role).set(0)
+        # the processes behind the admin API: the view, and the fleet's view on Redis
+        for role in ("view", "fleet") if config.stream.redis else ("view",):
+            self._restarts.labels(role)
         self._beyond_noise = Gauge(
             "shadowd_divergence_beyond_noise_ratio",
             "Share of an endpoint's exchanges whose candidate differs in a field that noise "

@@ -142,6 +142,7 @@ class Supervisor:
             config,
             seed=lambda: snapshot_of(self.aggregator, self.evidence),
             clock=lambda: (self.aggregator.started_at, self.aggregator.reset_at),
+            on_restart=lambda: self.metrics.worker_restarted("view"),
         )
         # the newest report the view process built: (JSON, the version it reflects)
         self._report_json: tuple[bytes, tuple[int, int, int, int]] | None = None
@@ -162,7 +163,9 @@ class Supervisor:
         # Merged in a process of its own (shadowd.stream.fleet_process), like the view.
         self.fleet: FleetProcess | None = None
         if config.stream.redis:
-            self.fleet = FleetProcess(config, self.mirror_status)
+            self.fleet = FleetProcess(
+                config, self.mirror_status, lambda: self.metrics.worker_restarted("fleet")
+            )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, *, ingress_sock: socket.socket | None = None) -> None:

@@ -714,6 +714,8 @@ async def test_a_killed_fleet_process_is_replaced_and_the_new_one_reads_the_flee
                 assert answer.status == 200
                 text = await answer.text()
             assert 'shadowd_stream_records_total{how="acknowledged"} 20.0' in text
+            async with session.get(api + "/metrics") as answer:  # this instance's
+                assert 'shadowd_worker_restarts_total{role="fleet"} 1.0' in await answer.text()
             assert f'shadowd_verdict{{verdict="{verdict["verdict"]}"}} 1.0' in text  # its gauges
             async with session.post(
                 api + "/api/v1/reset?scope=fleet", json={}, headers={"Origin": api}

@@ -98,6 +98,10 @@ async def test_a_killed_view_process_is_replaced_and_loses_nothing(targets, star
     assert report["totals"]["exchanges"] == 60  # seeded with everything merged before
     assert report["endpoints"][0]["fields"][0]["path"] == "$.new"
     assert supervisor.view.restarts == 1
+    restarts = supervisor.metrics.registry.get_sample_value(
+        "shadowd_worker_restarts_total", {"role": "view"}
+    )
+    assert restarts == 1
     verdict = await supervisor.verdicts.judge_now()
     assert verdict.verdict == "fail"  # the candidate adds $.new to every answer
 

@@ -50,9 +50,16 @@ class FleetFailed(RuntimeError):
 
 
 class FleetProcess:
-    def __init__(self, config: Config, instance_status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        instance_status: Callable[[], dict[str, Any]],
+        on_restart: Callable[[], None] = lambda: None,
+    ) -> None:
         """``instance_status()`` is this instance's mirroring status (its kill switch,
-        queue): the fleet's report carries it beside the fleet's members."""
+        queue): the fleet's report carries it beside the fleet's members. ``on_restart()``
+        is told each time the process exited and is started again (the supervisor counts
+        it)."""
         self._config = config
         self._instance_status = instance_status
         self._process: asyncio.subprocess.Process | None = None
@@ -61,6 +68,7 @@ class FleetProcess:
         self._next_id = 0
         self._waiting_since: float | None = None  # asked, and nothing answered since
         self.restarts = 0
+        self._on_restart = on_restart
         self._report_asked_at = -REPORT_MAX_AGE
         self._verdict: tuple[Verdict, bytes] | None = None
         self._verdict_sequence = 0  # the child's number for ``_verdict``
@@ -111,6 +119,7 @@ class FleetProcess:
                     code = await process.wait()
                     self._forget(process)
                 self.restarts += 1
+                self._on_restart()
                 log.warning(
                     "fleet view process exited (status %s); starting it again (%d so far)",
                     code,

@@ -36,16 +36,19 @@ class ViewProcess:
         config: Config,
         seed: Callable[[], dict[str, Any]],
         clock: Callable[[], tuple[float, float]],
+        on_restart: Callable[[], None] = lambda: None,
     ) -> None:
         """``seed()`` gives a snapshot of everything merged so far (``snapshot_of`` of the
         supervisor's statistics); ``clock()`` the supervisor's start and last reset (the
-        report's ``started_at`` and ``window``)."""
+        report's ``started_at`` and ``window``); ``on_restart()`` is told of each restart
+        (the supervisor counts it)."""
         self._config = config
         self._seed = seed
         self._clock = clock
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()  # one request (and its answer) at a time
         self.restarts = 0
+        self._on_restart = on_restart
 
     def kill(self) -> None:
         """Stop the view process now (a second SIGTERM: no goodbye, nothing left behind)."""
@@ -125,6 +128,7 @@ class ViewProcess:
         if self._process is not None:
             await self._stop()
             self.restarts += 1
+            self._on_restart()
             log.warning("view process restarted (%d so far)", self.restarts)
         self._process = await start_module(
             "shadowd.view.process",
