@@ -269,6 +269,60 @@ async def test_a_worker_killed_with_sigkill_loses_nothing_acknowledged_and_anoth
         await fleet.close()
 
 
+async def test_a_worker_stalled_past_claim_idle_does_not_count_what_was_taken_over(
+    redis_server, tmp_path
+):
+    """SIGSTOP a worker while it holds records it has counted but not published; another
+    worker claims them after claim_idle and counts them. When the stalled one wakes, its
+    snapshot must not count them a second time."""
+    config_path = write_config(
+        tmp_path / "fleet.toml", redis_server.url, "t:stall", stream={"batch": 50}
+    )
+    config = load_config(config_path)
+    capture = write_capture(tmp_path / "all.shadow", workload(seed=6, count=6000))
+    await finished(await shadowd("publish", str(capture), "-c", str(config_path)))
+    fleet = FleetView(config)
+    client = redis.Redis.from_url(redis_server.url)
+    stalled = await shadowd("worker", "-c", str(config_path), "--consumer", "stalled")
+    survivor = None
+    try:
+        async with asyncio.timeout(30.0):
+            while True:  # it has published some work and holds more
+                await fleet.refresh()
+                published = consumers(fleet).get("stalled", {}).get("diffed", 0)
+                if published and (await client.xpending("t:stall", config.stream.group))["pending"]:
+                    break
+                await asyncio.sleep(0.01)
+        stalled.send_signal(signal.SIGSTOP)
+        held = (await client.xpending("t:stall", config.stream.group))["pending"]
+        assert held > 0
+        survivor = await shadowd("worker", "-c", str(config_path), "--consumer", "survivor")
+        await fleet_counts(fleet, 6000)
+        async with asyncio.timeout(30.0):
+            while (await client.xpending("t:stall", config.stream.group))["pending"]:
+                await asyncio.sleep(0.05)  # the survivor claimed and acknowledged them all
+        stalled.send_signal(signal.SIGCONT)
+
+        async def went_back() -> bool:
+            await fleet.refresh()
+            return bool(fleet.series.value("shadowd_stream_records_total", how="taken_over"))
+
+        async with asyncio.timeout(30.0):
+            while not await went_back():
+                await asyncio.sleep(0.05)
+        await fleet.refresh()
+        assert fleet.series.value("shadowd_stream_records_total", how="reclaimed") >= held
+        assert comparable(fleet.report()) == comparable(single_process_report(config, [capture]))
+    finally:
+        if stalled.returncode is None:
+            stalled.send_signal(signal.SIGCONT)
+        await stop(stalled)
+        if survivor is not None:
+            await stop(survivor)
+        await client.aclose()
+        await fleet.close()
+
+
 async def test_the_streams_bound_sheds_the_oldest_records_and_counts_them(redis_server):
     config = StreamConfig(backend="redis", url=redis_server.url, key="t:bound", maxlen=1000)
     first = StreamReader(config, "first")

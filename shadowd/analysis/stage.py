@@ -84,6 +84,17 @@ class DiffStage:
     def backlog(self) -> int:
         return len(self._backlog)
 
+    def drop_backlog(self) -> int:
+        """Forget the records not diffed yet (their source will submit them again); how
+        many. Not counted as shed."""
+        dropped = len(self._backlog)
+        self._backlog.clear()
+        if self._full:
+            self._full = False
+            if self.on_room is not None:
+                self.on_room()
+        return dropped
+
     def swap_statistics(
         self, aggregator: Aggregator, evidence: VerdictEvidence
     ) -> tuple[Aggregator, VerdictEvidence]:

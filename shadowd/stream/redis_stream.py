@@ -51,16 +51,36 @@ UNREACHABLE = (RedisError, OSError, asyncio.TimeoutError)
 # count it twice (snapshot kept, records claimed again by another worker). A snapshot made
 # under an older generation (a fleet reset since) is not stored; its records are still
 # acknowledged, as they belong to the window that was cleared.
+# A worker that stalled past claim_idle (SIGSTOP, a VM pause, swapping) may have had records
+# it counted taken over by another worker, which counts them too: then nothing is
+# acknowledged or stored, and the ids it no longer owns are returned (the worker goes back
+# to its last stored snapshot and counts again what it still owns).
 # KEYS: stream, snapshots hash, generation; ARGV: group, consumer, generation, blob, ids...
+# Returns {generation, ids this consumer no longer owns}.
 PUBLISH_LUA = """
 local gen = redis.call('GET', KEYS[3]) or '0'
+if #ARGV >= 5 then
+  local owned = {}
+  local from = '-'
+  while true do
+    local page = redis.call('XPENDING', KEYS[1], ARGV[1], from, '+', 10000, ARGV[2])
+    for _, entry in ipairs(page) do owned[entry[1]] = true end
+    if #page < 10000 then break end
+    from = '(' .. page[#page][1]
+  end
+  local lost = {}
+  for i = 5, #ARGV do
+    if not owned[ARGV[i]] then lost[#lost + 1] = ARGV[i] end
+  end
+  if #lost > 0 then return {gen, lost} end
+end
 for i = 5, #ARGV, 1000 do
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 if gen == ARGV[3] then
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 end
-return gen
+return {gen, {}}
 """
 
 # A live worker keeps the records it holds (read, not yet acknowledged) from looking idle, so
@@ -316,11 +336,7 @@ class StreamReader:
             count=count,
             block=block_ms,
         )
-        entries: list[Entry] = []
-        for _stream, items in answer or ():
-            for entry_id, fields in items:
-                entries.append((entry_id, fields.get(FIELD) if fields else None))
-        return entries
+        return _entries(answer)
 
     async def reclaim(self, count: int) -> tuple[list[Entry], int]:
         """Take over up to ``count`` records another consumer left unacknowledged for
@@ -380,18 +396,39 @@ class StreamReader:
     async def generation(self) -> int:
         return int(await self.client.get(self.keys["generation"]) or 0)
 
-    async def publish_snapshot(self, blob: bytes, ack: list[bytes], generation: int) -> int:
+    async def publish_snapshot(
+        self, blob: bytes, ack: list[bytes], generation: int
+    ) -> tuple[int, list[bytes]]:
         """Store this worker's cumulative snapshot and acknowledge the records it counts, in
-        one step. Returns the fleet's generation (a reset bumps it: start afresh)."""
-        gen = await self._publish(
+        one step. Returns the fleet's generation (a reset bumps it: start afresh) and the
+        ids of ``ack`` this consumer no longer owns: when there are any (another worker took
+        them over), nothing was stored or acknowledged."""
+        gen, lost = await self._publish(
             keys=[self.config.key, self.keys["snapshots"], self.keys["generation"]],
             args=[self.config.group, self.consumer, str(generation), blob, *ack],
         )
-        return int(gen)
+        return int(gen), [bytes(i) if not isinstance(i, bytes) else i for i in lost]
+
+    async def read_own(self, after: bytes, count: int) -> list[Entry]:
+        """This consumer's pending records after id ``after`` (``b"0"``: from the first),
+        read again: what it must count once more after going back to its stored snapshot."""
+        answer: Any = await self.client.xreadgroup(
+            self.config.group, self.consumer, {self.config.key: after}, count=count
+        )
+        return _entries(answer)
 
     async def close(self) -> None:
         with contextlib.suppress(*UNREACHABLE):
             await self.client.aclose()
+
+
+def _entries(answer: Any) -> list[Entry]:
+    """XREADGROUP's answer as (id, record); an entry trimmed after it was read has none."""
+    entries: list[Entry] = []
+    for _stream, items in answer or ():
+        for entry_id, fields in items:
+            entries.append((entry_id, fields.get(FIELD) if fields else None))
+    return entries
 
 
 async def publish_capture(config: StreamConfig, path: Path) -> int:

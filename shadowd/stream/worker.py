@@ -59,11 +59,12 @@ class StreamAnalysisWorker:
         self._records = Counter(
             "shadowd_stream_records",
             "Exchange records this analysis worker took from the stream, by how: read (new), "
-            "reclaimed (left pending by a dead worker), acknowledged (counted and published)",
+            "reclaimed (left pending by a dead worker), acknowledged (counted and published), "
+            "taken_over (counted here, but claimed by another worker while this one stalled)",
             ["how"],
             registry=self.metrics.registry,
         )
-        for how in ("read", "reclaimed", "acknowledged"):
+        for how in ("read", "reclaimed", "acknowledged", "taken_over"):
             self._records.labels(how)
         self.stage = DiffStage(
             config.diff, self._fresh(), self._fresh_evidence(), self.metrics, BACKLOG_RECORDS
@@ -78,6 +79,10 @@ class StreamAnalysisWorker:
         self._taken = 0  # records the stage has taken out of its backlog (diffed or not)
         self._unacked: list[bytes] = []  # counted in ``total`` but not yet acknowledged
         self._held: set[bytes] = set()  # every id read and not yet acknowledged
+        # The cumulative snapshot stored in Redis last: where to go back to when records
+        # counted since were taken over by another worker (this one stalled past claim_idle).
+        self._published: bytes | None = None  # as stored: our entry of the snapshots hash
+        self._reread_from: bytes | None = None  # read our own pending records again from here
         self.fleet_generation = 0
         self.generation = 0  # the supervisor's (per-instance reset)
         self.connected = False
@@ -139,6 +144,13 @@ class StreamAnalysisWorker:
                     # claim_idle. The stage works it off; one round trip refills it.
                     await self.stage.wait_idle(1.0)
                     continue
+                if self._reread_from is not None:  # back at our stored snapshot
+                    entries = await self.reader.read_own(self._reread_from, room)
+                    if entries:
+                        self._reread_from = entries[-1][0]
+                        self._submit(entries)
+                        continue
+                    self._reread_from = None
                 now = time.monotonic()
                 if now - claimed_at >= claim_every:
                     entries, deleted = await self.reader.reclaim(room)
@@ -179,6 +191,7 @@ class StreamAnalysisWorker:
             return
         merge_snapshot(self.total, self.total_evidence, doc["snapshot"], self._rng)
         self.total.started_at = self.total.reset_at = doc["started_at"]
+        self._published = blob if isinstance(blob, bytes) else blob.encode()
         log.info("stream: %s continues its earlier snapshot", self.consumer)
 
     async def keep_alive(self) -> None:
@@ -191,7 +204,10 @@ class StreamAnalysisWorker:
 
     def _submit(self, entries: list[tuple[bytes, bytes | None]]) -> None:
         submit = self.stage.submit
+        held = self._held
         for entry_id, payload in entries:
+            if entry_id in held:  # read twice (our own pending list, read again): once
+                continue
             self._in_stage.append(entry_id)
             self._held.add(entry_id)
             # An entry without its record (trimmed after it was read) decodes as nothing:
@@ -214,7 +230,9 @@ class StreamAnalysisWorker:
         return delta
 
     async def publish(self) -> bool:
-        """Store the cumulative snapshot in Redis and acknowledge what it counts."""
+        """Store the cumulative snapshot in Redis and acknowledge what it counts. False when
+        some of it had been taken over by another worker: nothing was stored, and this worker
+        went back to its last stored snapshot to count again what it still owns."""
         trimmed = await self.reader.trimmed()
         if trimmed:
             self.metrics.mirror_dropped("stream_trimmed", trimmed)
@@ -231,14 +249,47 @@ class StreamAnalysisWorker:
             use_bin_type=True,
         )
         ack = self._unacked
-        generation = await self.reader.publish_snapshot(blob, ack, self.fleet_generation)
+        generation, lost = await self.reader.publish_snapshot(blob, ack, self.fleet_generation)
+        if lost:
+            self._go_back(lost)
+            return False
         self._records.labels("acknowledged").inc(len(ack))
         self._unacked = []
         self._held.difference_update(ack)
+        self._published = blob
         if generation != self.fleet_generation:  # a fleet reset: start a new window
             self.fleet_generation = generation
             self.total, self.total_evidence = self._fresh(), self._fresh_evidence()
+            self._published = None
         return True
+
+    def _go_back(self, lost: list[bytes]) -> None:
+        """Records counted here were claimed by another worker, which counts them too: drop
+        everything counted since the last stored snapshot, and read our own pending records
+        again (the taken ones are no longer among them). The fleet's statistics stay exact.
+        This worker's Prometheus counters, the instance's own view and a capture see the
+        records read again a second time."""
+        self._records.labels("taken_over").inc(len(lost))
+        log.warning(
+            "stream: %s stalled past claim_idle (%gs): %d records it counted were taken over "
+            "by another worker; counting again from its last stored snapshot",
+            self.consumer,
+            self.config.stream.claim_idle,
+            len(lost),
+        )
+        self.stage.drop_backlog()
+        self.stage.swap_statistics(self._fresh(), self._fresh_evidence())
+        self._in_stage.clear()
+        self._taken = self.stage.received
+        self._unacked = []
+        self._held = set()
+        started, reset = self.total.started_at, self.total.reset_at
+        self.total, self.total_evidence = self._fresh(), self._fresh_evidence()
+        if self._published is not None:
+            doc = msgpack.unpackb(self._published, raw=False, strict_map_key=False)
+            merge_snapshot(self.total, self.total_evidence, doc["snapshot"], self._rng)
+        self.total.started_at, self.total.reset_at = started, reset
+        self._reread_from = b"0"
 
     async def publish_round(self) -> dict[str, Any] | None:
         """Take the interval's delta and publish the cumulative snapshot; the delta. One at a
