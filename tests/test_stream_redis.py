@@ -299,8 +299,10 @@ async def test_a_worker_stalled_past_claim_idle_does_not_count_what_was_taken_ov
         survivor = await shadowd("worker", "-c", str(config_path), "--consumer", "survivor")
         await fleet_counts(fleet, 6000)
         async with asyncio.timeout(30.0):
-            while (await client.xpending("t:stall", config.stream.group))["pending"]:
-                await asyncio.sleep(0.05)  # the survivor claimed and acknowledged them all
+            while True:  # the survivor claimed and acknowledged them all
+                if not (await client.xpending("t:stall", config.stream.group))["pending"]:
+                    break
+                await asyncio.sleep(0.05)
         stalled.send_signal(signal.SIGCONT)
 
         async def went_back() -> bool:
