@@ -309,9 +309,7 @@ async def test_a_worker_stalled_past_claim_idle_does_not_count_what_was_taken_ov
             await fleet.refresh()
             return bool(fleet.series.value("shadowd_stream_records_total", how="taken_over"))
 
-        async with asyncio.timeout(30.0):
-            while not await went_back():
-                await asyncio.sleep(0.05)
+        await until(went_back, timeout=30.0)
         await fleet.refresh()
         assert fleet.series.value("shadowd_stream_records_total", how="reclaimed") >= held
         assert comparable(fleet.report()) == comparable(single_process_report(config, [capture]))
