@@ -171,10 +171,18 @@ def test_an_oversized_url_is_refused_once():
 
 
 def test_a_head_at_the_limit_passes():
-    pad = HEAD_LIMIT - len(b"GET / HTTP/1.1\r\nX: \r\n\r\n")
-    head = b"GET / HTTP/1.1\r\nX: " + b"v" * pad + b"\r\n\r\n"
+    pad = HEAD_LIMIT - len(b"GET / HTTP/1.1\r\nHost: h\r\nX: \r\n\r\n")
+    head = b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"v" * pad + b"\r\n\r\n"
     assert len(head) == HEAD_LIMIT
     assert Playbook(stream()) << head >> Got(b"GET", b"/")
+
+
+def test_http11_without_host_is_refused_and_http10_without_host_passes():
+    # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host (nginx does)
+    assert Playbook(stream()) << b"GET / HTTP/1.1\r\nX: 1\r\n\r\n" >> Refused(
+        400, "bad_request", "no Host header"
+    )
+    assert Playbook(stream()) << b"GET / HTTP/1.0\r\n\r\n" >> Got(b"GET", b"/")
 
 
 def test_a_declared_oversized_body_is_refused_at_the_head():

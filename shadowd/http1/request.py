@@ -346,6 +346,10 @@ class RequestStream:
             # RFC 9112 §3.2: which one the primary would pick is anybody's guess.
             self._refuse(400, "bad_request", "more than one Host header")
             return
+        if not hosts and self._parser.get_http_version() != "1.0":
+            # RFC 9112 §3.2 (a MUST, and nginx's answer too): HTTP/1.1 names its host.
+            self._refuse(400, "bad_request", "no Host header")
+            return
         if self._framed:
             self.body_started = self._now
         if expect_continue:
