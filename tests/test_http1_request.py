@@ -179,8 +179,10 @@ def test_a_head_at_the_limit_passes():
 
 def test_http11_without_host_is_refused_and_http10_without_host_passes():
     # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host (nginx does)
-    assert Playbook(stream()) << b"GET / HTTP/1.1\r\nX: 1\r\n\r\n" >> Refused(
-        400, "bad_request", "no Host header"
+    assert (
+        Playbook(stream())
+        << b"GET / HTTP/1.1\r\nX: 1\r\n\r\n"
+        >> Refused(400, "bad_request", "no Host header")
     )
     assert Playbook(stream()) << b"GET / HTTP/1.0\r\n\r\n" >> Got(b"GET", b"/")
 
