@@ -219,6 +219,59 @@ async def test_a_call_waiting_for_a_connection_past_its_deadline_is_a_pool_timeo
     assert server.seen == [(0, b"GET /slow HTTP/1.1")]
 
 
+# -- deadlines: one queue and one timer per pool ------------------------------------------------
+async def test_each_call_times_out_at_its_own_deadline_counted_from_its_send(tasks):
+    async def never_answers(peer: Peer) -> None:
+        server.record(peer, await peer.request())
+        await asyncio.Event().wait()
+
+    loop = asyncio.get_running_loop()
+    async with RawServer(never_answers, never_answers) as server:
+        pool = pool_for(server, tasks, timeout=0.6)
+        first_sent = loop.time()
+        first = send(pool, b"GET", b"/first")
+        await asyncio.sleep(0.3)  # the second leaves later, so its deadline is later
+        second_sent = loop.time()
+        second = send(pool, b"GET", b"/second")
+        ended = {}
+        for name, call in (("first", first), ("second", second)):
+            answer = await answer_of(call)
+            ended[name] = loop.time()
+            assert answer.error == ERROR_TIMEOUT
+        pool.close()
+    # never before its deadline; after it by no more than a busy host's scheduling delay
+    assert 0.6 - 0.003 <= ended["first"] - first_sent < 0.6 + 0.25
+    assert 0.6 - 0.003 <= ended["second"] - second_sent < 0.6 + 0.25
+    assert ended["second"] - ended["first"] >= 0.2
+
+
+async def test_a_slow_call_does_not_keep_the_finished_ones_behind_it_in_memory(tasks):
+    """A call that never ends sits at the head of the deadline queue; the thousands that
+    finish behind it are swept out instead of waiting there for its timeout."""
+    release = asyncio.Event()
+
+    async def holds_its_answer(peer: Peer) -> None:
+        await peer.request()
+        await release.wait()
+
+    async def answers_each(peer: Peer) -> None:
+        while True:
+            await peer.request()
+            peer.send(ok(b"x"))
+
+    async with RawServer(holds_its_answer, answers_each) as server:
+        pool = pool_for(server, tasks, timeout=30.0)
+        stuck = send(pool, b"GET", b"/stuck")
+        for _ in range(5000):
+            answer = await answer_of(send(pool, b"GET", b"/fast"))
+            assert answer.status == 200
+        queued = len(pool._deadlines)
+        release.set()
+        pool.close()
+    assert not stuck.done()
+    assert queued <= 1024 + 1  # the stuck one, and at most one sweep's worth of finished
+
+
 # -- framing on a kept-alive connection ----------------------------------------------------------
 async def test_a_head_answer_with_content_length_leaves_the_connection_ready_for_the_next(tasks):
     async def head_then_get(peer: Peer) -> None:

@@ -54,7 +54,6 @@ class Call:
         "retryable",
         "sink",
         "started",
-        "timer",
     )
 
     def __init__(self, payload: bytes, sink: ResponseSink, head_only: bool, retryable: bool):
@@ -63,7 +62,6 @@ class Call:
         self.head_only = head_only  # HEAD: the answer has headers only, whatever it says
         self.retryable = retryable  # idempotent: may be re-sent once on a fresh connection
         self.connection: UpstreamConnection | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.started = 0.0
         self.done = False
         self.paused = False  # the sink cannot take more: do not read the answer for now
@@ -84,9 +82,6 @@ class Call:
         if self.done:
             return
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.connection is not None:
             self.connection.abort()
 
@@ -94,9 +89,6 @@ class Call:
         if self.done:
             return
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None  # the handle refers back to this call: no cycle for the GC
         self.sink.on_response_error(kind)
 
 
@@ -212,9 +204,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._call = None
         call.done = True
         call.connection = None
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
         self.served += 1
         # Back to the pool before the sink hears of it, so the sink may send again at once.
         if keep_alive and not self.closed:

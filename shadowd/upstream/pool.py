@@ -4,6 +4,11 @@ Bounded: at most ``max_connections`` open; beyond that, calls wait their turn (t
 still runs). Every call has a deadline that covers waiting, connecting and answering; when it
 passes, the error says which: ``pool_timeout`` (no free connection), ``connect_timeout``
 (connecting, also past ``connect_timeout``), ``timeout`` (sent, the answer did not complete).
+
+Every call of a pool has the same timeout, so deadlines fall in the order calls were sent:
+the pool keeps its calls in one queue and one timer for the oldest, rather than a timer per
+call (a ``call_later`` and its ``cancel`` per call: 0.5-0.9 µs of the pool's ~10 µs of CPU a
+request, measured against nginx; the ingress makes three calls per mirrored request).
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from shadowd.config import TargetConfig
 from shadowd.exchange import ERROR_CONNECT, ERROR_CONNECT_TIMEOUT, ERROR_POOL_TIMEOUT
 from shadowd.tasks import TaskGroup
 from shadowd.upstream.connection import Call, ResponseSink, UpstreamConnection
+
+_SWEEP_MIN = 1024  # calls queued for their deadline before finished ones are swept out
+_TIMER_SLACK = 0.002  # uvloop's timers have millisecond resolution and may fire a bit early
 
 
 def _ssl_context(target: TargetConfig) -> ssl.SSLContext | None:
@@ -38,6 +46,11 @@ class UpstreamPool:
         self._waiting: deque[Call] = deque()
         self._open = 0  # connections open or being opened
         self._closing = False
+        # Calls in the order sent (so by deadline); finished ones leave from the front, or
+        # in a sweep when a slow one at the front holds many finished ones behind it.
+        self._deadlines: deque[Call] = deque()
+        self._sweep_at = _SWEEP_MIN
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     def send(
         self,
@@ -49,8 +62,16 @@ class UpstreamPool:
     ) -> Call:
         """Send ``payload`` (a whole serialized request) and report the answer to ``sink``."""
         call = Call(payload, sink, head_only, retryable)
-        call.started = self._loop.time()
-        call.timer = self._loop.call_later(self.target.timeout, self._on_timeout, call)
+        call.started = now = self._loop.time()
+        deadlines = self._deadlines
+        deadlines.append(call)
+        while deadlines[0].done:  # not empty: this call is in it, and not done
+            deadlines.popleft()
+        if len(deadlines) >= self._sweep_at:
+            self._deadlines = deadlines = deque(c for c in deadlines if not c.done)
+            self._sweep_at = max(_SWEEP_MIN, 2 * len(deadlines))
+        if self._deadline_timer is None:
+            self._deadline_timer = self._loop.call_at(now + self.target.timeout, self._expire)
         self._dispatch(call)
         return call
 
@@ -147,8 +168,30 @@ class UpstreamPool:
         else:
             conn.start(call)
 
+    def _expire(self) -> None:
+        """The oldest calls' deadlines: time out those past theirs, wake up for the next."""
+        self._deadline_timer = None
+        timeout = self.target.timeout
+        now = self._loop.time()
+        # A timed-out call's sink may send again (and sweep the queue) meanwhile: re-read it.
+        while deadlines := self._deadlines:
+            call = deadlines[0]
+            if call.done:
+                deadlines.popleft()
+                continue
+            due = call.started + timeout
+            if due > now + _TIMER_SLACK:
+                self._wake_at(due)
+                return
+            deadlines.popleft()
+            self._on_timeout(call)
+
+    def _wake_at(self, due: float) -> None:
+        if self._deadline_timer is not None:  # set by a send during _expire: for a later call
+            self._deadline_timer.cancel()
+        self._deadline_timer = self._loop.call_at(due, self._expire)
+
     def _on_timeout(self, call: Call) -> None:
-        call.timer = None
         if call.done:
             return
         if call.connection is not None:
