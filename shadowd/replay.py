@@ -337,6 +337,8 @@ class Replay:
             for name, url in self.options.targets.items()
         }
         self.templates = {name: RequestTemplate(pool.target) for name, pool in self.pools.items()}
+        # id(recorded exchange) -> its requests as bytes, kept when the capture is looped
+        self._prepared: dict[int, tuple[list[tuple[str, UpstreamPool, bytes]], bool]] = {}
         total = len(exchanges) * self.options.loop // self.shard[1]
         progress = self.progress or Progress(total, label="replay")
         self.started = self.start_at if self.start_at is not None else clock()
@@ -372,21 +374,52 @@ class Replay:
         self, exchanges: list[Exchange], progress: Progress, deadline: float | None
     ) -> None:
         schedule = self._schedule(exchanges)
-        slots = asyncio.Semaphore(self.options.concurrency or 1)
+        # A counter and an event rather than asyncio.Semaphore: its acquire() is a coroutine
+        # call per request, a measurable share of a sender's CPU at tens of thousands a second.
+        free = [self.options.concurrency or 1]
+        room = asyncio.Event()
+
+        def release() -> None:
+            free[0] += 1
+            room.set()
+
         for _, ex in schedule:
-            await slots.acquire()
+            while not free[0]:
+                room.clear()
+                await room.wait()
             if deadline is not None and clock() >= deadline:
-                slots.release()
                 break
-            self._send(ex, clock(), slots.release)
+            free[0] -= 1
+            self._send(ex, clock(), release)
             if self.sent % 100 == 0:
                 progress.update(self.sent)
 
-    def _send(self, recorded: Exchange, intended: float, done: Any = None) -> None:
+    def _outgoing(self, recorded: Exchange) -> tuple[list[tuple[str, UpstreamPool, bytes]], bool]:
+        """Each target's request bytes for a recorded exchange, and whether it is a HEAD."""
+        prepared = self._prepared.get(id(recorded))
+        if prepared is not None:
+            return prepared
         request = recorded.request
         headers, has_host, _ = forwardable_headers(request.headers)
         method = request.method.encode("ascii")
         target = request.target.encode("latin-1")
+        prepared = (
+            [
+                (
+                    name,
+                    pool,
+                    self.templates[name].build(method, target, headers, request.body, has_host),
+                )
+                for name, pool in self.pools.items()
+            ],
+            method == b"HEAD",
+        )
+        if self.options.loop > 1:  # every lap sends the same bytes: build them once
+            self._prepared[id(recorded)] = prepared
+        return prepared
+
+    def _send(self, recorded: Exchange, intended: float, done: Any = None) -> None:
+        request = recorded.request
         live = Exchange(id=recorded.id, request=request, endpoint=recorded.endpoint)
         if not self.live_primary:
             reference = recorded.answers.get(PRIMARY)
@@ -416,13 +449,10 @@ class Replay:
                 if done is not None:
                     done()
 
-        for name, pool in self.pools.items():
-            payload = self.templates[name].build(method, target, headers, request.body, has_host)
-            pool.send(
-                payload,
-                AnswerCollector(name, self.options.body_limit, arrived),
-                head_only=method == b"HEAD",
-            )
+        outgoing, head_only = self._outgoing(recorded)
+        body_limit = self.options.body_limit
+        for name, pool, payload in outgoing:
+            pool.send(payload, AnswerCollector(name, body_limit, arrived), head_only=head_only)
 
     def _complete(self, exchange: Exchange) -> None:
         self.completed += 1
