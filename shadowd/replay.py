@@ -344,6 +344,10 @@ class Replay:
         self.started = self.start_at if self.start_at is not None else clock()
         deadline = self.started + self.options.duration if self.options.duration else None
         try:
+            # Parallel senders share a first instant; a closed loop must not start before it
+            # either, or what it sent early would count against a shorter elapsed time.
+            while (delay := self.started - clock()) > 0:  # noqa: ASYNC110 - pacing
+                await asyncio.sleep(delay)
             if self.options.concurrency:
                 await self._closed_loop(exchanges, progress, deadline)
             else:
