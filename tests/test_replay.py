@@ -341,20 +341,26 @@ async def test_no_diff_times_the_targets_without_comparing(make_backend, tmp_pat
     assert summary["verdict"] is None
 
 
+async def timed_prices(make_backend):  # type: ignore[no-untyped-def]
+    """A backend answering GET /prices/{id}; the perf_counter instant each request arrived
+    (the system-wide monotonic clock, as the senders'). (backend, its URL, the instants)."""
+    seen: list[float] = []
+    backend = make_backend()
+
+    async def price(request: web.Request) -> web.Response:
+        seen.append(time.perf_counter())
+        return web.json_response({"price": int(request.match_info["id"])})
+
+    backend.route("GET", "/prices/{id}", price)
+    return backend, await backend.start(), seen
+
+
 async def test_closed_loop_senders_start_together_at_the_shared_instant(make_backend, tmp_path):
     """A sender ready early must not start before the shared first instant: what it sent
     before it would count against a shorter elapsed time, inflating the rate."""
     from shadowd.replay_parallel import replay_parallel
 
-    seen: list[float] = []
-    backend = make_backend()
-
-    async def price(request: web.Request) -> web.Response:
-        seen.append(time.perf_counter())  # the system-wide monotonic clock, as the senders'
-        return web.json_response({"price": int(request.match_info["id"])})
-
-    backend.route("GET", "/prices/{id}", price)
-    url = await backend.start()
+    _, url, seen = await timed_prices(make_backend)
     path = capture(tmp_path / "c.shadow", [recorded(i, 100.0) for i in range(200)])
     summary = await replay_parallel(
         path,
@@ -368,15 +374,7 @@ async def test_closed_loop_senders_start_together_at_the_shared_instant(make_bac
 async def test_parallel_senders_share_the_schedule_and_merge_their_figures(make_backend, tmp_path):
     from shadowd.replay_parallel import replay_parallel
 
-    seen: list[float] = []
-    backend = make_backend()
-
-    async def price(request: web.Request) -> web.Response:
-        seen.append(time.perf_counter())
-        return web.json_response({"price": int(request.match_info["id"])})
-
-    backend.route("GET", "/prices/{id}", price)
-    url = await backend.start()
+    backend, url, seen = await timed_prices(make_backend)
     path = capture(tmp_path / "c.shadow", [recorded(i, 100.0) for i in range(300)])
     summary = await replay_parallel(
         # analysis_nice=0: in this process, a lower priority would outlive the test

@@ -212,32 +212,48 @@ async def test_fleet_report_of_two_ingress_and_two_workers_equals_one_process(
         await fleet.close()
 
 
+async def published_backlog(
+    redis_server: RedisServer, tmp_path: Path, key: str, seed: int
+) -> tuple[Config, Path, Path, FleetView, redis.Redis]:
+    """6,000 records of a fixed workload appended to ``key`` (read in batches of 50), and a
+    fleet view and a Redis client to watch them: (config, its path, the capture, ...)."""
+    config_path = write_config(tmp_path / "fleet.toml", redis_server.url, key, stream={"batch": 50})
+    capture = write_capture(tmp_path / "all.shadow", workload(seed=seed, count=6000))
+    await finished(await shadowd("publish", str(capture), "-c", str(config_path)))
+    config = load_config(config_path)
+    return config, config_path, capture, FleetView(config), redis.Redis.from_url(redis_server.url)
+
+
+async def holding_unpublished(
+    fleet: FleetView, client: redis.Redis, config: Config, consumer: str
+) -> None:
+    """Until ``consumer`` has published some work and holds more it has not published."""
+    async with asyncio.timeout(30.0):
+        while True:
+            await fleet.refresh()
+            # (published first: the group exists once the worker has published)
+            if consumers(fleet).get(consumer, {}).get("diffed", 0):
+                pending = await client.xpending(config.stream.key, config.stream.group)
+                if pending["pending"]:
+                    return
+            await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("successor", ["survivor", "doomed"], ids=["another", "same-name"])
 async def test_a_worker_killed_with_sigkill_loses_nothing_acknowledged_and_another_finishes(
     redis_server, tmp_path, successor
 ):
     """Another worker takes over what the dead one held; or the dead one, started again
     under its configured name, continues its own snapshot and takes its records back."""
-    config_path = write_config(
-        tmp_path / "fleet.toml", redis_server.url, "t:kill", stream={"batch": 50}
+    config, config_path, capture, fleet, client = await published_backlog(
+        redis_server, tmp_path, "t:kill", seed=5
     )
-    config = load_config(config_path)
-    capture = write_capture(tmp_path / "all.shadow", workload(seed=5, count=6000))
-    await finished(await shadowd("publish", str(capture), "-c", str(config_path)))
-    fleet = FleetView(config)
-    client = redis.Redis.from_url(redis_server.url)
     doomed = await shadowd("worker", "-c", str(config_path), "--consumer", "doomed")
     survivor = None
     try:
         # Kill it mid-way: it has published (acknowledged) some work and holds more that it
         # read but has not published.
-        async with asyncio.timeout(30.0):
-            while True:
-                await fleet.refresh()
-                published = consumers(fleet).get("doomed", {}).get("diffed", 0)
-                if published and (await client.xpending("t:kill", config.stream.group))["pending"]:
-                    break
-                await asyncio.sleep(0.01)
+        await holding_unpublished(fleet, client, config, "doomed")
         doomed.send_signal(signal.SIGKILL)
         await doomed.wait()
         pending = await client.xpending("t:kill", config.stream.group)
@@ -275,24 +291,13 @@ async def test_a_worker_stalled_past_claim_idle_does_not_count_what_was_taken_ov
     """SIGSTOP a worker while it holds records it has counted but not published; another
     worker claims them after claim_idle and counts them. When the stalled one wakes, its
     snapshot must not count them a second time."""
-    config_path = write_config(
-        tmp_path / "fleet.toml", redis_server.url, "t:stall", stream={"batch": 50}
+    config, config_path, capture, fleet, client = await published_backlog(
+        redis_server, tmp_path, "t:stall", seed=6
     )
-    config = load_config(config_path)
-    capture = write_capture(tmp_path / "all.shadow", workload(seed=6, count=6000))
-    await finished(await shadowd("publish", str(capture), "-c", str(config_path)))
-    fleet = FleetView(config)
-    client = redis.Redis.from_url(redis_server.url)
     stalled = await shadowd("worker", "-c", str(config_path), "--consumer", "stalled")
     survivor = None
     try:
-        async with asyncio.timeout(30.0):
-            while True:  # it has published some work and holds more
-                await fleet.refresh()
-                published = consumers(fleet).get("stalled", {}).get("diffed", 0)
-                if published and (await client.xpending("t:stall", config.stream.group))["pending"]:
-                    break
-                await asyncio.sleep(0.01)
+        await holding_unpublished(fleet, client, config, "stalled")
         stalled.send_signal(signal.SIGSTOP)
         held = (await client.xpending("t:stall", config.stream.group))["pending"]
         assert held > 0
