@@ -279,6 +279,22 @@ def test_a_record_decodes_to_the_exchange_it_was_made_of_field_by_field():
         exchange_of(record)
 
 
+def test_header_pairs_are_written_as_arrays_whether_tuples_or_lists():
+    # record_of hands msgpack the exchange's (name, value) tuples without copying them into
+    # lists: the bytes must be those of the lists files were always written with.
+    import msgpack
+
+    original = exchange(3)
+    record = record_of(original)
+    as_lists = {
+        **record,
+        "rq": {**record["rq"], "h": [list(p) for p in original.request.headers]},
+        "an": [{**an, "h": [list(p) for p in an["h"]]} for an in record["an"]],
+    }
+    assert any(type(p) is tuple for p in record["rq"]["h"])
+    assert msgpack.packb(record, use_bin_type=True) == msgpack.packb(as_lists, use_bin_type=True)
+
+
 def test_frames_carry_zlibs_crc32_so_files_written_before_still_read():
     import random
     import zlib

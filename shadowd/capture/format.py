@@ -53,12 +53,10 @@ def encode_header(
     )
 
 
-def _headers(headers: list[tuple[bytes, bytes]]) -> list[list[bytes]]:
-    return [[name, value] for name, value in headers]
-
-
 def record_of(exchange: Exchange) -> dict[str, Any]:
-    """The msgpack-ready map of an exchange (short keys: records are written by the million)."""
+    """The msgpack-ready map of an exchange (short keys: records are written by the million).
+    Header pairs go as they are: msgpack writes a tuple as the same array as a list, so no
+    copy of every header list is made (the ingress builds one record per request)."""
     rq = exchange.request
     return {
         "id": exchange.id,
@@ -66,7 +64,7 @@ def record_of(exchange: Exchange) -> dict[str, Any]:
         "rq": {
             "m": rq.method,
             "t": rq.target,
-            "h": _headers(rq.headers),
+            "h": rq.headers,
             "b": rq.body,
             "at": rq.received_at,
             "c": rq.client,
@@ -76,7 +74,7 @@ def record_of(exchange: Exchange) -> dict[str, Any]:
             {
                 "n": a.target,
                 "s": a.status,
-                "h": _headers(a.headers),
+                "h": a.headers,
                 "b": a.body,
                 "z": a.body_size,
                 "d": a.body_digest,
