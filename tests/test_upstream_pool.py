@@ -239,10 +239,10 @@ async def test_each_call_times_out_at_its_own_deadline_counted_from_its_send(tas
             ended[name] = loop.time()
             assert answer.error == ERROR_TIMEOUT
         pool.close()
-    # never before its deadline; after it by no more than a busy host's scheduling delay
-    assert 0.6 - 0.003 <= ended["first"] - first_sent < 0.6 + 0.25
-    assert 0.6 - 0.003 <= ended["second"] - second_sent < 0.6 + 0.25
-    assert ended["second"] - ended["first"] >= 0.2
+    # each at its own deadline: never before it (but for the timer's slack; the second not
+    # at the first's), after it by no more than a busy host's scheduling delay
+    assert 0.6 - 0.003 <= ended["first"] - first_sent < 0.6 + 2.0
+    assert 0.6 - 0.003 <= ended["second"] - second_sent < 0.6 + 2.0
 
 
 async def test_a_slow_call_does_not_keep_the_finished_ones_behind_it_in_memory(tasks):
