@@ -642,6 +642,11 @@ def process_stat(pid: int) -> list[str]:
 
 def fleet_process_of(daemon: ShadowdProcess) -> int | None:
     """The pid of the daemon's fleet view process (a zombie has no command line: None)."""
+    return child_of(daemon, b"shadowd.stream.fleet_process")
+
+
+def child_of(daemon: ShadowdProcess, module: bytes) -> int | None:
+    """The pid of the daemon's child running ``module`` (a zombie has no command line)."""
     assert daemon.process is not None
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -651,7 +656,7 @@ def fleet_process_of(daemon: ShadowdProcess) -> int | None:
             command = (entry / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == daemon.process.pid and b"shadowd.stream.fleet_process" in command:
+        if ppid == daemon.process.pid and module in command:
             return int(entry.name)
     return None
 
@@ -736,6 +741,44 @@ async def test_a_stalled_fleet_process_answers_503_in_time_and_the_rest_of_the_a
         if child is not None and fleet_process_of(daemon) == child:
             os.kill(child, signal.SIGKILL)  # a stopped child would outlive the daemon
         await daemon.kill()
+
+
+async def test_a_supervisor_killed_with_sigkill_takes_its_view_and_fleet_processes_along(
+    redis_server, services, tmp_path
+):
+    """They serve only the supervisor: left behind, they held its stderr open (a caller
+    waiting for that pipe waited forever) and their Redis connections. Stopped here, so that
+    they cannot notice the end of their input: whatever they are doing, they go along."""
+    daemon, _, api = await fleet_daemon(tmp_path, redis_server.url, "t:orphans", *services)
+    children: list[int] = []
+    try:
+        children.append(await fleet_process_started(daemon))
+        async with aiohttp.ClientSession() as session:
+            status, _ = await admin_json(session, api + "/api/v1/report")
+            assert status == 200  # the view process is up
+        view = child_of(daemon, b"shadowd.view.process")
+        assert view is not None
+        children.append(view)
+        for pid in children:
+            os.kill(pid, signal.SIGSTOP)
+        daemon.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+
+        async def all_gone() -> bool:
+            return not any(alive(pid) for pid in children)
+
+        await until(all_gone, timeout=10.0)
+    finally:
+        for pid in children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        await daemon.kill()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return process_stat(pid)[0] != "Z"
+    except OSError:
+        return False
 
 
 async def test_a_killed_fleet_process_is_replaced_and_the_new_one_reads_the_fleet_again(

@@ -31,10 +31,13 @@ from prometheus_client import generate_latest
 
 from shadowd.config import Config
 from shadowd.logs import setup_logging
+from shadowd.processes import die_with_parent
 from shadowd.report import endpoint_samples
 from shadowd.stream.fleet import FleetView
 from shadowd.verdict.judge import Verdict
 from shadowd.view.process import LENGTH, NICE
+
+CLOSE_WITHIN = 5.0  # seconds to close the fleet view (Redis) once the supervisor is gone
 
 
 class FleetServer:
@@ -141,10 +144,14 @@ async def _main() -> None:
     try:
         await _serve(server, reader)
     finally:
-        await server.fleet.close()
+        # The supervisor is gone: never outlive it for long, even with Redis unreachable.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WITHIN):
+                await server.fleet.close()
 
 
 def main() -> int:
+    die_with_parent()
     with contextlib.suppress(OSError):  # refused (a seccomp filter): the default priority
         os.nice(NICE)
     # A Ctrl-C reaches the whole process group; the supervisor decides when this one ends.

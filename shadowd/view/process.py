@@ -18,6 +18,8 @@ import sys
 import traceback
 from typing import Any, BinaryIO
 
+from shadowd.processes import die_with_parent
+
 LENGTH = struct.Struct(">I")
 NICE = 10  # below the relay and the analysis workers: what a user reads comes last
 
@@ -95,6 +97,7 @@ def read_message(stream: BinaryIO) -> bytes | None:
 
 
 def main() -> int:
+    die_with_parent()
     with contextlib.suppress(OSError):  # refused (a seccomp filter): the default priority
         os.nice(NICE)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
