@@ -84,16 +84,14 @@ class DiffStage:
     def backlog(self) -> int:
         return len(self._backlog)
 
-    def drop_backlog(self) -> int:
-        """Forget the records not diffed yet (their source will submit them again); how
-        many. Not counted as shed."""
-        dropped = len(self._backlog)
+    def drop_backlog(self) -> None:
+        """Forget the records not diffed yet (their source will submit them again). Not
+        counted as shed."""
         self._backlog.clear()
         if self._full:
             self._full = False
             if self.on_room is not None:
                 self.on_room()
-        return dropped
 
     def swap_statistics(
         self, aggregator: Aggregator, evidence: VerdictEvidence

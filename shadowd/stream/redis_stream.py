@@ -407,7 +407,7 @@ class StreamReader:
             keys=[self.config.key, self.keys["snapshots"], self.keys["generation"]],
             args=[self.config.group, self.consumer, str(generation), blob, *ack],
         )
-        return int(gen), [bytes(i) if not isinstance(i, bytes) else i for i in lost]
+        return int(gen), list(lost)
 
     async def read_own(self, after: bytes, count: int) -> list[Entry]:
         """This consumer's pending records after id ``after`` (``b"0"``: from the first),
