@@ -35,3 +35,23 @@ class TaskGroup:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def stop_task(task: asyncio.Task[Any], timeout: float = 10.0) -> bool:
+    """Cancel ``task`` and wait until it ends, cancelling it again while it runs on. One
+    cancellation is not always enough: redis-py can swallow it (seen under load: an
+    XREADGROUP cancelled as its answer arrived returned that answer, the reading loop went
+    on, and a worker told to stop never did). True once the task ended, False after
+    ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not task.done():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            log.error("task %s did not stop within %gs", task.get_name(), timeout)
+            return False
+        task.cancel()
+        await asyncio.wait([task], timeout=min(0.25, remaining))
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())
+    return True

@@ -147,8 +147,26 @@ async def shadowd(*args: str) -> asyncio.subprocess.Process:
 
 
 async def finished(process: asyncio.subprocess.Process, timeout: float = 60.0) -> str:
-    async with asyncio.timeout(timeout):
-        out, err = await process.communicate()
+    communicating = asyncio.ensure_future(process.communicate())
+    done, _ = await asyncio.wait([communicating], timeout=timeout)
+    if not done:
+        # Say where it was stuck: its stack (py-spy, when there) and what it logged.
+        stacks = ""
+        places = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", "")))
+        spy = shutil.which("py-spy", path=places)
+        if process.returncode is None and spy is not None:
+            dump = await asyncio.create_subprocess_exec(
+                spy, "dump", "--pid", str(process.pid), stdout=asyncio.subprocess.PIPE
+            )
+            stacks = (await dump.communicate())[0].decode(errors="replace")
+        if process.returncode is None:
+            process.kill()
+        out, err = await communicating
+        raise AssertionError(
+            f"still running after {timeout}s (exit {process.returncode});\n{stacks}\n"
+            f"stderr: {err.decode(errors='replace')[-4000:]}"
+        )
+    out, err = communicating.result()
     assert process.returncode == 0, err.decode()
     return out.decode()
 

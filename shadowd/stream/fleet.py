@@ -37,6 +37,7 @@ from shadowd.stream.redis_stream import (
     fleet_keys,
     redis_client,
 )
+from shadowd.tasks import stop_task
 from shadowd.verdict.evidence import VerdictEvidence
 from shadowd.verdict.judge import Verdict, judge
 from shadowd.verdict.schedule import ScheduledVerdict
@@ -89,9 +90,7 @@ class FleetView:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         await self.verdicts.close()
         with contextlib.suppress(*UNREACHABLE):
             await self.client.aclose()

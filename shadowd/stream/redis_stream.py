@@ -34,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 from shadowd.config import StreamConfig
 from shadowd.exchange import Exchange
 from shadowd.stream.handoff import record_payload
+from shadowd.tasks import stop_task
 
 log = logging.getLogger("shadowd.stream")
 
@@ -283,9 +284,7 @@ class StreamSender:
         buffered record reached Redis."""
         self._closing = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         sent = True
         try:
             async with asyncio.timeout(timeout):

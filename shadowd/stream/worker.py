@@ -44,6 +44,7 @@ from shadowd.stream.redis_stream import (
     StreamReader,
     consumer_name,
 )
+from shadowd.tasks import stop_task
 from shadowd.verdict.evidence import VerdictEvidence
 
 log = logging.getLogger("shadowd.analysis")
@@ -328,6 +329,10 @@ class StreamAnalysisWorker:
             "capture": self.capture.status() if self.capture is not None else None,
         }
 
+    async def _stop_reading(self, reading: asyncio.Task[None]) -> None:
+        self._stopping = True  # and should a cancellation be lost, it stops after this read
+        await stop_task(reading)
+
     async def _finish(self, grace: float) -> dict[str, Any] | None:
         """Stop reading, work off the backlog, publish it (acknowledged); the last delta."""
         self._stopping = True
@@ -353,9 +358,7 @@ class StreamAnalysisWorker:
                 if not stop.is_set():
                     await self.publish_round()
             sdnotify.notify("STOPPING=1\nSTATUS=publishing the last snapshot")
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reading
+            await self._stop_reading(reading)
             await self._finish(5.0)
         finally:
             reading.cancel()
@@ -403,9 +406,7 @@ class StreamAnalysisWorker:
                 self.stage.config = self.config.diff
                 await self.report(channel, seq=message.get("seq"))
             elif kind == "drain":
-                reading.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reading
+                await self._stop_reading(reading)
                 last = await self._finish(message.get("grace", 5.0))
                 await self.report(channel, seq=message.get("seq"), delta=last)
                 await channel.drain()
