@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import pickle
@@ -33,9 +34,11 @@ from shadowd import sdnotify
 from shadowd.aggregate import Aggregator
 from shadowd.analysis.snapshot import DELTA_SAMPLES, merge_snapshot, snapshot_of
 from shadowd.analysis.stage import DiffStage
+from shadowd.capture.format import exchange_of
 from shadowd.capture.writer import CaptureWriter
 from shadowd.config import Config
 from shadowd.control import Channel, ChannelClosed
+from shadowd.diff.engine import diff_exchange
 from shadowd.metrics import Metrics, export_families
 from shadowd.stream.redis_stream import (
     FLEET_SNAPSHOT_VERSION,
@@ -84,6 +87,15 @@ class StreamAnalysisWorker:
         # counted since were taken over by another worker (this one stalled past claim_idle).
         self._published: bytes | None = None  # as stored: our entry of the snapshots hash
         self._reread_from: bytes | None = None  # read our own pending records again from here
+        # Going back, records this worker had already diffed are read again. They are
+        # counted again into the fleet's statistics only: this worker's own view (the
+        # instance's report, its Prometheus series, its capture) saw each of them once.
+        self._diffed_before: set[bytes] = set()
+        self._recounted = self._quiet()  # counted again since the last delta...
+        self._recounted_ids: list[bytes] = []  # ...and their ids, to acknowledge with it
+        # What this worker diffed between its last delta and going back: the instance's
+        # view still gets it with the next delta (the fleet's statistics do not).
+        self._own_only: tuple[Aggregator, VerdictEvidence] | None = None
         self.fleet_generation = 0
         self.generation = 0  # the supervisor's (per-instance reset)
         self.connected = False
@@ -122,6 +134,10 @@ class StreamAnalysisWorker:
 
     def _fresh_evidence(self) -> VerdictEvidence:
         return VerdictEvidence(self.config.endpoints.max)
+
+    def _quiet(self) -> tuple[Aggregator, VerdictEvidence]:
+        """Statistics that no Prometheus series observes."""
+        return Aggregator(self.config), self._fresh_evidence()
 
     # -- reading ---------------------------------------------------------------------------
     async def consume(self) -> None:
@@ -206,8 +222,12 @@ class StreamAnalysisWorker:
     def _submit(self, entries: list[tuple[bytes, bytes | None]]) -> None:
         submit = self.stage.submit
         held = self._held
+        diffed_before = self._diffed_before
         for entry_id, payload in entries:
             if entry_id in held:  # read twice (our own pending list, read again): once
+                continue
+            if entry_id in diffed_before:
+                self._count_again(entry_id, payload)
                 continue
             self._in_stage.append(entry_id)
             self._held.add(entry_id)
@@ -215,19 +235,49 @@ class StreamAnalysisWorker:
             # the stage counts it as undecodable, and it is acknowledged like any other.
             submit(payload if payload is not None else b"")
 
+    def _count_again(self, entry_id: bytes, payload: bytes | None) -> None:
+        """Diff a record read again after going back into the fleet's statistics only (see
+        ``_diffed_before``). Small work, and rare: what one worker held when it stalled."""
+        self._held.add(entry_id)
+        self._recounted_ids.append(entry_id)
+        self._diffed_before.discard(entry_id)
+        try:
+            exchange = exchange_of(
+                msgpack.unpackb(payload or b"", raw=False, strict_map_key=False, use_list=False)
+            )
+            diff = diff_exchange(exchange, self.config.diff)
+        except Exception:  # counted as failed the first time it was diffed
+            return
+        aggregator, evidence = self._recounted
+        aggregator.add(exchange, diff)
+        evidence.record(exchange, diff)
+
     # -- publishing ------------------------------------------------------------------------
     def take_delta(self) -> dict[str, Any] | None:
         """Statistics counted since the last call, folded into the cumulative ones; the ids
-        they count join those to acknowledge."""
+        they count join those to acknowledge. Returns the delta of this worker's own view
+        (for the instance's report), None when there is none."""
         aggregator, evidence = self.stage.swap_statistics(self._fresh(), self._fresh_evidence())
         taken = self.stage.received - self.stage.backlog
         for _ in range(taken - self._taken):
             self._unacked.append(self._in_stage.popleft())
         self._taken = taken
-        if not aggregator.endpoints:
-            return None
-        delta = snapshot_of(aggregator, evidence, DELTA_SAMPLES)
-        merge_snapshot(self.total, self.total_evidence, delta, self._rng)
+        if self._recounted_ids:
+            merge_snapshot(
+                self.total, self.total_evidence, snapshot_of(*self._recounted), self._rng
+            )
+            self._unacked.extend(self._recounted_ids)
+            self._recounted, self._recounted_ids = self._quiet(), []
+        delta = snapshot_of(aggregator, evidence, DELTA_SAMPLES) if aggregator.endpoints else None
+        if delta is not None:
+            merge_snapshot(self.total, self.total_evidence, delta, self._rng)
+        if self._own_only is not None:
+            own_aggregator, own_evidence = self._own_only
+            self._own_only = None
+            if delta is not None:
+                merge_snapshot(own_aggregator, own_evidence, delta, self._rng)
+            if own_aggregator.endpoints:
+                return snapshot_of(own_aggregator, own_evidence, DELTA_SAMPLES)
         return delta
 
     async def publish(self) -> bool:
@@ -257,6 +307,8 @@ class StreamAnalysisWorker:
         self._records.labels("acknowledged").inc(len(ack))
         self._unacked = []
         self._held.difference_update(ack)
+        if self._reread_from is None:  # those not read again were taken over: never back
+            self._diffed_before.clear()
         self._published = blob
         if generation != self.fleet_generation:  # a fleet reset: start a new window
             self.fleet_generation = generation
@@ -267,9 +319,9 @@ class StreamAnalysisWorker:
     def _go_back(self, lost: list[bytes]) -> None:
         """Records counted here were claimed by another worker, which counts them too: drop
         everything counted since the last stored snapshot, and read our own pending records
-        again (the taken ones are no longer among them). The fleet's statistics stay exact.
-        This worker's Prometheus counters, the instance's own view and a capture see the
-        records read again a second time."""
+        again (the taken ones are no longer among them). The fleet's statistics stay exact;
+        this worker's own view (Prometheus, the instance's report, a capture) counts each
+        record it diffed once, those taken over included: it did diff them."""
         self._records.labels("taken_over").inc(len(lost))
         log.warning(
             "stream: %s stalled past claim_idle (%gs): %d records it counted were taken over "
@@ -278,8 +330,18 @@ class StreamAnalysisWorker:
             self.config.stream.claim_idle,
             len(lost),
         )
+        # The records diffed here: those counted and waiting for their acknowledgement, those
+        # counted again, and the stage's first ones up to what it took out of its backlog
+        # (it works in order).
+        diffed = self.stage.received - self.stage.backlog - self._taken
+        self._diffed_before.update(self._unacked, self._recounted_ids)
+        self._diffed_before.update(itertools.islice(self._in_stage, diffed))
         self.stage.drop_backlog()
-        self.stage.swap_statistics(self._fresh(), self._fresh_evidence())
+        own = self.stage.swap_statistics(self._fresh(), self._fresh_evidence())
+        if self._own_only is not None:
+            merge_snapshot(*own, snapshot_of(*self._own_only), self._rng)
+        self._own_only = own
+        self._recounted, self._recounted_ids = self._quiet(), []
         self._in_stage.clear()
         self._taken = self.stage.received
         self._unacked = []
@@ -325,7 +387,7 @@ class StreamAnalysisWorker:
             "backlog": self.stage.backlog,
             "diffed": self.stage.diffed,
             "received": self.stage.received,
-            "unacknowledged": len(self._unacked) + len(self._in_stage),
+            "unacknowledged": len(self._unacked) + len(self._in_stage) + len(self._recounted_ids),
             "capture": self.capture.status() if self.capture is not None else None,
         }
 
