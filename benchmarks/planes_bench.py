@@ -545,14 +545,20 @@ def measure_fixed(peer: Peer, seconds: float, load: Any) -> dict[str, Any]:
     return result
 
 
-class Poller(threading.Thread):
-    """GETs /api/v1/report then /api/v1/verdict every POLL_EVERY seconds, timing each answer."""
+ADMIN_ROUTES = ("/api/v1/report", "/api/v1/verdict")
+# The control: a client as busy on the same host, asking for what costs shadowd nothing.
+CONTROL_ROUTES = ("/healthz", "/healthz")
 
-    def __init__(self, admin: int) -> None:
+
+class Poller(threading.Thread):
+    """GETs each of ``routes`` in turn every POLL_EVERY seconds, timing each answer."""
+
+    def __init__(self, admin: int, routes: tuple[str, ...] = ADMIN_ROUTES) -> None:
         super().__init__(daemon=True)
         self.admin = admin
         self.stop_event = threading.Event()
-        self.times: dict[str, list[float]] = {"/api/v1/report": [], "/api/v1/verdict": []}
+        self.routes = routes
+        self.times: dict[str, list[float]] = {route: [] for route in routes}
         self.failures: list[str] = []
 
     def run(self) -> None:
@@ -567,7 +573,8 @@ class Poller(threading.Thread):
             self.first[route] = (time.perf_counter() - start) * 1000
         next_at = time.monotonic()
         while not self.stop_event.is_set():
-            for route, times in self.times.items():
+            for route in self.routes:
+                times = self.times[route]
                 start = time.perf_counter()
                 try:
                     status, _ = http_get(self.admin, route, timeout=ADMIN_TIMEOUT)
@@ -664,6 +671,16 @@ def fixed_rate_table(title: str, peers: list[Peer]) -> list[str]:
     return out
 
 
+def _movement(base: list[dict[str, Any]], other: list[dict[str, Any]], key: str) -> str:
+    """The median over runs of each run's movement from ``base`` (the runs are pairs)."""
+    moves = [
+        (b[key] - a[key]) / a[key]
+        for a, b in zip(base, other, strict=False)
+        if a[key] and a[key] == a[key] and b[key] == b[key]
+    ]
+    return f"{statistics.median(moves):+.0%}" if moves else "-"
+
+
 def admin_table(
     quiet: list[dict[str, Any]],
     polled: list[dict[str, Any]],
@@ -671,24 +688,37 @@ def admin_table(
     failures: list[str],
     endpoints: int,
     seconds: float,
+    control: list[dict[str, Any]] | None = None,
 ) -> list[str]:
+    control = control or []
     out = [
         f"### Admin under load: {endpoints} endpoints x 3 targets, {RATE:,} req/s for "
         f"{seconds:g} s (`wrk -t{THREADS} -c{HEY_WORKERS}` paced, round robin over "
         f"{len(ENDPOINT_PATHS)} paths)",
         "",
-        "| data plane | quiet | admin polled every 100 ms | movement |",
-        "| --- | ---: | ---: | ---: |",
+        "Each run measures the arms back to back, in an order rotated from run to run; a",
+        "movement is the median over runs of each run's own movement from its quiet arm. The",
+        "control polls `/healthz` at the same cadence: what any client as busy costs this host.",
+        "",
+        "| data plane | quiet | report + verdict polled every 100 ms | movement "
+        "| control: /healthz polled | movement |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key, label in (("rps", "achieved req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")):
-        a, b = _median(quiet, key), _median(polled, key)
-        move = f"{(b - a) / a:+.0%}" if a and a == a and b == b else "-"
         spec = ",.0f" if key == "rps" else ".2f"
-        out.append(f"| {label} | {_fmt(a, spec)} | {_fmt(b, spec)} | {move} |")
-    out.append(f"| diffed | {pct(_median(quiet, 'diffed'))} | {pct(_median(polled, 'diffed'))} | |")
+        a, b = _median(quiet, key), _median(polled, key)
+        c = _median(control, key) if control else float("nan")
+        out.append(
+            f"| {label} | {_fmt(a, spec)} | {_fmt(b, spec)} | {_movement(quiet, polled, key)} "
+            f"| {_fmt(c, spec)} | {_movement(quiet, control, key)} |"
+        )
+    out.append(
+        f"| diffed | {pct(_median(quiet, 'diffed'))} | {pct(_median(polled, 'diffed'))} | "
+        f"| {pct(_median(control, 'diffed')) if control else '-'} | |"
+    )
     errors = [
         f"{label} run {i + 1}: {r['errors']}"
-        for label, runs in (("quiet", quiet), ("polled", polled))
+        for label, runs in (("quiet", quiet), ("polled", polled), ("control", control))
         for i, r in enumerate(runs)
         if r["errors"]
     ]
@@ -868,11 +898,18 @@ def section_admin(bench: Bench, record: dict[str, Any]) -> list[str]:
         _time_admin(sd.admin, admin_times["idle"], failures)
     quiet: list[dict[str, Any]] = []
     polled: list[dict[str, Any]] = []
+    control: list[dict[str, Any]] = []
+    arms = [("quiet", quiet), ("polled", polled), ("control", control)]
     for i in range(args.runs):
         log(f" run {i + 1}/{args.runs} ({endpoints} endpoints in the report)")
-        for label, into in (("quiet", quiet), ("polled", polled)):
+        # Rotated: whatever drifts over a run (the statistics grow) favours no arm.
+        for label, into in arms[i % 3 :] + arms[: i % 3]:
             before = sd.settled_exchanges()
-            poller = Poller(sd.admin) if label == "polled" else None
+            poller = None
+            if label == "polled":
+                poller = Poller(sd.admin)
+            elif label == "control":
+                poller = Poller(sd.admin, CONTROL_ROUTES)
             if poller:
                 poller.start()
             try:
@@ -881,12 +918,13 @@ def section_admin(bench: Bench, record: dict[str, Any]) -> list[str]:
                 if poller:
                     poller.stop_event.set()
                     poller.join(ADMIN_TIMEOUT + 5)
-            if poller:
+            if poller and label == "polled":
                 for route, times in poller.times.items():
                     admin_times["under load"][route] += times
                     admin_times["first after a quiet spell (untimed above)"][route].append(
                         poller.first.get(route, float("nan"))
                     )
+            if poller:
                 failures += poller.failures
             result["diffed"] = share(sd.settled_exchanges() - before, result["requests"])
             _note_unsettled(result, sd)
@@ -901,10 +939,14 @@ def section_admin(bench: Bench, record: dict[str, Any]) -> list[str]:
         "endpoints": endpoints,
         "quiet": quiet,
         "polled": polled,
+        "control": control,
         "admin_ms": admin_times,
         "admin_failures": failures,
     }
-    return ["", *admin_table(quiet, polled, admin_times, failures, endpoints, args.seconds)]
+    return [
+        "",
+        *admin_table(quiet, polled, admin_times, failures, endpoints, args.seconds, control),
+    ]
 
 
 def measure_all(bench: Bench, record: dict[str, Any]) -> list[str]:
