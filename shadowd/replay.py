@@ -246,6 +246,7 @@ class Replay:
         self.start_at = start_at  # a perf_counter value: the clock is system-wide on Linux
         self.handed_off = 0
         self.progress: Any = None  # a Progress-like object; None: a bar of our own
+        self.on_loaded: Any = None  # called once the capture is read, before any send
         names = list(options.targets)
         primary_url = options.targets.get(PRIMARY, "http://recorded.invalid")
         candidate_url = options.targets.get(CANDIDATE, options.targets.get(PRIMARY, ""))
@@ -324,6 +325,8 @@ class Replay:
     # -- running -------------------------------------------------------------------------
     async def run(self) -> None:
         exchanges = self._selected()
+        if self.on_loaded is not None:
+            self.on_loaded()
         tasks = TaskGroup()
         self.pools = {
             name: UpstreamPool(

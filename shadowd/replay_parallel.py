@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import pickle
@@ -233,6 +234,10 @@ async def _send(job: tuple[str, ReplayOptions, tuple[int, int], float, int]) -> 
 
     runner = Replay(Path(capture), options, shard=shard, on_complete=hand_off, start_at=start_at)
     runner.progress = _Progress()
+    # The modules and the capture live as long as this process: out of the collector's
+    # sight, a full collection walks only what sending creates. With them in view one took
+    # 14 ms at 10,000 req/s, every answer of those 14 ms timed late (max 20 ms against 4).
+    runner.on_loaded = gc.freeze
     sending = asyncio.ensure_future(runner.run())
     stop = asyncio.Event()
     loop.add_reader(0, stop.set)  # the parent closed our stdin: Ctrl-C
