@@ -91,7 +91,10 @@ async def test_going_back_counts_each_record_once_in_the_fleet_and_in_its_own_vi
             assert len(stolen) == 100
 
             deltas.append(await worker.publish_round())  # refused: it goes back
-            assert worker._records.labels("taken_over")._value.get() == 100
+            taken_over = worker.metrics.registry.get_sample_value(
+                "shadowd_stream_records_total", {"how": "taken_over"}
+            )
+            assert taken_over == 100
             # It reads its 200 remaining records again, and publishes them.
             await until(
                 lambda: (
