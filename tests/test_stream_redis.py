@@ -257,6 +257,13 @@ async def holding_unpublished(
             await asyncio.sleep(0.01)
 
 
+async def nothing_pending(client: redis.Redis, key: str, group: str, timeout: float) -> None:
+    """Until every record of the group is acknowledged (the survivor's next snapshot)."""
+    async with asyncio.timeout(timeout):
+        while (await client.xpending(key, group))["pending"]:  # noqa: ASYNC110 - Redis state
+            await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize("successor", ["survivor", "doomed"], ids=["another", "same-name"])
 async def test_a_worker_killed_with_sigkill_loses_nothing_acknowledged_and_another_finishes(
     redis_server, tmp_path, successor
@@ -282,11 +289,7 @@ async def test_a_worker_killed_with_sigkill_loses_nothing_acknowledged_and_anoth
 
         survivor = await shadowd("worker", "-c", str(config_path), "--consumer", successor)
         await fleet_counts(fleet, 6000)
-        async with asyncio.timeout(10.0):
-            while True:  # the survivor acknowledges with its next snapshot
-                if not (await client.xpending("t:kill", config.stream.group))["pending"]:
-                    break
-                await asyncio.sleep(0.05)
+        await nothing_pending(client, "t:kill", config.stream.group, timeout=10.0)
         await fleet.refresh()
         # Exactly once: what the dead worker acknowledged is counted in its snapshot, what
         # it left pending was claimed and counted by the survivor, nothing twice.
@@ -321,11 +324,8 @@ async def test_a_worker_stalled_past_claim_idle_does_not_count_what_was_taken_ov
         assert held > 0
         survivor = await shadowd("worker", "-c", str(config_path), "--consumer", "survivor")
         await fleet_counts(fleet, 6000)
-        async with asyncio.timeout(30.0):
-            while True:  # the survivor claimed and acknowledged them all
-                if not (await client.xpending("t:stall", config.stream.group))["pending"]:
-                    break
-                await asyncio.sleep(0.05)
+        # the survivor claimed and acknowledged them all
+        await nothing_pending(client, "t:stall", config.stream.group, timeout=30.0)
         stalled.send_signal(signal.SIGCONT)
 
         async def went_back() -> bool:
