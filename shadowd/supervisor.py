@@ -62,6 +62,7 @@ STABLE_AFTER = 10.0  # a worker alive this long has its backoff reset
 # costs the view process ~0.3 s of CPU, which on a small host is taken beside the relay.
 REBUILD_EVERY = 2.0
 REPORT_MAX_AGE = 2.0  # asked again within this, a caller is a poller: served without waiting
+CATCH_UP_TIMEOUT = 1.0  # at most this for the analysis workers to publish before a one-off
 
 
 def _without_samples(delta: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +159,7 @@ class Supervisor:
             self._judge,
             lambda: (self.generation, self._merges),
             self.metrics.observe_verdict,
+            catch_up=self._catch_up,
         )
         # [stream] on Redis: the fleet's merged view, beside this instance's (?scope=fleet).
         # Merged in a process of its own (shadowd.stream.fleet_process), like the view.
@@ -430,6 +432,14 @@ class Supervisor:
                         await worker.replied.wait()
         except TimeoutError:
             log.warning("workers did not answer %s in %.1fs", kind, timeout)
+
+    async def _catch_up(self) -> None:
+        """Every analysis worker publishes what it has diffed so far, now: a one-off report
+        or verdict (``shadowd verdict`` after a load test) then counts the traffic sent
+        until just before it, not only what the last publication, up to a
+        ``snapshot_interval`` ago, held. Bounded: a stopped worker delays it by
+        ``CATCH_UP_TIMEOUT`` at most."""
+        await self._round(timeout=CATCH_UP_TIMEOUT, role=ANALYSIS, metrics=False)
 
     async def settle(self, timeout: float = 10.0) -> bool:
         """Until every copy sent so far has come back, been handed off, diffed and merged
@@ -704,8 +714,9 @@ class Supervisor:
         A poller (someone asked less than ``REPORT_MAX_AGE`` ago) gets the newest report at
         once, and a newer one is built behind it: the view process may be slow on a busy
         host, the admin API never is. Anyone else waits for a report of the statistics as
-        they are (a one-off ``shadowd report`` after a test run counts all of it), and so
-        does everyone after a reset, a reload or ``settle()``."""
+        they are, after the analysis workers published what they hold (a one-off ``shadowd
+        report`` after a test run counts all of it), and so does everyone after a reset, a
+        reload or ``settle()``."""
         version = self._statistics_version()
         latest = self._report_json
         now = time.monotonic()
@@ -722,7 +733,8 @@ class Supervisor:
             if now - self._report_started_at >= REBUILD_EVERY:
                 self._build_report_soon()
             return latest[0]
-        return (await self._report_including(version[1]))[0]
+        await self._catch_up()
+        return (await self._report_including(self._merges))[0]
 
     async def _report_including(self, merges: int) -> tuple[bytes, tuple[int, int, int, int]]:
         """A report built after ``merges`` deltas were merged (in this generation)."""

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from conftest import Backend, build_config
@@ -361,3 +362,34 @@ async def test_verdict_gauges_follow_the_statistics_without_being_asked(targets,
         "shadowd_divergence_beyond_noise_ratio", {"endpoint": "GET /items/{id}"}
     )
     assert beyond == 1.0  # the candidate adds $.new to every answer
+
+
+async def test_a_one_off_report_or_verdict_counts_what_the_analysis_diffed_before_it(
+    targets, start_supervisor, monkeypatch
+):
+    # `shadowd verdict` right after a load test: the analysis workers publish only every
+    # snapshot_interval (here far beyond the test), so without asking them first a one-off
+    # caller read statistics without that traffic (and the verdict judged at start-up).
+    from shadowd import supervisor as supervisor_module
+    from shadowd.verdict import schedule
+
+    monkeypatch.setattr(supervisor_module, "REPORT_MAX_AGE", 0.0)  # every call a one-off
+    monkeypatch.setattr(schedule, "POLL_WINDOW", 0.0)
+    supervisor = await start_supervisor(
+        targets["primary"].url,
+        targets["candidate"].url,
+        ingress={"workers": 2},
+        analysis={"snapshot_interval": 600.0},
+    )
+    statuses = await _get_many(_url(supervisor), 40, connections=4)
+    assert statuses == [200] * 40
+    reported = 0
+    async with asyncio.timeout(15):  # until the last copies are back and diffed
+        while reported < 40:
+            report = orjson.loads(await supervisor.report_json())
+            reported = report["totals"]["exchanges"]
+            assert reported <= 40
+            if reported < 40:
+                await asyncio.sleep(0.05)
+    verdict = await supervisor.current_verdict()
+    assert verdict.exchanges == 40

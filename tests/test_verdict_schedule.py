@@ -85,3 +85,42 @@ async def test_after_a_reset_a_caller_waits_for_a_judgement_of_the_new_statistic
     stats.generation, stats.merges = 1, 0  # reset: the old verdict judged what is gone
     assert await verdicts.current() == ("verdict", 2)
     assert await verdicts.judge_now() == ("verdict", 3)
+
+
+async def test_a_one_off_caller_waits_for_a_judgement_of_the_traffic_before_it(clock: Clock):
+    # `shadowd verdict` right after a load test: the newest judgement (made at start-up,
+    # before any traffic) is seconds old and judged none of it; the gate must not read it.
+    stats = Statistics()
+    verdicts = scheduled(stats)
+    assert await verdicts.current() == ("verdict", 1)
+    stats.merges += 4  # the load test's deltas, merged within JUDGE_EVERY
+    clock.now += schedule.POLL_WINDOW  # nobody asked in between: not a poller
+    assert await verdicts.current() == ("verdict", 2)
+    clock.now += 0.1  # the same caller again at once: a poller now, answered from the newest
+    stats.merges += 1
+    assert await verdicts.current() == ("verdict", 2)
+    await settle()
+    assert stats.judged == 2
+
+
+async def test_a_judgement_begun_before_the_callers_traffic_is_not_its_answer(clock: Clock):
+    stats = Statistics()
+    release = asyncio.Event()
+    judging = asyncio.Event()
+
+    async def slow_judge() -> object:
+        judging.set()
+        await release.wait()
+        return await Statistics.judge(stats)
+
+    verdicts = schedule.ScheduledVerdict(slow_judge, stats.version, stats.published.append)
+    verdicts.start()  # the supervisor's first judgement, of no traffic yet
+    await asyncio.wait_for(judging.wait(), 5)
+    stats.merges += 3  # traffic merged while that judgement runs
+    clock.now += schedule.POLL_WINDOW
+    asking = asyncio.ensure_future(verdicts.current())
+    judging.clear()
+    release.set()
+    assert await asyncio.wait_for(asking, 5) == ("verdict", 2)  # not the one of no traffic
+    assert stats.judged == 2
+    await verdicts.close()

@@ -111,7 +111,9 @@ class AnalysisWorker:
                 return
             kind = message["t"]
             if kind == "report_now":
-                self.report(channel, seq=message.get("seq"))
+                # "metrics": False from a one-off report or verdict that only needs the
+                # statistics: the series are sent on their own cadence
+                self.report(channel, seq=message.get("seq"), metrics=message.get("metrics", True))
             elif kind == "reset":
                 self.generation = message["gen"]
                 self.stage.swap_statistics(self._fresh_aggregator(), self._fresh_evidence())
@@ -143,7 +145,7 @@ class AnalysisWorker:
         self.stage.config = config.diff
         self.stage.aggregator.config = config
 
-    def report(self, channel: Channel, seq: int | None = None) -> None:
+    def report(self, channel: Channel, seq: int | None = None, *, metrics: bool = True) -> None:
         aggregator, evidence = self.stage.swap_statistics(
             self._fresh_aggregator(), self._fresh_evidence()
         )
@@ -161,7 +163,7 @@ class AnalysisWorker:
         if aggregator.endpoints:
             message["delta"] = snapshot_of(aggregator, evidence, DELTA_SAMPLES)
         now = time.monotonic()
-        if seq is not None or now - self._metrics_sent_at >= METRICS_EVERY:
+        if (seq is not None and metrics) or now - self._metrics_sent_at >= METRICS_EVERY:
             # Every endpoint's series (tens of thousands with 200 endpoints): unpacked on the
             # supervisor's loop, so sent every few seconds, and whenever it asks (settle).
             message["metrics"] = export_families(self.metrics.registry)

@@ -4,10 +4,13 @@ The judgement's statistics (bootstrap intervals, rank tests) cost tens of millis
 endpoint: seconds of CPU with hundreds of endpoints. The supervisor judges in its view
 process (``shadowd.view``), at a lower CPU priority, so on a busy host the data plane
 always wins the core, and never on the loop that serves the admin API.
-``GET /api/v1/verdict`` answers the newest judgement at once; it waits only when the
-statistics changed since and no judgement of them exists yet (the first call, or right
-after a reset). The verdict gauges follow every judgement, so they move without anybody
-asking for the verdict.
+A poller of ``GET /api/v1/verdict`` (anyone who asked within ``POLL_WINDOW``: the
+dashboard, a scraper every 100 ms) gets the newest judgement at once and a new one at most
+every ``JUDGE_EVERY``. Anyone else, a one-off ``shadowd verdict`` after a load test or a
+rollout gate asking once a minute, waits for a judgement of every delta merged before the
+call: the newest one may be seconds old and have judged none of that traffic. So does
+everyone right after a reset. The verdict gauges follow every judgement, so they move
+without anybody asking for the verdict.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ log = logging.getLogger("shadowd.verdict")
 
 JUDGE_EVERY = 5.0  # seconds between judgements while the statistics change
 STALE_AFTER = 30.0  # an answer older than this waits for a fresh judgement
+POLL_WINDOW = 2 * JUDGE_EVERY  # asked again within this, a caller is a poller
 
 
 class ScheduledVerdict:
@@ -32,16 +36,21 @@ class ScheduledVerdict:
         judge: Callable[[], Awaitable[Verdict]],
         version: Callable[[], tuple[int, int]],
         publish: Callable[[Verdict], None],
+        catch_up: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``judge()`` judges the statistics as they stand (every delta merged before the
         call); ``version()`` a value that changes with the statistics (generation,
-        merges); ``publish`` gets each new verdict (the gauges)."""
+        merges); ``publish`` gets each new verdict (the gauges); ``catch_up()``, awaited
+        before a one-off caller's judgement, has the statistics' sources publish what
+        they hold."""
         self._judge_statistics = judge
         self._version = version
         self._publish = publish
+        self._catch_up = catch_up
         self._latest: Verdict | None = None
         self._latest_version: tuple[int, int] | None = None
         self._latest_at = 0.0
+        self._asked_at = -POLL_WINDOW  # monotonic time of the last current()
         self._running: asyncio.Task[Verdict] | None = None
         self._timer: asyncio.Task[None] | None = None
 
@@ -59,21 +68,38 @@ class ScheduledVerdict:
     async def current(self) -> Verdict:
         version = self._version()
         latest = self._latest
+        now = time.monotonic()
+        polling, self._asked_at = now - self._asked_at < POLL_WINDOW, now
         if latest is not None and self._latest_version == version:
             return latest
         if (
-            latest is not None
+            polling
+            and latest is not None
             and self._latest_version is not None
             and self._latest_version[0] == version[0]  # no reset since
-            and time.monotonic() - self._latest_at < STALE_AFTER
+            and now - self._latest_at < STALE_AFTER
         ):
-            # A poller (a dashboard, a scraper every 100 ms) gets the newest judgement and
-            # asks for a new one at most every JUDGE_EVERY: judging the moment anyone asks
-            # kept the view process judging back to back, ~0.3 cores of a busy host.
-            if time.monotonic() - self._latest_at >= JUDGE_EVERY:
+            # A poller gets the newest judgement and asks for a new one at most every
+            # JUDGE_EVERY: judging the moment anyone asks kept the view process judging
+            # back to back, ~0.3 cores of a busy host.
+            if now - self._latest_at >= JUDGE_EVERY:
                 self._judge_soon()
             return latest
-        return await asyncio.shield(self._judge_soon())
+        if self._catch_up is not None:
+            await self._catch_up()
+            version = self._version()
+        return await self._judgement_including(version)
+
+    async def _judgement_including(self, version: tuple[int, int]) -> Verdict:
+        """A judgement of at least ``version``'s statistics: one under way may have begun
+        before the deltas the caller is asking about were merged."""
+        while True:
+            verdict = await asyncio.shield(self._judge_soon())
+            judged = self._latest_version
+            if self._version()[0] != version[0]:  # a reset since: the new statistics' will do
+                return verdict
+            if judged is not None and judged[0] == version[0] and judged[1] >= version[1]:
+                return verdict
 
     async def judge_now(self) -> Verdict:
         """A judgement of the statistics as they stand now (after any one under way)."""
