@@ -425,3 +425,29 @@ async def test_paced_senders_wait_for_the_timer_instead_of_polling_the_loop(make
     assert summary["completed"] > 3000
     # Measured over 3 s: 0.8 s of CPU waiting for ticks (startup included), 3.3 s polling.
     assert sender_cpu < 0.7 * summary["seconds"], (sender_cpu, summary["seconds"])
+
+
+async def test_a_capture_filed_in_completion_order_is_sent_in_arrival_order(make_backend, tmp_path):
+    # shadowd files an exchange when its last answer is in: a request whose copy took a
+    # second lands a second late in the file. Sent in file order at the recorded pace, it
+    # left a second late, and its corrected latency counted that second against the target.
+    seen: list[int] = []
+    backend = make_backend()
+
+    async def price(request: web.Request) -> web.Response:
+        seen.append(int(request.match_info["id"]))
+        return web.json_response({"price": int(request.match_info["id"])})
+
+    backend.route("GET", "/prices/{id}", price)
+    url = await backend.start()
+    arrivals = {i: 100.0 + i * 0.05 for i in range(20)}  # 50 ms apart, 0.95 s in all
+    slow = 3  # answered last: filed after every other, 0.8 s after the one before it
+    filed = [recorded(i, arrivals[i]) for i in range(20) if i != slow]
+    filed.append(recorded(slow, arrivals[slow]))
+    path = capture(tmp_path / "c.shadow", filed)
+    runner = Replay(path, ReplayOptions(targets={"candidate": url}))
+    await runner.run()
+    assert seen == sorted(seen)  # the target sees them as they first arrived
+    corrected = runner.summary()["latency"]["candidate"]["corrected"]
+    assert corrected["count"] == 20
+    assert corrected["max"] < 400  # ms; in file order it left 800 ms late
