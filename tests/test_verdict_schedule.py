@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from shadowd.verdict import schedule
 
+_real_monotonic = time.monotonic
+
 
 class Clock:
+    """The monotonic clock moved forward by hand. It keeps running underneath: asyncio's
+    loop reads the same clock, and its timeouts and sleeps must still end."""
+
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.offset = 1000.0
+
+    @property
+    def now(self) -> float:
+        return _real_monotonic() + self.offset
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.offset += value - self.now
 
     def __call__(self) -> float:
         return self.now
@@ -124,3 +138,34 @@ async def test_a_judgement_begun_before_the_callers_traffic_is_not_its_answer(cl
     assert await asyncio.wait_for(asking, 5) == ("verdict", 2)  # not the one of no traffic
     assert stats.judged == 2
     await verdicts.close()
+
+
+async def test_a_one_off_caller_on_a_host_too_busy_to_judge_gets_the_newest_in_time(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+):
+    # A rollout gate gives up after 10 s: waiting longer for a fresh judgement than that
+    # would turn "the newest judgement, a few seconds old" into a measurement error.
+    monkeypatch.setattr(schedule, "ONE_OFF_WAIT", 0.05)
+    stats = Statistics()
+    release = asyncio.Event()
+
+    async def judge() -> object:
+        if stats.judged:  # the first judgement is quick; the host is busy after it
+            await release.wait()
+        return await Statistics.judge(stats)
+
+    verdicts = schedule.ScheduledVerdict(judge, stats.version, stats.published.append)
+    assert await verdicts.current() == ("verdict", 1)
+    stats.merges += 1
+    clock.now += schedule.POLL_WINDOW
+    assert await asyncio.wait_for(verdicts.current(), 5) == ("verdict", 1)  # the newest
+    release.set()
+    await settle()
+    assert stats.judged == 2  # the fresh one was still made, for the next caller
+    stats.generation, stats.merges = 1, 0  # after a reset there is no newest to give:
+    release.clear()
+    asking = asyncio.ensure_future(verdicts.current())
+    await asyncio.sleep(0.1)  # past ONE_OFF_WAIT: still waiting, for the only answer there is
+    assert not asking.done()
+    release.set()
+    assert await asyncio.wait_for(asking, 5) == ("verdict", 3)

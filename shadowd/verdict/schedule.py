@@ -8,9 +8,10 @@ A poller of ``GET /api/v1/verdict`` (anyone who asked within ``POLL_WINDOW``: th
 dashboard, a scraper every 100 ms) gets the newest judgement at once and a new one at most
 every ``JUDGE_EVERY``. Anyone else, a one-off ``shadowd verdict`` after a load test or a
 rollout gate asking once a minute, waits for a judgement of every delta merged before the
-call: the newest one may be seconds old and have judged none of that traffic. So does
-everyone right after a reset. The verdict gauges follow every judgement, so they move
-without anybody asking for the verdict.
+call: the newest one may be seconds old and have judged none of that traffic. It waits
+``ONE_OFF_WAIT`` at most, then gets the newest, so a rollout gate's 10 s timeout is never
+spent waiting on a busy host. Everyone waits right after a reset. The verdict gauges follow
+every judgement, so they move without anybody asking for the verdict.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger("shadowd.verdict")
 JUDGE_EVERY = 5.0  # seconds between judgements while the statistics change
 STALE_AFTER = 30.0  # an answer older than this waits for a fresh judgement
 POLL_WINDOW = 2 * JUDGE_EVERY  # asked again within this, a caller is a poller
+ONE_OFF_WAIT = 5.0  # a one-off caller waits this long for a fresh judgement, then the newest
 
 
 class ScheduledVerdict:
@@ -85,10 +87,20 @@ class ScheduledVerdict:
             if now - self._latest_at >= JUDGE_EVERY:
                 self._judge_soon()
             return latest
-        if self._catch_up is not None:
-            await self._catch_up()
-            version = self._version()
-        return await self._judgement_including(version)
+        try:
+            async with asyncio.timeout(ONE_OFF_WAIT):
+                if self._catch_up is not None:
+                    await self._catch_up()
+                    version = self._version()
+                return await self._judgement_including(version)
+        except TimeoutError:
+            # A gate gives up after 10 s (Argo's and Flagger's default) and reads that as
+            # an error: on a host too busy to judge in time, the newest judgement (its
+            # judged_at says how old) beats none. Without one, wait: there is nothing else.
+            judged = self._latest_version
+            if self._latest is not None and judged is not None and judged[0] == self._version()[0]:
+                return self._latest
+            return await self._judgement_including(self._version())
 
     async def _judgement_including(self, version: tuple[int, int]) -> Verdict:
         """A judgement of at least ``version``'s statistics: one under way may have begun
