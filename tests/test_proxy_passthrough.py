@@ -331,7 +331,9 @@ async def test_expect_100_continue_is_answered_and_the_body_relayed(proxy):
     assert final.endswith(b"hello")
 
 
-async def test_https_primary_verified_with_a_configured_ca(tmp_path, make_backend, start_shadowd):
+async def test_https_primary_verified_with_a_configured_ca(
+    tmp_path, make_backend, start_shadowd, caplog
+):
     import ssl
     import subprocess
 
@@ -380,6 +382,11 @@ async def test_https_primary_verified_with_a_configured_ca(tmp_path, make_backen
         untrusted = await start_shadowd(url, url)  # no CA: verification fails -> 502
         status, _, _, _ = await fetch(untrusted.url + "/")
         assert status == 502
+        # and the log says why, and what to set (the client only sees "unreachable")
+        said = [r.getMessage() for r in caplog.records if r.name == "shadowd.upstream"]
+        assert any(
+            "TLS certificate not trusted" in m and "[targets.primary] ca_file" in m for m in said
+        ), said
     finally:
         await runner.cleanup()
 

@@ -338,3 +338,28 @@ async def test_a_close_delimited_body_is_complete_at_fin_and_cut_short_at_rst(ta
             assert await sink.ended == ending
         pool.close()
     assert sink.body == b"partial"
+
+
+# -- why a target cannot be reached ---------------------------------------------------------------
+async def test_failed_connects_say_why_at_most_every_ten_seconds(tasks, caplog, monkeypatch):
+    # The client sees a 502 and the metrics a kind ("connect"): the log is where a refused
+    # port and an untrusted certificate differ, once per target per CONNECT_LOG_EVERY.
+    from shadowd.exchange import ERROR_CONNECT
+    from shadowd.upstream import pool as pool_module
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pool = UpstreamPool(target_from_url("candidate", f"http://127.0.0.1:{port}"), tasks)
+    caplog.set_level("WARNING", logger="shadowd.upstream")
+    for _ in range(3):
+        answer = await answer_of(send(pool, b"GET", b"/"))
+        assert answer.error == ERROR_CONNECT
+    (first,) = [r for r in caplog.records if r.name == "shadowd.upstream"]
+    assert f"cannot connect to candidate at 127.0.0.1:{port}" in first.getMessage()
+    assert "refused" in first.getMessage().lower()
+    monkeypatch.setattr(pool_module, "CONNECT_LOG_EVERY", 0.0)  # the next one is due
+    await answer_of(send(pool, b"GET", b"/"))
+    warnings = [r for r in caplog.records if r.name == "shadowd.upstream"]
+    assert len(warnings) == 2
+    assert warnings[1].failed_since_last == 2  # the two in between were counted, not logged

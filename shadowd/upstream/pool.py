@@ -14,6 +14,9 @@ request, measured against nginx; the ingress makes three calls per mirrored requ
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import socket
 import ssl
 from collections import deque
 
@@ -22,8 +25,11 @@ from shadowd.exchange import ERROR_CONNECT, ERROR_CONNECT_TIMEOUT, ERROR_POOL_TI
 from shadowd.tasks import TaskGroup
 from shadowd.upstream.connection import Call, ResponseSink, UpstreamConnection
 
+LOG = logging.getLogger("shadowd.upstream")
+
 _SWEEP_MIN = 1024  # calls queued for their deadline before finished ones are swept out
 _TIMER_SLACK = 0.002  # uvloop's timers have millisecond resolution and may fire a bit early
+CONNECT_LOG_EVERY = 10.0  # seconds between two warnings of failed connects to one target
 
 
 def _ssl_context(target: TargetConfig) -> ssl.SSLContext | None:
@@ -34,6 +40,21 @@ def _ssl_context(target: TargetConfig) -> ssl.SSLContext | None:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _connect_problem(exc: BaseException, target: TargetConfig) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate not trusted ({exc.verify_message}); trust its CA with"
+            f" [targets.{target.name}] ca_file, or set tls_verify = false"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)  # one wording whichever loop raised it
+    return str(exc) or type(exc).__name__
 
 
 class UpstreamPool:
@@ -51,6 +72,8 @@ class UpstreamPool:
         self._deadlines: deque[Call] = deque()
         self._sweep_at = _SWEEP_MIN
         self._deadline_timer: asyncio.TimerHandle | None = None
+        self._connect_logged_at = -CONNECT_LOG_EVERY  # loop time of the last warning
+        self._connect_unlogged = 0  # failed connects since that warning
 
     def send(
         self,
@@ -154,11 +177,15 @@ class UpstreamPool:
                 )
         except TimeoutError:
             self._open -= 1
+            self._connect_failed(
+                f"no connection within connect_timeout ({target.connect_timeout:g} s)"
+            )
             call.finish_error(ERROR_CONNECT_TIMEOUT)
             self._serve_waiting()
             return
-        except (OSError, ssl.SSLError):
+        except (OSError, ssl.SSLError) as exc:
             self._open -= 1
+            self._connect_failed(_connect_problem(exc, target))
             call.finish_error(ERROR_CONNECT)
             self._serve_waiting()
             return
@@ -167,6 +194,26 @@ class UpstreamPool:
             self.release(conn)
         else:
             conn.start(call)
+
+    def _connect_failed(self, problem: str) -> None:
+        """Say why a target cannot be reached, at most every CONNECT_LOG_EVERY seconds: the
+        client sees only a 502 or 504, the metrics only a kind (``connect``); without the
+        reason a refused port and an untrusted certificate look the same."""
+        now = self._loop.time()
+        if now - self._connect_logged_at < CONNECT_LOG_EVERY:
+            self._connect_unlogged += 1
+            return
+        target = self.target
+        LOG.warning(
+            "cannot connect to %s at %s:%d: %s",
+            target.name,
+            target.host,
+            target.port,
+            problem,
+            extra={"target": target.name, "failed_since_last": self._connect_unlogged},
+        )
+        self._connect_logged_at = now
+        self._connect_unlogged = 0
 
     def _expire(self) -> None:
         """The oldest calls' deadlines: time out those past theirs, wake up for the next."""
