@@ -119,8 +119,10 @@ class AdminControl(Protocol):
         """What ``Timeline`` samples (``shadowd.timeline.counts_of``), cheap to make."""
         ...
 
-    async def current_verdict(self) -> Verdict:
-        """The verdict on the statistics as they stand (``judge_now`` judges on demand)."""
+    async def current_verdict(self, caller: str = "") -> Verdict:
+        """The verdict on the statistics as they stand (``judge_now`` judges on demand).
+        ``caller`` names who asks (address and User-Agent), for the judgement schedule
+        to tell a poller from a one-off caller."""
         ...
 
 
@@ -417,7 +419,9 @@ def create_admin_app(control: AdminControl) -> web.Application:
         fleet, problem = _fleet_of(control, request)
         if problem is not None:
             return problem
-        judged = await (fleet or control).current_verdict()
+        # the dashboard's polls must not make a gate's one-off call a poll too
+        caller = f"{request.remote} {request.headers.get('User-Agent', '')}"
+        judged = await (fleet or control).current_verdict(caller)
         # The same judgement is served until the next one: polled every 100 ms, a
         # 200-endpoint verdict is serialised once, not on every poll.
         if judged is not judged_json[0]:

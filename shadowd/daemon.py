@@ -190,8 +190,8 @@ class Daemon:
         # Embedded, for tests: built on this loop (``shadowd run`` builds it off its loop).
         return orjson.dumps(self.report(), option=orjson.OPT_NON_STR_KEYS)
 
-    async def current_verdict(self) -> Any:
-        return await judge_now(self)
+    async def current_verdict(self, caller: str = "") -> Any:
+        return await judge_now(self)  # embedded (demo, tests): judged at every call
 
     async def set_mirroring(self, enabled: bool) -> None:
         self.mirror.set_enabled(enabled)

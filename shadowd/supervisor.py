@@ -692,8 +692,8 @@ class Supervisor:
             "error": errors[0] if errors else None,
         }
 
-    async def current_verdict(self) -> Verdict:
-        return await self.verdicts.current()
+    async def current_verdict(self, caller: str = "") -> Verdict:
+        return await self.verdicts.current(caller)
 
     def report(self) -> dict[str, Any]:
         """The report built here, now, on this loop: for a caller in this process (the

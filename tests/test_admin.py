@@ -67,7 +67,7 @@ class FakeDaemon:
     async def report_json(self) -> bytes:
         return orjson.dumps(self.report(), option=orjson.OPT_NON_STR_KEYS)
 
-    async def current_verdict(self) -> Any:
+    async def current_verdict(self, caller: str = "") -> Any:
         return await judge_now(self)
 
     async def readiness(self) -> dict[str, Any]:

@@ -169,3 +169,27 @@ async def test_a_one_off_caller_on_a_host_too_busy_to_judge_gets_the_newest_in_t
     assert not asking.done()
     release.set()
     assert await asyncio.wait_for(asking, 5) == ("verdict", 3)
+
+
+async def test_a_gate_is_not_taken_for_a_poller_because_a_dashboard_polls(clock: Clock):
+    stats = Statistics()
+    verdicts = scheduled(stats)
+    dashboard, gate = "127.0.0.1 Mozilla/5.0", "10.0.0.7 Argo Rollouts"
+    assert await verdicts.current(dashboard) == ("verdict", 1)
+    stats.merges += 3  # the load test
+    clock.now += 1.0
+    assert await verdicts.current(dashboard) == ("verdict", 1)  # polling: the newest
+    assert await verdicts.current(gate) == ("verdict", 2)  # first call: a fresh one
+    clock.now += 0.5
+    stats.merges += 1
+    assert await verdicts.current(gate) == ("verdict", 2)  # asking again: a poller now
+
+
+def test_the_callers_remembered_are_bounded():
+    verdicts = scheduled(Statistics())
+    for i in range(schedule.CALLERS_KEPT * 3):
+        assert not verdicts._asked(f"10.0.0.{i} curl", 1000.0 + i)
+    assert len(verdicts._asked_at) == schedule.CALLERS_KEPT
+    last = 1000.0 + schedule.CALLERS_KEPT * 3 - 1
+    assert verdicts._asked(f"10.0.0.{schedule.CALLERS_KEPT * 3 - 1} curl", last + 1)
+    assert not verdicts._asked("10.0.0.0 curl", last + 2)  # forgotten: a one-off again

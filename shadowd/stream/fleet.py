@@ -193,8 +193,8 @@ class FleetView:
             self._report = built
         return self._report
 
-    async def current_verdict(self) -> Verdict:
-        return await self.verdicts.current()
+    async def current_verdict(self, caller: str = "") -> Verdict:
+        return await self.verdicts.current(caller)
 
     async def _judge(self) -> Verdict:
         report = self.report()

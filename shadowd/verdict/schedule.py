@@ -4,14 +4,15 @@ The judgement's statistics (bootstrap intervals, rank tests) cost tens of millis
 endpoint: seconds of CPU with hundreds of endpoints. The supervisor judges in its view
 process (``shadowd.view``), at a lower CPU priority, so on a busy host the data plane
 always wins the core, and never on the loop that serves the admin API.
-A poller of ``GET /api/v1/verdict`` (anyone who asked within ``POLL_WINDOW``: the
-dashboard, a scraper every 100 ms) gets the newest judgement at once and a new one at most
-every ``JUDGE_EVERY``. Anyone else, a one-off ``shadowd verdict`` after a load test or a
-rollout gate asking once a minute, waits for a judgement of every delta merged before the
-call: the newest one may be seconds old and have judged none of that traffic. It waits
-``ONE_OFF_WAIT`` at most, then gets the newest, so a rollout gate's 10 s timeout is never
-spent waiting on a busy host. Everyone waits right after a reset. The verdict gauges follow
-every judgement, so they move without anybody asking for the verdict.
+A poller of ``GET /api/v1/verdict`` (a caller who asked within ``POLL_WINDOW``: the
+dashboard, a scraper every 100 ms; callers are told apart by address and User-Agent) gets
+the newest judgement at once and a new one at most every ``JUDGE_EVERY``. Anyone else, a
+one-off ``shadowd verdict`` after a load test or a rollout gate asking once a minute, waits
+for a judgement of every delta merged before the call: the newest one may be seconds old
+and have judged none of that traffic. It waits ``ONE_OFF_WAIT`` at most, then gets the
+newest, so a rollout gate's 10 s timeout is never spent waiting on a busy host. Everyone
+waits right after a reset. The verdict gauges follow every judgement, so they move without
+anybody asking for the verdict.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ log = logging.getLogger("shadowd.verdict")
 JUDGE_EVERY = 5.0  # seconds between judgements while the statistics change
 STALE_AFTER = 30.0  # an answer older than this waits for a fresh judgement
 POLL_WINDOW = 2 * JUDGE_EVERY  # asked again within this, a caller is a poller
+CALLERS_KEPT = 64  # callers whose last call is remembered (the oldest are forgotten first)
 ONE_OFF_WAIT = 5.0  # a one-off caller waits this long for a fresh judgement, then the newest
 
 
@@ -52,7 +54,7 @@ class ScheduledVerdict:
         self._latest: Verdict | None = None
         self._latest_version: tuple[int, int] | None = None
         self._latest_at = 0.0
-        self._asked_at = -POLL_WINDOW  # monotonic time of the last current()
+        self._asked_at: dict[str, float] = {}  # caller -> monotonic time of its last call
         self._running: asyncio.Task[Verdict] | None = None
         self._timer: asyncio.Task[None] | None = None
 
@@ -67,11 +69,11 @@ class ScheduledVerdict:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def current(self) -> Verdict:
+    async def current(self, caller: str = "") -> Verdict:
         version = self._version()
         latest = self._latest
         now = time.monotonic()
-        polling, self._asked_at = now - self._asked_at < POLL_WINDOW, now
+        polling = self._asked(caller, now)
         if latest is not None and self._latest_version == version:
             return latest
         if (
@@ -101,6 +103,15 @@ class ScheduledVerdict:
             if self._latest is not None and judged is not None and judged[0] == self._version()[0]:
                 return self._latest
             return await self._judgement_including(self._version())
+
+    def _asked(self, caller: str, now: float) -> bool:
+        """Note ``caller``'s call; whether it is a poller (it asked within POLL_WINDOW)."""
+        asked = self._asked_at
+        polling = now - asked.pop(caller, now - POLL_WINDOW) < POLL_WINDOW
+        asked[caller] = now  # last: the dict is ordered from the least recent caller
+        while len(asked) > CALLERS_KEPT:
+            del asked[next(iter(asked))]
+        return polling
 
     async def _judgement_including(self, version: tuple[int, int]) -> Verdict:
         """A judgement of at least ``version``'s statistics: one under way may have begun
