@@ -105,6 +105,17 @@ class WorkerProcess:
         return True
 
 
+def _can_listen(key: str, host: str, port: int) -> None:
+    """Bind ``host:port`` once and let go; an OSError names the config key and address."""
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(info[0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(info[4])
+    except OSError as exc:
+        raise OSError(exc.errno, f"{key} {host}:{port}: {exc.strerror or exc}") from exc
+
+
 class Supervisor:
     """``shadowd run``: ``start()`` returns once every worker is ready and the admin API
     listens; ``run_until_signalled()`` then serves until SIGTERM/SIGINT."""
@@ -240,13 +251,14 @@ class Supervisor:
         if listen.port:
             # SO_REUSEPORT would let us join another process's group on this port (another
             # shadowd, say) and split its traffic silently: a plain bind first must succeed.
-            with socket.socket(info[0], socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind(info[4])
+            _can_listen("ingress.listen", listen.host, listen.port)
         sock = socket.socket(info[0], socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(info[4])
+        admin = self.config.admin.listen
+        if admin.port:  # before any worker starts, not after: nothing half-started to undo
+            _can_listen("admin.listen", admin.host, admin.port)
         self._reserved = sock
         self._address = sock.getsockname()[:2]
         self._port = self._address[1]

@@ -428,3 +428,33 @@ def test_random_values_for_every_key_raise_nothing_but_config_errors(tmp_path):
             check_environment(parse_config(doc, "f.toml"))
         except ConfigError as exc:
             assert all(p.startswith("f.toml: ") for p in exc.problems), doc
+
+
+@pytest.mark.parametrize("taken", ["ingress", "admin"])
+def test_a_listen_address_already_taken_is_named_by_its_key(tmp_path, taken):
+    import socket
+
+    with socket.socket() as holder:  # another process listening there
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        with socket.socket() as spare:
+            spare.bind(("127.0.0.1", 0))
+            free = spare.getsockname()[1]
+        ingress, admin = (busy, free) if taken == "ingress" else (free, busy)
+        path = tmp_path / "shadowd.toml"
+        path.write_text(
+            config(
+                f'[ingress]\nlisten = "127.0.0.1:{ingress}"\n'
+                f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+            )
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "shadowd", "run", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 1
+    assert f"{taken}.listen 127.0.0.1:{busy}: Address already in use" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
