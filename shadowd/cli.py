@@ -242,6 +242,12 @@ def admin_get(url: str, path: str, token: str | None) -> Any:
             return orjson.loads(answer.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace").strip()
+        if exc.code == 401:
+            detail += (
+                " (the token given was refused)"
+                if token
+                else " (give the admin token with --token-file FILE or $SHADOWD_TOKEN)"
+            )
         raise AdminUnreachable(f"{url}{path} answered {exc.code}: {detail}") from exc
     except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as exc:
         reason = getattr(exc, "reason", exc)

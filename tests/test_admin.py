@@ -422,3 +422,15 @@ async def test_the_verdict_answers_200_for_argo(admin):
 async def test_the_verdict_gate_answers_412_unless_it_passes(admin):
     status, _, body = await admin.get("/api/v1/verdict?gate=1")
     assert (status, body["verdict"]) == (412, "fail")
+
+
+async def test_the_cli_says_how_to_give_the_token_when_it_is_refused(guarded):
+    import asyncio
+
+    from shadowd.cli import AdminUnreachable, admin_get
+
+    for token, hint in ((None, "--token-file FILE or $SHADOWD_TOKEN"), ("nope", "refused")):
+        with pytest.raises(AdminUnreachable) as refused:
+            await asyncio.to_thread(admin_get, guarded.url, "/api/v1/report", token)
+        assert "answered 401" in str(refused.value) and hint in str(refused.value)
+    assert await asyncio.to_thread(admin_get, guarded.url, "/api/v1/report", TOKEN)
