@@ -553,10 +553,14 @@ def render_summary(summary: dict[str, Any]) -> str:
     from shadowd.report import render_table
 
     asked = f" (asked {summary['asked_rate']:g}/s)" if summary["asked_rate"] else ""
+    # "completed": every target answered or failed; failures are counted under errors
+    failed = sum(n for kinds in summary["errors"].values() for n in kinds.values())
     lines = [
         f"replay of {summary['capture']}: {summary['completed']} of {summary['sent']} requests "
-        f"answered in {summary['seconds']:.1f}s, {summary['achieved_rate']:,.1f} req/s{asked}, "
-        f"{summary['mode']}" + (" (interrupted)" if summary["interrupted"] else ""),
+        f"completed in {summary['seconds']:.1f}s, {summary['achieved_rate']:,.1f} req/s{asked}, "
+        f"{summary['mode']}"
+        + (" (interrupted)" if summary["interrupted"] else "")
+        + (f"; {failed:,} errors or 5xx answers (below)" if failed else ""),
     ]
     if summary.get("not_compared"):
         lines.append(

@@ -163,7 +163,7 @@ async def test_inspect_and_replay_commands(make_backend, tmp_path):
         "replay", str(path), "--target", f"candidate={url}", "--speed", "20", "--json", str(result)
     )
     assert code == 0, err
-    assert "10 of 10 requests answered" in out
+    assert "10 of 10 requests completed" in out
     assert "$.price" in out
     summary = json.loads(result.read_text())
     assert summary["completed"] == 10
@@ -209,7 +209,7 @@ async def test_ctrl_c_stops_replay_cleanly_and_still_summarises(make_backend, tm
     assert process.returncode == 130
     text = out.decode()
     assert "(interrupted)" in text
-    assert "requests answered" in text and "latency" in text
+    assert "requests completed" in text and "latency" in text
 
 
 async def test_per_target_headers_and_auth_from_the_environment(
