@@ -542,6 +542,56 @@ async def _equals(value, expected) -> bool:  # type: ignore[no-untyped-def]
     return await value == expected
 
 
+async def test_a_one_off_fleet_verdict_waits_for_the_workers_next_publication(
+    redis_server, services, tmp_path
+):
+    # A gate right after a load test: the fleet view reads snapshots every interval, and a
+    # worker publishes every interval, so the newest merge can miss the test's last seconds.
+    primary, candidate = services
+    ingress, admin = free_port(), free_port()
+    path = write_config(
+        tmp_path / "shadowd.toml",
+        redis_server.url,
+        "t:oneoff",
+        targets__primary={"url": primary.url},
+        targets__candidate={"url": candidate.url},
+        ingress={"listen": f"127.0.0.1:{ingress}", "workers": 1},
+        analysis={"workers": 1, "snapshot_interval": "3s"},
+        stream={"claim_idle": "10s"},
+        admin={"listen": f"127.0.0.1:{admin}"},
+    )
+    path.write_text(
+        path.read_text().replace('[targets.secondary]\nurl = "http://127.0.0.1:10"\n', "")
+    )
+    daemon = ShadowdProcess(path)
+    await daemon.start()
+    base, api = f"http://127.0.0.1:{ingress}", f"http://127.0.0.1:{admin}"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def analysis_ready() -> bool:
+                try:
+                    _, state = await admin_json(session, api + "/readyz")
+                except aiohttp.ClientError:
+                    return False
+                return state.get("analysis", {}).get("ready") is True
+
+            async def instance_counts(count: int) -> bool:
+                _, report = await admin_json(session, api + "/api/v1/report")
+                return report["totals"]["exchanges"] == count
+
+            await until(analysis_ready, timeout=30.0)
+            for i in range(50):
+                async with session.get(f"{base}/users/{i}") as answer:
+                    assert answer.status == 200
+            await until(lambda: instance_counts(50), timeout=30.0)  # all 50 diffed
+            # at once, a one-off caller: judged after the worker's next publication
+            _, verdict = await admin_json(session, api + "/api/v1/verdict?scope=fleet")
+            assert verdict["exchanges"] == 50
+    finally:
+        await daemon.kill()
+
+
 async def test_two_instances_on_one_stream_show_the_same_fleet_view(
     redis_server, services, tmp_path
 ):

@@ -82,7 +82,10 @@ class FleetView:
         self._task: asyncio.Task[None] | None = None
         # Judged on demand, in a thread: requests keep being answered while it judges.
         self.verdicts = ScheduledVerdict(
-            self._judge, lambda: (self.generation, self.version), self._observe
+            self._judge,
+            lambda: (self.generation, self.version),
+            self._observe,
+            catch_up=self._catch_up,
         )
 
     def start(self) -> None:
@@ -122,6 +125,24 @@ class FleetView:
             self._merge(snapshots, ingress, int(generation or 0))
         self.refreshed.set()
         return changed
+
+    async def _catch_up(self) -> None:
+        """Until every analysis worker that is not stale has published after this call, and
+        its snapshot is merged: a one-off verdict (a gate right after a load test) then
+        judges the traffic up to about the call, not up to two snapshot intervals before it.
+        Bounded by two intervals (a worker whose clock runs behind never seems to publish
+        after the call), and by the verdict's own wait for a one-off caller."""
+        asked = time.time()
+        loop = asyncio.get_running_loop()
+        interval = self.config.analysis.snapshot_interval
+        deadline = loop.time() + 2 * interval + 1.0
+        while True:
+            with contextlib.suppress(*UNREACHABLE):
+                await self.refresh()
+            live = [member for member in self.members if not member["stale"]]
+            if all(m["published_at"] >= asked for m in live) or loop.time() >= deadline:
+                return
+            await asyncio.sleep(min(0.1, interval / 4))
 
     def _merge(
         self, snapshots: dict[bytes, bytes], ingress: dict[bytes, bytes], generation: int
