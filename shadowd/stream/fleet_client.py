@@ -226,13 +226,12 @@ class FleetProcess:
         return body
 
     async def current_verdict(self, caller: str = "") -> Verdict:
-        # The fleet process keeps one schedule for everyone: ``caller`` does not cross to it.
         sequence, judged = await self._request(
-            "verdict", self._verdict_sequence, timeout=JUDGE_TIMEOUT
+            "verdict", self._verdict_sequence, caller, timeout=JUDGE_TIMEOUT
         )
         if judged is not None or self._verdict is None:
             if judged is None:  # asked of a child that numbers afresh: ask for it whole
-                sequence, judged = await self._request("verdict", 0, timeout=JUDGE_TIMEOUT)
+                sequence, judged = await self._request("verdict", 0, caller, timeout=JUDGE_TIMEOUT)
             self._verdict, self._verdict_sequence = judged, sequence
         assert self._verdict is not None
         return self._verdict[0]

@@ -57,8 +57,8 @@ class FleetServer:
         if kind == "report":
             return self._report(*args)
         if kind == "verdict":
-            (known,) = args
-            return self._verdict_unless(known, await fleet.current_verdict())
+            known, caller = args
+            return self._verdict_unless(known, await fleet.current_verdict(caller))
         if kind == "samples":
             (endpoint_id,) = args
             return endpoint_samples(fleet.aggregator, endpoint_id)
