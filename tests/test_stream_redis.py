@@ -9,7 +9,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -448,6 +448,17 @@ async def admin_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any
         return answer.status, await answer.json()
 
 
+async def analysis_is_ready(
+    session: aiohttp.ClientSession, api: str, expected: bool = True
+) -> bool:
+    """Whether the instance's /readyz says its analysis plane is (or is not) ready."""
+    try:
+        _, state = await admin_json(session, api + "/readyz")
+    except aiohttp.ClientError:
+        return False
+    return state.get("analysis", {}).get("ready") is expected
+
+
 async def until(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
     """Until another process's state (read over HTTP) meets ``condition``."""
     async with asyncio.timeout(timeout):
@@ -481,12 +492,8 @@ async def test_redis_down_production_is_served_copies_are_shed_and_it_reconnects
     try:
         async with aiohttp.ClientSession() as session:
 
-            async def analysis_ready(expected: bool = True) -> bool:
-                try:
-                    _, state = await admin_json(session, api + "/readyz")
-                except aiohttp.ClientError:
-                    return False
-                return state.get("analysis", {}).get("ready") is expected
+            def analysis_ready(expected: bool = True) -> Awaitable[bool]:
+                return analysis_is_ready(session, api, expected)
 
             async def get_all(count: int) -> None:
                 for i in range(count):
@@ -569,18 +576,11 @@ async def test_a_one_off_fleet_verdict_waits_for_the_workers_next_publication(
     try:
         async with aiohttp.ClientSession() as session:
 
-            async def analysis_ready() -> bool:
-                try:
-                    _, state = await admin_json(session, api + "/readyz")
-                except aiohttp.ClientError:
-                    return False
-                return state.get("analysis", {}).get("ready") is True
-
             async def instance_counts(count: int) -> bool:
                 _, report = await admin_json(session, api + "/api/v1/report")
                 return report["totals"]["exchanges"] == count
 
-            await until(analysis_ready, timeout=30.0)
+            await until(lambda: analysis_is_ready(session, api), timeout=30.0)
             for i in range(50):
                 async with session.get(f"{base}/users/{i}") as answer:
                     assert answer.status == 200
