@@ -177,15 +177,13 @@ class UpstreamPool:
                 )
         except TimeoutError:
             self._open -= 1
-            self._connect_failed(
-                f"no connection within connect_timeout ({target.connect_timeout:g} s)"
-            )
+            self._connect_failed(None)
             call.finish_error(ERROR_CONNECT_TIMEOUT)
             self._serve_waiting()
             return
         except (OSError, ssl.SSLError) as exc:
             self._open -= 1
-            self._connect_failed(_connect_problem(exc, target))
+            self._connect_failed(exc)
             call.finish_error(ERROR_CONNECT)
             self._serve_waiting()
             return
@@ -195,15 +193,21 @@ class UpstreamPool:
         else:
             conn.start(call)
 
-    def _connect_failed(self, problem: str) -> None:
-        """Say why a target cannot be reached, at most every CONNECT_LOG_EVERY seconds: the
-        client sees only a 502 or 504, the metrics only a kind (``connect``); without the
-        reason a refused port and an untrusted certificate look the same."""
+    def _connect_failed(self, exc: BaseException | None) -> None:
+        """Say why a target cannot be reached (``exc`` None: the connect timeout), at most
+        every CONNECT_LOG_EVERY seconds: the client sees only a 502 or 504, the metrics
+        only a kind (``connect``); without the reason a refused port and an untrusted
+        certificate look the same. Between two warnings, a failure costs a counter."""
         now = self._loop.time()
         if now - self._connect_logged_at < CONNECT_LOG_EVERY:
             self._connect_unlogged += 1
             return
         target = self.target
+        problem = (
+            f"no connection within connect_timeout ({target.connect_timeout:g} s)"
+            if exc is None
+            else _connect_problem(exc, target)
+        )
         LOG.warning(
             "cannot connect to %s at %s:%d: %s",
             target.name,
