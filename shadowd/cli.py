@@ -115,8 +115,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from shadowd.errors import CaptureError
+    from shadowd.ingress.descriptors import raise_open_files_limit
     from shadowd.replay import ReplayOptions, parse_targets, render_summary
     from shadowd.replay_parallel import replay_parallel
+
+    raise_open_files_limit()  # --concurrency connections to each target, in every sender
 
     try:
         targets = parse_targets(args.target)

@@ -40,6 +40,7 @@ from shadowd.analysis.snapshot import merge_snapshot, snapshot_of
 from shadowd.config import Config, ConfigError, load_config
 from shadowd.control import Channel, ChannelClosed
 from shadowd.endpoints import OTHER
+from shadowd.ingress.descriptors import client_budget, open_files_limit, raise_open_files_limit
 from shadowd.ingress.plane import restart_only_changes
 from shadowd.metrics import MergedSeries, Metrics, SupervisorMetrics, export_families
 from shadowd.processes import start_module
@@ -103,6 +104,12 @@ class WorkerProcess:
         except ChannelClosed:
             return False
         return True
+
+
+def _warn_if_descriptors_short(config: Config) -> None:
+    budget = client_budget(config, open_files_limit())
+    if budget.short:
+        log.warning(budget.explain())
 
 
 def _can_listen(key: str, host: str, port: int) -> None:
@@ -192,6 +199,8 @@ class Supervisor:
                 self._on_control, control_socket(self._runtime_dir), limit=1 << 30
             )
             self._bind_ingress(ingress_sock)
+            raise_open_files_limit()  # before the workers start: they inherit it
+            _warn_if_descriptors_short(config)
             analysis = [WorkerProcess(ANALYSIS, i) for i in range(config.analysis.worker_count())]
             ingress = [WorkerProcess(INGRESS, i) for i in range(config.ingress.worker_count())]
             # Analysis first: its sockets must exist before the ingress connects to them.
@@ -612,6 +621,7 @@ class Supervisor:
         self.config = new
         self.aggregator.config = new
         self.view.configure(new)
+        _warn_if_descriptors_short(new)
         await self._round("config", config=pickle.dumps(self._config_for_workers()))
         log.info("config reloaded", extra={"source": new.source, "digest": new.digest[:12]})
 

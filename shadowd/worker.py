@@ -21,6 +21,7 @@ import sys
 
 from shadowd.config import Config
 from shadowd.control import Channel
+from shadowd.ingress.descriptors import raise_open_files_limit
 from shadowd.logs import setup_logging
 
 log = logging.getLogger("shadowd.worker")
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config: Config = pickle.loads(sys.stdin.buffer.read())
     setup_logging(config.logging.level, config.logging.format)
+    raise_open_files_limit()  # inherited from the supervisor already, unless started by hand
     # The supervisor decides when workers stop: a Ctrl-C or a terminal hang-up reaches the
     # whole process group, and must not kill the data plane before it is drained.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
 import socket
 import sys
@@ -130,10 +131,17 @@ async def curl(url: str, *args: str) -> tuple[int, bytes, bytes]:
 class ShadowdProcess:
     """``shadowd run -c FILE`` as a real child process."""
 
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config_path: Path, env: dict[str, str] | None = None, open_files: int | None = None
+    ) -> None:
         self.config_path = config_path
         self.env = {**os.environ, **(env or {})}
+        self.open_files = open_files  # RLIMIT_NOFILE, soft and hard, as `ulimit -n` sets it
         self.process: asyncio.subprocess.Process | None = None
+
+    def _limit_open_files(self) -> None:  # in the child, before exec
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
@@ -146,6 +154,7 @@ class ShadowdProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
+            preexec_fn=self._limit_open_files if self.open_files else None,
         )
 
     async def wait(self, timeout: float = 15.0) -> int:

@@ -114,3 +114,30 @@ async def test_an_upgrade_header_without_connection_upgrade_is_a_plain_request(
     writer.close()
     assert data.count(b"HTTP/1.1 200 OK") == 2
     assert "Upgrade" not in primary.seen[0]["headers"]
+
+
+async def test_a_tunnel_counts_as_a_client_connection(primary, start_shadowd):
+    # Each WebSocket holds two descriptors: its client's and its own to the primary, outside
+    # the pool. Counted as two clients, a flood of upgrades cannot take the pools' share.
+    shadowd = await start_shadowd(
+        primary.url, primary.url, ingress={"max_connections": 3, "workers": 1}
+    )
+    ingress = shadowd.daemon.ingress
+    async with aiohttp.ClientSession() as first, aiohttp.ClientSession() as second:
+        async with first.ws_connect(shadowd.url + "/ws") as ws:  # 2 of 3
+            await ws.send_str("hi")
+            async with asyncio.timeout(5):
+                assert await ws.receive_str() == "echo hi"
+            assert ingress.tunnels == 1
+            # A third connection fits, and its upgrade would be a fourth: refused.
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await second.ws_connect(shadowd.url + "/ws")
+            assert refused.value.status == 503
+            await ws.close()
+        async with asyncio.timeout(5):
+            await ingress._all_closed.wait()
+        assert ingress.tunnels == 0
+        async with second.ws_connect(shadowd.url + "/ws") as ws:  # room again
+            await ws.send_str("again")
+            async with asyncio.timeout(5):
+                assert await ws.receive_str() == "echo again"

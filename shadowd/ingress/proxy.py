@@ -73,6 +73,7 @@ class ClientConnection(RequestReader):
         self._tunnel: UpstreamTunnel | None = None  # a relayed WebSocket's primary side
         self._tunnel_open = False  # 101 relayed: the sockets are joined
         self._tunnel_task: asyncio.Task[None] | None = None
+        self._holds_tunnel = False  # counted in the ingress's tunnels until this closes
         self._upgrade_rest = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -87,6 +88,9 @@ class ClientConnection(RequestReader):
             self._tunnel.close()
         elif self._tunnel_task is not None:
             self._tunnel_task.cancel()  # still connecting
+        if self._holds_tunnel:
+            self._holds_tunnel = False
+            self._ingress.tunnels -= 1
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its last request still gets the answers to what
@@ -182,6 +186,10 @@ class ClientConnection(RequestReader):
             url = path
         headers, has_host = self._forwarded_headers(req)
         if req.upgrade and method == b"GET" and req.upgrade.lower() == b"websocket":
+            if not ingress.take_tunnel():
+                self._answer_locally(503, "max_connections", "too many client connections")
+                return
+            self._holds_tunnel = True
             self._start_tunnel(req, url, headers, has_host)
             return
         if req.framed and not req.body and method not in ALWAYS_LENGTH_METHODS:

@@ -7,6 +7,7 @@ import socket
 
 from shadowd.config import Config
 from shadowd.endpoints import EndpointClassifier
+from shadowd.ingress.descriptors import client_budget, open_files_limit
 from shadowd.ingress.http import RequestReader
 from shadowd.ingress.proxy import ClientConnection
 from shadowd.ingress.responses import error_response
@@ -41,6 +42,7 @@ class Ingress:
         self.now = asyncio.get_running_loop().time()  # refreshed by the tick, read per request
         self.draining = False
         self._connections: set[RequestReader] = set()
+        self.tunnels = 0  # WebSocket tunnels to the primary: a descriptor each, outside the pools
         self._all_closed = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._tick: asyncio.TimerHandle | None = None
@@ -49,6 +51,9 @@ class Ingress:
         """Take ``config``'s limits and primary rewrites (also on reload; the listen address
         and the mode need a restart)."""
         self.config = config
+        # Past this, a new client gets 503: this worker's share of max_connections, or what
+        # its file descriptors allow beside the targets' pools (shadowd.ingress.descriptors).
+        self.max_clients = client_budget(config, open_files_limit()).clients
         self.primary_template = RequestTemplate(config.primary)
         self.access_log = config.logging.access_log
         # The access log hides what every other surface hides: built-in and configured names.
@@ -97,11 +102,19 @@ class Ingress:
     def connection_opened(self, conn: RequestReader) -> None:
         self.metrics.connection_opened()
         self._connections.add(conn)
-        if len(self._connections) > self.config.ingress.max_connections or self.draining:
+        if len(self._connections) + self.tunnels > self.max_clients or self.draining:
             self.metrics.ingress_rejected("max_connections")
             if conn.transport is not None:
                 conn.transport.write(error_response(503, "too many client connections", close=True))
                 conn.transport.close()
+
+    def take_tunnel(self) -> bool:
+        """Whether a WebSocket may open a tunnel to the primary: its second descriptor is
+        counted as one more client, so tunnels cannot take what the pools need."""
+        if len(self._connections) + self.tunnels >= self.max_clients:
+            return False
+        self.tunnels += 1
+        return True
 
     def connection_closed(self, conn: RequestReader) -> None:
         self.metrics.connection_closed()
