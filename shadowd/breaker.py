@@ -15,13 +15,15 @@ import logging
 import time
 from collections.abc import Callable
 
-from shadowd.exchange import ERROR_CONNECT, ERROR_PROTOCOL, ERROR_RESET
+from shadowd.exchange import ERROR_CONNECT, ERROR_PROTOCOL, ERROR_RESET, ERROR_TOO_LARGE
 
 log = logging.getLogger("shadowd.mirror")
 
 # Transport failures that say the target is broken rather than slow. A timeout is not one:
 # a slow candidate is held by the in-flight cap, and its latency is evidence for the verdict.
-TRIPPING_ERRORS = frozenset({ERROR_CONNECT, ERROR_RESET, ERROR_PROTOCOL, "connect_timeout"})
+TRIPPING_ERRORS = frozenset(
+    {ERROR_CONNECT, ERROR_RESET, ERROR_PROTOCOL, ERROR_TOO_LARGE, "connect_timeout"}
+)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 

@@ -83,7 +83,7 @@ ERROR_CONNECT_TIMEOUT = "connect_timeout"  # the deadline passed while connectin
 ERROR_CONNECT = "connect"
 ERROR_RESET = "reset"  # the connection closed or reset before the answer was complete
 ERROR_PROTOCOL = "protocol"  # the bytes were not valid HTTP/1.x
-ERROR_TOO_LARGE = "too_large"  # reserved: an answer refused for its size
+ERROR_TOO_LARGE = "too_large"  # an answer head (or trailer) past MAX_HEAD_BYTES
 ERROR_INTERNAL = "internal"  # shadowd itself failed handling the answer (a bug, logged)
 ERROR_KINDS = (
     ERROR_TIMEOUT,

@@ -162,6 +162,27 @@ def test_an_oversized_head_is_refused_once_however_it_arrives():
     assert Playbook(stream()) << big[: HEAD_LIMIT + 40] >> too_large << big[HEAD_LIMIT + 40 :]
 
 
+def test_an_endless_trailer_field_is_refused_once():
+    # httptools keeps a field until its line ends: unbounded, an endless trailer field grew
+    # a worker's memory until the body timeout. It is bounded like a head.
+    start = (
+        b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Trailer: "
+    )
+    too_large = Refused(431, "headers_too_large", "")
+    assert Playbook(stream()) << start << b"t" * HEAD_LIMIT << b"t" >> too_large << b"t"
+    # within the limit, the trailer is read (and dropped) and the request goes on
+    assert Playbook(stream()) << start + b"t" * 100 + b"\r\n\r\n" >> Got(b"POST", b"/u")
+
+
+def test_chunk_framing_between_body_pieces_never_adds_up():
+    chunks = b"".join(b"1\r\n%c\r\n" % c for c in b"abcdefghij" * 5)
+    request = (
+        b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    )
+    assert Playbook(stream()) << Bytewise(request) >> Got(b"POST", b"/u")
+
+
 def test_an_oversized_url_is_refused_once():
     assert (
         Playbook(stream())

@@ -9,6 +9,7 @@ import pytest
 from http1_playbook import Bytewise, PeerClosed, Playbook, Send
 
 from shadowd.http1.response import (
+    MAX_HEAD_BYTES,
     ResponseComplete,
     ResponseFailed,
     ResponseHead,
@@ -50,6 +51,38 @@ def test_a_chunked_body_is_read_chunk_by_chunk_and_its_trailers_are_not_headers(
         >> b"de"
         >> ResponseComplete(keep_alive=True)
     )
+
+
+def test_a_head_that_never_ends_fails_as_too_large_however_it_arrives():
+    # A target that never ends its head (endless fields, or one endless value) grew a
+    # worker's memory by gigabytes within its timeout.
+    fields = b"HTTP/1.1 200 OK\r\n" + b"X-Field: value\r\n" * (MAX_HEAD_BYTES // 16 + 1)
+    too_large = ResponseFailed("too_large")
+    assert Playbook(ResponseStream()) << Send() << fields >> too_large
+    one_value = b"HTTP/1.1 200 OK\r\nX-Long: " + b"v" * MAX_HEAD_BYTES
+    playbook = Playbook(ResponseStream()) << Send()
+    for start in range(0, len(one_value), 4096):
+        playbook = playbook << one_value[start : start + 4096]
+    assert playbook >> too_large
+
+
+def test_interim_answers_count_toward_the_head_limit():
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    endless = interim * (MAX_HEAD_BYTES // len(interim) + 1)
+    assert Playbook(ResponseStream()) << Send() << endless >> ResponseFailed("too_large")
+
+
+def test_an_endless_trailer_fails_but_chunk_framing_between_pieces_never_adds_up():
+    head_bytes = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked = [(b"Transfer-Encoding", b"chunked")]
+    trailer = head_bytes + b"1\r\na\r\n0\r\nX-Trailer: "
+    playbook = Playbook(ResponseStream()) << Send() << trailer >> head(headers=chunked) >> b"a"
+    assert playbook << b"t" * MAX_HEAD_BYTES << b"t" >> ResponseFailed("too_large")
+    # A big body in many chunks: the framing is counted only since the last piece.
+    playbook = Playbook(ResponseStream()) << Send() << head_bytes >> head(headers=chunked)
+    for _ in range(3):
+        playbook = playbook << b"8000\r\n" + b"b" * 0x8000 + b"\r\n" >> b"b" * 0x8000
+    assert playbook << b"0\r\n\r\n" >> ResponseComplete(keep_alive=True)
 
 
 def test_an_answer_to_head_ends_at_its_head_and_the_next_answer_is_read_fresh():

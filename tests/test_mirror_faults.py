@@ -145,3 +145,80 @@ async def test_held_bodies_are_bounded_while_the_candidate_hangs(make_backend, s
         assert dropped["pending_bytes"] >= 16  # at most 4 answers of 512 KiB fit in 2 MiB
     finally:
         release.set()
+
+
+class EndlessHead:
+    """A target that answers every request with a head that never ends (a field line after
+    another) until the peer goes away; ``sent`` holds how many bytes each answer got out."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.cut_off = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        lines = (b"X-Field: " + b"v" * 1000 + b"\r\n") * 64
+        total = 0
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        try:
+            while total < 1 << 30:
+                writer.write(lines)
+                total += len(lines)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        self.sent.append(total)
+        self.cut_off.set()
+        writer.transport.abort()
+
+
+async def test_a_candidate_whose_head_never_ends_is_cut_off_not_buffered(
+    make_backend, start_shadowd
+):
+    primary = make_backend()
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    primary.route("GET", "/{tail:.*}", answer)
+    await primary.start()
+    candidate = EndlessHead()
+    await candidate.start()
+    assert candidate.server is not None
+    async with candidate.server:
+        shadowd = await start_shadowd(primary.url, candidate.url)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{shadowd.url}/items/1") as response:
+                assert response.status == 200
+                assert await response.json() == {"ok": True}
+        await shadowd.settled(1)
+        assert shadowd.exchanges[0].answers["candidate"].error == "too_large"
+        async with asyncio.timeout(5):
+            await candidate.cut_off.wait()
+        # Cut off past the limit (64 KiB, plus what was in flight), not after gigabytes.
+        assert candidate.sent[0] < 16 << 20
+
+
+async def test_a_primary_whose_head_never_ends_gets_the_client_a_502_at_once(
+    make_backend, start_shadowd
+):
+    candidate = make_backend()
+    await candidate.start()
+    primary = EndlessHead()
+    await primary.start()
+    assert primary.server is not None
+    async with primary.server:
+        shadowd = await start_shadowd(primary.url, candidate.url, primary_options={"timeout": 60.0})
+        async with aiohttp.ClientSession() as session, asyncio.timeout(10):
+            async with session.get(f"{shadowd.url}/items/1") as response:
+                assert response.status == 502
+                assert "primary sent too big a header" in await response.text()
+        errors = {"target": "primary", "kind": "too_large"}
+        registry = shadowd.daemon.metrics.registry
+        assert registry.get_sample_value("shadowd_upstream_errors_total", errors) == 1

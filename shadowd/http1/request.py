@@ -150,7 +150,8 @@ class RequestStream:
     """Reads one connection's requests within limits; holds those read but not yet answered.
 
     Limits are counted once per request: a head is refused with 431 past ``max_header_bytes``
-    (its raw bytes, or the parsed URL and fields), a body with 413 past
+    (its raw bytes, or the parsed URL and fields), and so are the bytes between two pieces of
+    a body (chunk framing, trailer fields), a body with 413 past
     ``max_request_body_bytes`` (declared or received), and more than ``max_pipelined``
     requests waiting for their answers with 503. ``expired(now)`` says whether the head or the
     body being read has taken longer than its deadline (408).
@@ -189,6 +190,12 @@ class RequestStream:
         # (those of the chunk it began in aside, so as never to count a previous request's).
         self._head_raw = 0
         self._head_began_here = False
+        # The same for what is not body once the head is in: chunk framing and trailer fields
+        # (an endless trailer field grew memory until the body timeout). Bytes read since the
+        # body's last piece, bounded by max_header_bytes.
+        self._since_body = 0
+        self._body_fed = False
+        self._body_began_here = False
         # when the head (body) being read started arriving; 0: none is
         self.head_started = 0.0
         self.body_started = 0.0
@@ -225,6 +232,7 @@ class RequestStream:
         if not self._in_body and not self.head_started:
             self.head_started = now
         self._head_began_here = False
+        self._body_fed = self._body_began_here = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -244,6 +252,13 @@ class RequestStream:
             self._head_raw += len(data)
             if self._head_raw > self.max_header_bytes:
                 self._refuse(431, "headers_too_large", "request header fields too large")
+        elif self._in_body and not self.stopped:
+            if self._body_fed or self._body_began_here:
+                self._since_body = 0
+            else:
+                self._since_body += len(data)
+                if self._since_body > self.max_header_bytes:
+                    self._refuse(431, "headers_too_large", "request trailer fields too large")
         self._events = _NOTHING
         return events
 
@@ -316,6 +331,7 @@ class RequestStream:
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._in_body = True
+        self._body_began_here = True
         self.head_started = 0.0
         if self.stopped:
             return
@@ -361,6 +377,7 @@ class RequestStream:
                 self._events.append(SendData(CONTINUE))
 
     def on_body(self, chunk: bytes) -> None:
+        self._body_fed = True
         if self.stopped:
             return
         self._body_size += len(chunk)

@@ -19,10 +19,16 @@ from typing import Final
 
 import httptools
 
-from shadowd.exchange import ERROR_PROTOCOL, ERROR_RESET, Headers
+from shadowd.exchange import ERROR_PROTOCOL, ERROR_RESET, ERROR_TOO_LARGE, Headers
 from shadowd.upstream.request import HOP_BY_HOP, PLAIN_CONNECTION, connection_listed
 
 NO_BODY_STATUS: Final = frozenset({204, 304})
+# What an answer may send that is not body: its head (and any 1xx heads before it), chunk
+# framing, trailer fields. httptools keeps a field until it ends, so a target that never ends
+# its head (endless fields, or one endless value) grew a worker's memory by gigabytes within
+# its timeout. Past this many bytes since the last body byte the answer fails (``too_large``):
+# the client gets 502, as from nginx ("upstream sent too big header" past 4-8 KiB).
+MAX_HEAD_BYTES: Final = 64 * 1024
 LAST_CHUNK: Final = b"0\r\n\r\n"
 _STATUS_LINES = {code: b"HTTP/1.1 %d " % code for code in range(100, 600)}
 
@@ -92,6 +98,7 @@ class ResponseStream:
     """The answers on one client connection, one request at a time."""
 
     __slots__ = (
+        "_body_fed",
         "_body_until_close",
         "_events",
         "_head_only",
@@ -100,6 +107,7 @@ class ResponseStream:
         "_informational",
         "_parser",
         "_reason",
+        "_since_body",
         "_status",
         "_status_keep_alive",
         "got_bytes",
@@ -116,6 +124,8 @@ class ResponseStream:
         self._in_head = False
         self._status_keep_alive = False
         self._body_until_close = False
+        self._body_fed = False  # a body piece arrived in the bytes being fed
+        self._since_body = 0  # bytes received since the answer's last body piece
         self._head_only = False
         self.waiting = False  # a request was sent and its answer has not ended
         self.got_bytes = False  # something of that answer arrived (a retry would repeat it)
@@ -130,6 +140,7 @@ class ResponseStream:
         self._status = 0
         self.got_bytes = False
         self._body_until_close = False
+        self._since_body = 0
 
     def receive(self, data: bytes) -> list[ResponseEvent]:
         if not self.waiting:
@@ -137,6 +148,7 @@ class ResponseStream:
             return [ResponseFailed(ERROR_PROTOCOL)]
         self.got_bytes = True
         events = self._events = []
+        self._body_fed = False
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -150,6 +162,14 @@ class ResponseStream:
                 # out of sync (its parser failed) and must not carry another request.
                 events[-1] = COMPLETE_CLOSE
         self._events = _NOTHING
+        if self._body_fed:
+            self._since_body = 0
+        else:
+            self._since_body += len(data)
+            if self._since_body > MAX_HEAD_BYTES and self._answer_open():
+                self.waiting = False
+                events.append(ResponseFailed(ERROR_TOO_LARGE))
+                return events
         if self.waiting and self._head_only and self._status:
             # llhttp cannot be told the request was HEAD: it waits for the announced body.
             # The answer is complete at its head; a fresh parser reads the next one.
@@ -203,6 +223,7 @@ class ResponseStream:
         self._events.append(ResponseHead(status, self._reason, headers))
 
     def on_body(self, chunk: bytes) -> None:
+        self._body_fed = True
         if self.waiting and not self._head_only:
             self._events.append(chunk)
 

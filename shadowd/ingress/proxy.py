@@ -18,6 +18,8 @@ import httptools
 
 from shadowd.exchange import (
     ERROR_INTERNAL,
+    ERROR_PROTOCOL,
+    ERROR_TOO_LARGE,
     PRIMARY,
     TIMEOUT_KINDS,
     Answer,
@@ -435,6 +437,14 @@ class ClientConnection(RequestReader):
             )
         elif kind == ERROR_INTERNAL:
             self._answer_locally(500, "internal_error", "internal error", error=kind)
+        elif kind == ERROR_PROTOCOL:
+            self._answer_locally(
+                502, "primary_unreachable", "primary sent invalid HTTP", error=kind
+            )
+        elif kind == ERROR_TOO_LARGE:
+            self._answer_locally(
+                502, "primary_unreachable", "primary sent too big a header", error=kind
+            )
         else:
             self._answer_locally(502, "primary_unreachable", "primary is unreachable", error=kind)
 

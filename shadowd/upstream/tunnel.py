@@ -20,7 +20,9 @@ from shadowd.exchange import (
     ERROR_PROTOCOL,
     ERROR_RESET,
     ERROR_TIMEOUT,
+    ERROR_TOO_LARGE,
 )
+from shadowd.http1.response import MAX_HEAD_BYTES
 
 if TYPE_CHECKING:
     from shadowd.upstream.pool import UpstreamPool
@@ -94,6 +96,8 @@ class UpstreamTunnel(asyncio.Protocol):
             return
         if not self._status:
             self._held += data  # the head is not whole yet: nothing goes out before it is
+            if len(self._held) > MAX_HEAD_BYTES:
+                self._end(ERROR_TOO_LARGE)
             return
         if self._held:
             data = self._held + data
