@@ -13,6 +13,8 @@ candidate that is:
   down          a closed port (every copy is refused at connect)
   resetting     accepts, reads the request, aborts the connection (RST)
   garbage       answers every request with bytes that are not HTTP
+  endless head  answers with a head that never ends (one field line after another)
+  huge answers  answers with a 64 GiB body, sent as fast as the socket takes it
   1MiB healthy  / 1MiB hung: the same with 1 MiB primary answers, for shadowd's memory
 
 The runs are interleaved (run 1 of every scenario, then run 2...), so drift in the load of a
@@ -50,7 +52,11 @@ SHADOWD = ROOT / ".venv" / "bin" / "shadowd"
 RPS_TARGET = 0.95  # of the healthy run's req/s
 P99_TARGET = 1.2  # times the healthy run's p99
 RSS_TARGET = 2.0  # times the healthy run's RSS, same answers
-FAULTS = ("hung", "reset", "garbage")  # served by this script's --serve mode
+FAULTS = ("hung", "reset", "garbage", "endless_head", "huge")  # this script's --serve mode
+_STREAMED = {  # what the streaming faults send, over and over, after their first line
+    "endless_head": (b"HTTP/1.1 200 OK\r\n", b"X-Field: " + b"v" * 1000 + b"\r\n"),
+    "huge": (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 << 30), b"z" * 65536),
+}
 
 
 def json_body(size: int) -> bytes:
@@ -70,6 +76,8 @@ class _Fault(asyncio.Protocol):
         self.kind = kind
         self.transport: asyncio.Transport | None = None
         self.seen = b""
+        self.streaming = False
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -82,13 +90,34 @@ class _Fault(asyncio.Protocol):
         if b"\r\n\r\n" not in self.seen:
             return  # a whole request head first: the fault follows a request, not a connect
         self.seen = b""
-        if self.kind == "reset":
+        if self.kind in _STREAMED:
+            if not self.streaming:  # one answer per connection: it never ends
+                self.streaming = True
+                self.transport.write(_STREAMED[self.kind][0])
+                self._pump()
+        elif self.kind == "reset":
             sock = self.transport.get_extra_info("socket")
             # SO_LINGER 0: the close is an RST, not a FIN
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.transport.abort()
         else:
             self.transport.write(b"\x00\xff\xfeSSH-2.0-not-http \x1b[31m\r\n\r\n<html>")
+
+    def _pump(self) -> None:
+        # Until the transport's buffer is full (pause_writing), again once it drains.
+        transport, block = self.transport, _STREAMED[self.kind][1]
+        while transport is not None and not self.paused and not transport.is_closing():
+            transport.write(block)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
 
 
 async def _serve(ports: dict[str, int]) -> None:
@@ -104,7 +133,7 @@ async def _serve(ports: dict[str, int]) -> None:
 @dataclass
 class Scenario:
     name: str
-    candidate: str  # healthy, off (mirroring disabled), hung, down, reset, garbage
+    candidate: str  # healthy, off (mirroring disabled), or one of FAULTS, or down
     path: str  # the primary's answer: 3.4 KB or 1 MiB
     healthy: str  # the scenario it is compared with
     port: int = 0
@@ -262,6 +291,8 @@ def main() -> int:
         Scenario("down", "down", "/small.json", "healthy"),
         Scenario("resetting", "reset", "/small.json", "healthy"),
         Scenario("garbage", "garbage", "/small.json", "healthy"),
+        Scenario("endless head", "endless_head", "/small.json", "healthy"),
+        Scenario("huge answers", "huge", "/small.json", "healthy"),
         Scenario("1MiB healthy", "healthy", "/big.json", "1MiB healthy"),
         Scenario("1MiB hung", "hung", "/big.json", "1MiB healthy"),
     ]

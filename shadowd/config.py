@@ -113,6 +113,12 @@ class MirrorConfig:
     # Bodies held for exchanges still waiting for answers (per ingress worker); past it an
     # exchange is dropped and counted ("pending_bytes"): a hung candidate cannot grow memory.
     max_pending_bytes: int = 64 * MIB
+    # A copy's answer is read this far and no further: past it the copy's connection is
+    # closed and the answer compared by status, headers and "this large" only (the
+    # primary's kept copy likewise, while its client gets every byte). A candidate that
+    # answers gigabytes must not take the loop that relays production. In a file it
+    # defaults to diff.max_body_bytes: between the two, bodies are compared by digest.
+    max_answer_bytes: int = 1 * MIB
     # Copies go without If-None-Match / If-Modified-Since (each instance has its own ETags);
     # when the primary answers 304 to the client, the exchange is counted, not diffed.
     strip_conditional: bool = True

@@ -124,6 +124,7 @@ MIRROR = {
     "max_in_flight": ("max_in_flight", integer(1)),
     "max_body_bytes": ("max_body_bytes", size),
     "max_pending_bytes": ("max_pending_bytes", size),
+    "max_answer_bytes": ("max_answer_bytes", size),
     "strip_conditional": ("strip_conditional", boolean),
     "breaker_failures": ("breaker_failures", integer(1, 1_000_000)),
     "breaker_backoff": ("breaker_backoff", duration),
@@ -398,6 +399,14 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
     analysis = AnalysisConfig(**sections.get("analysis", {}))
     stream = StreamConfig(**sections.get("stream", {}))
     _stream_checks(stream, analysis, problems)
+    kept = diff.get("max_body_bytes", DiffConfig().max_body_bytes)
+    mirror = MirrorConfig(**{"max_answer_bytes": kept, **sections.get("mirror", {})})
+    if mirror.max_answer_bytes < kept:
+        problems.add(
+            "mirror.max_answer_bytes",
+            f"must be at least diff.max_body_bytes ({kept} bytes): answers kept whole for the "
+            "diff are read whole",
+        )
     noise = NoiseConfig(**sections.get("noise", {}))
     if noise.primary_probe > 0 and targets.get("secondary") is not None:
         problems.add(
@@ -417,7 +426,7 @@ def parse_config(data: dict[str, Any], source: str, digest: str = "") -> Config:
         ingress=ingress,
         analysis=analysis,
         stream=stream,
-        mirror=MirrorConfig(**sections.get("mirror", {})),
+        mirror=mirror,
         endpoints=EndpointsConfig(**sections.get("endpoints", {})),
         diff=DiffConfig(**diff),
         noise=noise,

@@ -8,6 +8,7 @@ path never decodes a header it does not have to.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -40,6 +41,12 @@ class Request:
         return "" if q < 0 else self.target[q + 1 :]
 
 
+# An answer body read only up to [mirror] max_answer_bytes: what it holds is not known, only
+# that it is at least that large (``body_size`` counts what was read, or for the primary,
+# whose client gets every byte, all of it).
+CUT_DIGEST: Final = "cut"
+
+
 @dataclass(slots=True)
 class Answer:
     """One target's answer to an exchange's request.
@@ -55,6 +62,7 @@ class Answer:
     body: bytes = b""
     body_size: int = 0
     body_digest: str | None = None  # set only when the body was too large to keep
+    # (CUT_DIGEST: read only up to [mirror] max_answer_bytes; body_size is how far)
     latency: float = 0.0  # seconds from the first byte sent to the last byte received
     error: str | None = None
     # Its Server-Timing metrics once parsed (``shadowd.diff.timing.timing_of``): the diff,

@@ -112,6 +112,7 @@ class Mirror:
         self._max_pending_bytes = mirror.max_pending_bytes
         self._strip_conditional = mirror.strip_conditional
         self._answer_limit = config.diff.max_body_bytes
+        self._answer_cut = mirror.max_answer_bytes
         # In tap mode nobody else asks the primary: it is one more target of the copy.
         self._tap = config.ingress.mode == "tap"
         targets = (config.primary, *config.mirror_targets) if self._tap else config.mirror_targets
@@ -268,8 +269,10 @@ class Mirror:
         pending.mirror_remaining = len(targets)
         for name, pool, template in targets:
             payload = template.build(method, pending.target, headers, body, pending.has_host)
-            collector = AnswerCollector(name, self._answer_limit, _Arrival(self, pending))
-            pool.send(payload, collector, head_only=head_only, retryable=retryable)
+            collector = AnswerCollector(
+                name, self._answer_limit, _Arrival(self, pending), self._answer_cut
+            )
+            collector.call = pool.send(payload, collector, head_only=head_only, retryable=retryable)
         pending.headers = []  # the wire form is no longer needed
 
     def _mirror_answered(self, pending: PendingExchange, answer: Answer) -> None:

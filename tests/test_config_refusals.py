@@ -31,6 +31,11 @@ def secondary(lines: str, url: str = "http://127.0.0.1:9002") -> str:
 
 # (id, config text ({tmp} is a scratch folder), the key the one problem must name)
 CASES: list[tuple[str, str, str]] = [
+    (
+        "answer-cut-below-kept",
+        config('[mirror]\nmax_answer_bytes = "512KiB"'),
+        "mirror.max_answer_bytes",
+    ),
     # -- numbers that are not numbers -------------------------------------------------------
     (
         "nan-divergence",
@@ -345,6 +350,8 @@ ACCEPTED = [
             'redact_body_fields = ["$.password", "$.items[*].card", "$[\\"a name\\"]", "$.l[0]"]'
         ),
     ),
+    # max_answer_bytes follows a raised diff.max_body_bytes when it is not set
+    ("answer-cut-follows-kept", config('[diff]\nmax_body_bytes = "8MiB"')),
     (
         "large-finite-numbers",
         config('[ingress]\nidle_timeout = 1e9\nmax_request_body_bytes = "1GiB"'),

@@ -12,7 +12,7 @@ from shadowd.diff.model import DiffKind
 from shadowd.diff.prepared import INVALID, PreparedAnswer
 from shadowd.diff.rules import EMPTY, RuleSet
 from shadowd.diff.text import diff_text, is_text
-from shadowd.exchange import Answer
+from shadowd.exchange import CUT_DIGEST, Answer
 
 _PREVIEW = 120
 _JSON = "application/json"
@@ -62,9 +62,17 @@ def diff_prepared_bodies(ref: PreparedAnswer, oth: PreparedAnswer, out: DiffColl
     """The bodies' differences; what is derived from each answer (decoded body, document) is
     kept in ``ref``/``oth`` for their next comparison in the exchange."""
     reference, other = ref.answer, oth.answer
-    # Too large to keep: digests and sizes are all there is.
+    # Too large to keep: digests and sizes are all there is. Past [mirror] max_answer_bytes
+    # (cut) not even that: two cut bodies are both that large, and nothing more is known.
     if reference.body_digest is not None or other.body_digest is not None:
-        if (reference.body_digest, reference.body_size) != (other.body_digest, other.body_size):
+        if reference.body_digest == CUT_DIGEST or other.body_digest == CUT_DIGEST:
+            same = reference.body_digest == other.body_digest
+        else:
+            same = (reference.body_digest, reference.body_size) == (
+                other.body_digest,
+                other.body_size,
+            )
+        if not same:
             out.add(
                 DiffKind.BODY,
                 "body",

@@ -206,7 +206,10 @@ class ClientConnection(RequestReader):
         self._pending = None
         self._pending = self._copy_if_wanted(req, url, headers, has_host)
         if self._pending is not None:
-            self._keeper = BodyKeeper(ingress.config.diff.max_body_bytes)
+            # Cut as the copies are (the client still gets every byte): the digest of a
+            # large download would be hashed on this loop for nothing to compare it with.
+            config = ingress.config
+            self._keeper = BodyKeeper(config.diff.max_body_bytes, config.mirror.max_answer_bytes)
         payload = ingress.primary_template.build(method, url, headers, req.body, has_host)
         self._primary_started = time.perf_counter()
         call = ingress.primary_pool.send(
