@@ -91,13 +91,18 @@ class CircuitBreaker:
             self._backoff = min(self._backoff * 2, self._max_backoff)
             self._open()
         elif self.state == CLOSED and self._failures >= self.threshold:
-            self._open()
+            self._open(error)
 
-    def _open(self) -> None:
+    def _open(self, error: str = "") -> None:
         if self.state == CLOSED:
             log.warning(
                 "copy target failing: copies shed while it recovers",
-                extra={"target": self.name, "failures": self._failures, "backoff_s": self._backoff},
+                extra={
+                    "target": self.name,
+                    "failures": self._failures,
+                    "error": error,
+                    "backoff_s": self._backoff,
+                },
             )
         self.state = OPEN
         self._opened_at = self._clock()

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from shadowd.breaker import CircuitBreaker
 from shadowd.config import Config
-from shadowd.exchange import Answer, Exchange, Headers
+from shadowd.exchange import CUT_DIGEST, ERROR_TOO_LARGE, Answer, Exchange, Headers
 from shadowd.metrics import Metrics
 from shadowd.upstream.collect import AnswerCollector
 from shadowd.upstream.pool import UpstreamPool
@@ -280,7 +280,13 @@ class Mirror:
             self._metrics.upstream_error(answer.target, answer.error)
         breaker = self._breakers.get(answer.target)
         if breaker is not None:
-            breaker.record(answer.error)
+            outcome = answer.error
+            if outcome is None and answer.body_digest == CUT_DIGEST:
+                # Answered, and past max_answer_bytes: a target whose every answer is that
+                # large costs the relay a cut read per copy (1 MiB at 2,000 copies/s is
+                # 2 GB/s), so a run of them rests it like a failing one.
+                outcome = ERROR_TOO_LARGE
+            breaker.record(outcome)
         if not pending.abandoned and self._hold(pending, len(answer.body)):
             pending.exchange.answers[answer.target] = answer
         pending.mirror_remaining -= 1

@@ -205,6 +205,32 @@ async def test_a_candidate_answering_gigabytes_is_cut_off_at_max_answer_bytes(
         assert endless.sent[0] < 64 << 20  # the connection was closed, not drained
 
 
+async def test_a_target_whose_answers_are_all_cut_is_rested_like_a_failing_one(
+    primary, start_shadowd
+):
+    # Each cut still costs a read of max_answer_bytes on the relaying loop: at the top rate
+    # such a candidate took production from 10.7k to 1.1-2.7k req/s (faults_bench).
+    endless = EndlessBody()
+    server, url = await raw_server(endless.answer)
+    async with server:
+        shadowd = await start_shadowd(
+            primary.url,
+            url,
+            mirror={"max_answer_bytes": 1 << 20, "breaker_failures": 3, "breaker_backoff": 60.0},
+        )
+        bodies, _ = await timed_get(shadowd.url, count=10)
+        assert bodies == [PRIMARY_BODY] * 10
+        async with asyncio.timeout(10):
+            await shadowd.daemon.mirror.wait_idle()
+        await shadowd.settled(3)
+        shed = shadowd.daemon.metrics.mirror_dropped_counts()["target_unhealthy"]
+        # Three cut answers (a fourth copy may have left before the third was cut), then the
+        # breaker opened and the rest were shed, counted.
+        assert len(shadowd.exchanges) <= 4
+        assert len(shadowd.exchanges) + shed == 10
+        assert all(ex.candidate.body_digest == CUT_DIGEST for ex in shadowd.exchanges)
+
+
 async def test_two_bodies_past_max_answer_bytes_are_alike_and_the_client_gets_every_byte(
     make_backend, start_shadowd
 ):

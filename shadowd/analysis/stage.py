@@ -42,6 +42,7 @@ class DiffStage:
         evidence: VerdictEvidence,
         metrics: Metrics,
         backlog: int = 10_000,
+        backlog_bytes: int = 128 * 1024 * 1024,
     ) -> None:
         self.config = config
         self.aggregator = aggregator
@@ -49,6 +50,9 @@ class DiffStage:
         self._metrics = metrics
         self._backlog: deque[bytes] = deque()
         self._limit = backlog
+        # Records of 1 MiB answers are 2-3 MiB: counted alone, 10,000 of them held 2.5-3 GB.
+        self._byte_limit = backlog_bytes
+        self._bytes = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -69,11 +73,16 @@ class DiffStage:
         """One record's msgpack payload (``shadowd.capture.format``)."""
         self.received += 1
         backlog = self._backlog
-        if len(backlog) >= self._limit:
+        if len(backlog) >= self._limit or self._bytes >= self._byte_limit:
             self._metrics.mirror_dropped("diff_backlog")
             return
         backlog.append(record)
-        if not self._full and len(backlog) >= self._limit and self.on_full is not None:
+        self._bytes += len(record)
+        if (
+            not self._full
+            and (len(backlog) >= self._limit or self._bytes >= self._byte_limit)
+            and self.on_full is not None
+        ):
             self._full = True
             self.on_full()
         if not self._wakeup.is_set():
@@ -84,10 +93,15 @@ class DiffStage:
     def backlog(self) -> int:
         return len(self._backlog)
 
+    @property
+    def backlog_bytes(self) -> int:
+        return self._bytes
+
     def drop_backlog(self) -> None:
         """Forget the records not diffed yet (their source will submit them again). Not
         counted as shed."""
         self._backlog.clear()
+        self._bytes = 0
         if self._full:
             self._full = False
             if self.on_room is not None:
@@ -108,8 +122,14 @@ class DiffStage:
             self._wakeup.clear()
             while backlog:
                 for _ in range(min(_BATCH, len(backlog))):
-                    self._process(backlog.popleft())
-                if self._full and len(backlog) <= self._limit // 2:
+                    record = backlog.popleft()
+                    self._bytes -= len(record)
+                    self._process(record)
+                if (
+                    self._full
+                    and len(backlog) <= self._limit // 2
+                    and self._bytes <= self._byte_limit // 2
+                ):
                     self._full = False
                     if self.on_room is not None:
                         self.on_room()

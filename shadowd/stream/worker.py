@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import pickle
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -53,6 +54,7 @@ from shadowd.verdict.evidence import VerdictEvidence
 log = logging.getLogger("shadowd.analysis")
 
 BACKLOG_RECORDS = 2_000  # records read and waiting for the diff; reading pauses when full
+READ_AHEAD_BYTES = 64 * 1024 * 1024  # ...or when they hold this much (records of large answers)
 
 
 class StreamAnalysisWorker:
@@ -70,8 +72,15 @@ class StreamAnalysisWorker:
         )
         for how in ("read", "reclaimed", "acknowledged", "taken_over"):
             self._records.labels(how)
+        # Never shed here by size: a record read from the stream is diffed or stays pending
+        # for another worker. Reading pauses instead (READ_AHEAD_BYTES).
         self.stage = DiffStage(
-            config.diff, self._fresh(), self._fresh_evidence(), self.metrics, BACKLOG_RECORDS
+            config.diff,
+            self._fresh(),
+            self._fresh_evidence(),
+            self.metrics,
+            BACKLOG_RECORDS,
+            backlog_bytes=sys.maxsize,
         )
         self.reader = StreamReader(config.stream, self.consumer)
         self.capture: CaptureWriter | None = None
@@ -156,7 +165,7 @@ class StreamAnalysisWorker:
                     log.info("stream: %s reads %s", self.consumer, self.config.stream.key)
                     self._notify(f"STATUS=reading {self.config.stream.key} as {self.consumer}")
                 room = BACKLOG_RECORDS - self.stage.backlog
-                if room < self.config.stream.batch:
+                if room < self.config.stream.batch or self.stage.backlog_bytes >= READ_AHEAD_BYTES:
                     # Read ahead no further: what a worker holds must be diffed well within
                     # claim_idle. The stage works it off; one round trip refills it.
                     await self.stage.wait_idle(1.0)
