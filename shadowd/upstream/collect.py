@@ -96,12 +96,14 @@ class AnswerCollector:
         pass
 
     def on_response_complete(self) -> None:
+        self.call = None  # the call holds this sink: no cycle left for the collector to find
         answer = self._answer
         answer.latency = time.perf_counter() - self._started
         self._body.fill(answer)
         self._done(answer)
 
     def on_response_error(self, kind: str) -> None:
+        self.call = None
         answer = self._answer
         answer.latency = time.perf_counter() - self._started
         answer.status = 0
