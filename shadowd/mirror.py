@@ -272,7 +272,9 @@ class Mirror:
             collector = AnswerCollector(
                 name, self._answer_limit, _Arrival(self, pending), self._answer_cut
             )
-            collector.call = pool.send(payload, collector, head_only=head_only, retryable=retryable)
+            call = pool.send(payload, collector, head_only=head_only, retryable=retryable)
+            if not call.done:  # answered already (a closing pool): nothing left to cancel
+                collector.call = call
         pending.headers = []  # the wire form is no longer needed
 
     def _mirror_answered(self, pending: PendingExchange, answer: Answer) -> None:
