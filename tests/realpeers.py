@@ -176,3 +176,36 @@ class ShadowdProcess:
             # reported unclosed when collected, in whichever test that happens to be.
             async with asyncio.timeout(10):
                 self._stderr = (await self.process.communicate())[1]
+
+
+class EndlessAnswer:
+    """A target whose every answer starts with ``first`` and then repeats ``block`` until the
+    peer goes away (an endless head, or a body that never ends): ``sent`` holds how many
+    bytes each answer got out, ``cut_off`` is set once one was cut off."""
+
+    def __init__(self, first: bytes, block: bytes) -> None:
+        self.first, self.block = first, block
+        self.sent: list[int] = []
+        self.cut_off = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> asyncio.Server:
+        self.server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self.server
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(self.first)
+        total = 0
+        try:
+            while total < 64 << 30:
+                writer.write(self.block)
+                total += len(self.block)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        self.sent.append(total)
+        self.cut_off.set()
+        writer.transport.abort()

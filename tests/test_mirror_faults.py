@@ -7,6 +7,7 @@ import asyncio
 
 import aiohttp
 from aiohttp import web
+from realpeers import EndlessAnswer
 
 from shadowd.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
@@ -147,35 +148,9 @@ async def test_held_bodies_are_bounded_while_the_candidate_hangs(make_backend, s
         release.set()
 
 
-class EndlessHead:
-    """A target that answers every request with a head that never ends (a field line after
-    another) until the peer goes away; ``sent`` holds how many bytes each answer got out."""
-
-    def __init__(self) -> None:
-        self.sent: list[int] = []
-        self.cut_off = asyncio.Event()
-        self.server: asyncio.Server | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        lines = (b"X-Field: " + b"v" * 1000 + b"\r\n") * 64
-        total = 0
-        writer.write(b"HTTP/1.1 200 OK\r\n")
-        try:
-            while total < 1 << 30:
-                writer.write(lines)
-                total += len(lines)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        self.sent.append(total)
-        self.cut_off.set()
-        writer.transport.abort()
+def endless_head() -> EndlessAnswer:
+    """A target whose answer head never ends: one field line after another."""
+    return EndlessAnswer(b"HTTP/1.1 200 OK\r\n", (b"X-Field: " + b"v" * 1000 + b"\r\n") * 64)
 
 
 async def test_a_candidate_whose_head_never_ends_is_cut_off_not_buffered(
@@ -188,10 +163,8 @@ async def test_a_candidate_whose_head_never_ends_is_cut_off_not_buffered(
 
     primary.route("GET", "/{tail:.*}", answer)
     await primary.start()
-    candidate = EndlessHead()
-    await candidate.start()
-    assert candidate.server is not None
-    async with candidate.server:
+    candidate = endless_head()
+    async with await candidate.start():
         shadowd = await start_shadowd(primary.url, candidate.url)
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{shadowd.url}/items/1") as response:
@@ -210,10 +183,8 @@ async def test_a_primary_whose_head_never_ends_gets_the_client_a_502_at_once(
 ):
     candidate = make_backend()
     await candidate.start()
-    primary = EndlessHead()
-    await primary.start()
-    assert primary.server is not None
-    async with primary.server:
+    primary = endless_head()
+    async with await primary.start():
         shadowd = await start_shadowd(primary.url, candidate.url, primary_options={"timeout": 60.0})
         async with aiohttp.ClientSession() as session, asyncio.timeout(10):
             async with session.get(f"{shadowd.url}/items/1") as response:

@@ -8,6 +8,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
+from realpeers import EndlessAnswer
 
 from shadowd.diff.engine import diff_exchange
 from shadowd.exchange import CUT_DIGEST, Answer, Exchange
@@ -159,28 +160,11 @@ async def test_candidate_sending_a_huge_body_does_not_change_the_answer(
     assert stats.by_digest == 3  # the reason is counted: over [diff] max_body_bytes
 
 
-class EndlessBody:
-    """A target whose every answer declares 64 GiB and streams until the peer goes away;
-    ``sent`` holds how many body bytes each answer got out."""
-
-    def __init__(self) -> None:
-        self.sent: list[int] = []
-        self.cut_off = asyncio.Event()
-
-    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 << 30))
-        block, total = b"z" * (1 << 20), 0
-        try:
-            while total < 64 << 30:
-                writer.write(block)
-                total += len(block)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        self.sent.append(total)
-        self.cut_off.set()
-        writer.transport.abort()
+def endless_body() -> EndlessAnswer:
+    """A target whose every answer declares 64 GiB and streams it until the peer goes away."""
+    return EndlessAnswer(
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 << 30), b"z" * (1 << 20)
+    )
 
 
 async def test_a_candidate_answering_gigabytes_is_cut_off_at_max_answer_bytes(
@@ -188,10 +172,11 @@ async def test_a_candidate_answering_gigabytes_is_cut_off_at_max_answer_bytes(
 ):
     # Read whole, a body like this took the loop that relays production: 200 req/s through
     # shadowd fell to 10, at 0.4 s a request. It is read up to mirror.max_answer_bytes.
-    endless = EndlessBody()
-    server, url = await raw_server(endless.answer)
-    async with server:
-        shadowd = await start_shadowd(primary.url, url, mirror={"max_answer_bytes": 1 << 20})
+    endless = endless_body()
+    async with await endless.start():
+        shadowd = await start_shadowd(
+            primary.url, endless.url, mirror={"max_answer_bytes": 1 << 20}
+        )
         bodies, _ = await timed_get(shadowd.url, count=5)
         assert bodies == [PRIMARY_BODY] * 5
         await shadowd.settled(5)
@@ -210,12 +195,11 @@ async def test_a_target_whose_answers_are_all_cut_is_rested_like_a_failing_one(
 ):
     # Each cut still costs a read of max_answer_bytes on the relaying loop: at the top rate
     # such a candidate took production from 10.7k to 1.1-2.7k req/s (faults_bench).
-    endless = EndlessBody()
-    server, url = await raw_server(endless.answer)
-    async with server:
+    endless = endless_body()
+    async with await endless.start():
         shadowd = await start_shadowd(
             primary.url,
-            url,
+            endless.url,
             mirror={"max_answer_bytes": 1 << 20, "breaker_failures": 3, "breaker_backoff": 60.0},
         )
         bodies, _ = await timed_get(shadowd.url, count=10)
