@@ -50,7 +50,8 @@ class DiffStage:
         self._metrics = metrics
         self._backlog: deque[bytes] = deque()
         self._limit = backlog
-        # Records of 1 MiB answers are 2-3 MiB: counted alone, 10,000 of them held 2.5-3 GB.
+        # Records of 1 MiB answers are 2-3 MiB: counted alone, an analysis worker's 2,000 of
+        # them could hold 4-6 GB.
         self._byte_limit = backlog_bytes
         self._bytes = 0
         self._wakeup = asyncio.Event()
@@ -73,16 +74,12 @@ class DiffStage:
         """One record's msgpack payload (``shadowd.capture.format``)."""
         self.received += 1
         backlog = self._backlog
-        if len(backlog) >= self._limit or self._bytes >= self._byte_limit:
+        if self._at_limit():
             self._metrics.mirror_dropped("diff_backlog")
             return
         backlog.append(record)
         self._bytes += len(record)
-        if (
-            not self._full
-            and (len(backlog) >= self._limit or self._bytes >= self._byte_limit)
-            and self.on_full is not None
-        ):
+        if not self._full and self._at_limit() and self.on_full is not None:
             self._full = True
             self.on_full()
         if not self._wakeup.is_set():
@@ -96,6 +93,9 @@ class DiffStage:
     @property
     def backlog_bytes(self) -> int:
         return self._bytes
+
+    def _at_limit(self) -> bool:
+        return len(self._backlog) >= self._limit or self._bytes >= self._byte_limit
 
     def drop_backlog(self) -> None:
         """Forget the records not diffed yet (their source will submit them again). Not

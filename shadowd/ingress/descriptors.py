@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from shadowd.config import Config
 
 # Descriptors a worker needs besides clients and pools: its listener, the hand-off and the
-# control channel, log and capture files, DNS lookups, WebSocket tunnels to the primary.
+# control channel, log and capture files, DNS lookups. (A WebSocket's tunnel to the primary
+# is counted as one more client: ``Ingress.take_tunnel``.)
 RESERVED = 64
 # Clients a worker takes even when the targets' pools claim every descriptor: the pools
 # open connections on demand and rarely use all of them, and 0 would serve no one.
@@ -28,16 +29,15 @@ MIN_CLIENTS = 16
 CEILING = 1 << 20
 
 
-def raise_open_files_limit() -> int:
+def raise_open_files_limit() -> None:
     """Raise this process's soft RLIMIT_NOFILE to its hard limit (the children it starts
-    inherit it) and return the soft limit in force."""
+    inherit it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = CEILING if hard == resource.RLIM_INFINITY else min(hard, CEILING)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         # Refused (a seccomp filter, say): the budget below works with the limit we have.
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    return open_files_limit()
 
 
 def open_files_limit() -> int:
